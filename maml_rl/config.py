@@ -1,0 +1,224 @@
+"""Every setting of a run, as one frozen dataclass, with strict YAML loading and saving.
+
+Keys are flat snake_case names matching pytorch-maml-rl's configs (its hyphenated spellings,
+e.g. ``fast-lr``, are accepted and normalised). An unknown key, a wrong type or an
+out-of-range value raises `ConfigError` with a one-line message naming the key.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A user mistake in a configuration (file, key or value); the message is one line."""
+
+
+ALIASES = {"env_name": "env"}  # pytorch-maml-rl's `env-name`
+
+
+@dataclass(frozen=True)
+class Config:
+    """Settings of a meta-training run. Defaults follow pytorch-maml-rl / ProMP."""
+
+    env: str = "navigation"
+    """Task family: a registered name (`maml-rl envs`) or a `module:Class` import path."""
+    env_kwargs: dict[str, Any] = field(default_factory=dict)
+    """Keyword arguments of the task family (task ranges, horizon, ...)."""
+    hidden_sizes: tuple[int, ...] = (64, 64)
+    """Hidden layer widths of the policy MLP."""
+    nonlinearity: str = "tanh"
+    """Hidden activation: tanh, relu, elu, gelu or silu."""
+    init_std: float = 1.0
+    """Initial standard deviation of the Gaussian policy (state-independent log-std)."""
+    fast_lr: float = 0.1
+    """Inner-loop (adaptation) step size alpha."""
+    learn_step_size: str = "none"
+    """Meta-learn alpha: none, scalar (one learnable alpha) or per_parameter (Meta-SGD)."""
+    num_steps: int = 1
+    """Inner gradient steps; each samples fresh trajectories with the current adapted params."""
+    fast_batch_size: int = 20
+    """K: trajectories per task per inner step (and for the post-update batch)."""
+    meta_batch_size: int = 40
+    """N: tasks per meta-iteration."""
+    num_batches: int = 500
+    """Number of meta-iterations."""
+    first_order: bool = False
+    """Drop second-order terms of the meta-gradient (FOMAML)."""
+    max_kl: float = 1e-2
+    """TRPO trust region: mean KL between post-update policies before and after the step."""
+    cg_iters: int = 10
+    """Conjugate-gradient iterations."""
+    cg_damping: float = 1e-5
+    """Damping added to Hessian-vector products: (H + damping I) v."""
+    hvp: str = "finite_difference"
+    """Hessian-vector products: finite_difference (the paper's) or exact (double backward)."""
+    hvp_fd_eps: float | None = None
+    """Base step of finite-difference HVPs; null = auto (cbrt of machine eps, see trpo.py)."""
+    ls_max_steps: int = 15
+    """Backtracking line-search candidates."""
+    ls_backtrack_ratio: float = 0.8
+    """Line-search shrink factor per candidate."""
+    gamma: float = 0.99
+    """Discount factor."""
+    gae_lambda: float = 1.0
+    """GAE lambda (1.0: Monte-Carlo returns minus the baseline)."""
+    normalize_advantages: bool = True
+    """Normalise advantages per task (masked mean 0, std 1)."""
+    seed: int = 0
+    """Master seed; split into independent streams (tasks, evaluation tasks, envs, torch)."""
+    device: str = "cpu"
+    """Device of the policy and the optimisation (cpu or cuda); environments run on the CPU."""
+    dtype: str = "float32"
+    """Floating point type of the policy and the optimisation: float32 or float64."""
+
+    def __post_init__(self) -> None:
+        _validate(self)
+
+    def to_dict(self) -> dict[str, Any]:
+        out = dataclasses.asdict(self)
+        out["hidden_sizes"] = list(self.hidden_sizes)
+        return out
+
+
+def _check(ok: bool, key: str, message: str, value: Any) -> None:
+    if not ok:
+        raise ConfigError(f"config key '{key}' {message}, got {value!r}")
+
+
+def _validate(cfg: Config) -> None:
+    positive_ints = ("num_steps", "fast_batch_size", "meta_batch_size", "num_batches", "cg_iters")
+    for key in positive_ints:
+        _check(getattr(cfg, key) >= 1, key, "must be >= 1", getattr(cfg, key))
+    _check(cfg.ls_max_steps >= 1, "ls_max_steps", "must be >= 1", cfg.ls_max_steps)
+    _check(all(h >= 1 for h in cfg.hidden_sizes), "hidden_sizes", "must be >= 1", cfg.hidden_sizes)
+    for key in ("max_kl", "fast_lr", "init_std"):
+        _check(getattr(cfg, key) > 0, key, "must be > 0", getattr(cfg, key))
+    _check(cfg.cg_damping >= 0, "cg_damping", "must be >= 0", cfg.cg_damping)
+    _check(0 < cfg.gamma <= 1, "gamma", "must be in (0, 1]", cfg.gamma)
+    _check(0 <= cfg.gae_lambda <= 1, "gae_lambda", "must be in [0, 1]", cfg.gae_lambda)
+    _check(
+        0 < cfg.ls_backtrack_ratio < 1,
+        "ls_backtrack_ratio",
+        "must be in (0, 1)",
+        cfg.ls_backtrack_ratio,
+    )
+    _check(
+        cfg.hvp_fd_eps is None or cfg.hvp_fd_eps > 0, "hvp_fd_eps", "must be > 0", cfg.hvp_fd_eps
+    )
+    choices = {
+        "hvp": ("finite_difference", "exact"),
+        "learn_step_size": ("none", "scalar", "per_parameter"),
+        "nonlinearity": ("tanh", "relu", "elu", "gelu", "silu"),
+        "dtype": ("float32", "float64"),
+    }
+    for key, allowed in choices.items():
+        _check(
+            getattr(cfg, key) in allowed, key, f"must be one of {list(allowed)}", getattr(cfg, key)
+        )
+    _check(
+        cfg.device == "cpu" or cfg.device.startswith("cuda"),
+        "device",
+        "must be cpu or cuda[:index]",
+        cfg.device,
+    )
+
+
+FIELD_TYPES: dict[str, Any] = typing.get_type_hints(Config)
+FIELD_NAMES = tuple(f.name for f in dataclasses.fields(Config))
+
+
+def normalize_key(key: str) -> str:
+    key = str(key).strip().replace("-", "_")
+    return ALIASES.get(key, key)
+
+
+def _coerce(key: str, value: Any, annotation: Any) -> Any:
+    """Check `value` against the field's annotation; convert lists to tuples, ints to floats."""
+    origin = typing.get_origin(annotation)
+    if origin in (typing.Union, types.UnionType):
+        options = typing.get_args(annotation)
+        if value is None and type(None) in options:
+            return None
+        (inner,) = [a for a in options if a is not type(None)]
+        return _coerce(key, value, inner)
+    if annotation is bool:
+        _check(isinstance(value, bool), key, "must be true or false", value)
+        return value
+    if annotation is int:
+        _check(
+            isinstance(value, int) and not isinstance(value, bool), key, "must be an integer", value
+        )
+        return value
+    if annotation is float:
+        if isinstance(value, str):  # YAML 1.1 reads `1e-3` (no dot) as a string
+            try:
+                value = float(value)
+            except ValueError:
+                _check(False, key, "must be a number", value)
+        ok = isinstance(value, int | float) and not isinstance(value, bool)
+        _check(ok, key, "must be a number", value)
+        return float(value)
+    if annotation is str:
+        _check(isinstance(value, str), key, "must be a string", value)
+        return value
+    if origin is tuple:
+        _check(isinstance(value, list | tuple), key, "must be a list of integers", value)
+        return tuple(_coerce(key, v, int) for v in value)
+    if origin is dict:
+        _check(isinstance(value, dict), key, "must be a mapping", value)
+        return dict(value)
+    raise TypeError(f"no coercion for {annotation}")  # pragma: no cover - programming error
+
+
+def from_dict(values: dict[str, Any], base: Config | None = None) -> Config:
+    """Build a Config from a mapping, on top of `base` (defaults if None). Strict."""
+    updates: dict[str, Any] = {}
+    for raw_key, value in values.items():
+        key = normalize_key(raw_key)
+        if key not in FIELD_TYPES:
+            close = difflib.get_close_matches(key, FIELD_NAMES, n=1)
+            hint = f"; did you mean '{close[0]}'?" if close else ""
+            raise ConfigError(f"unknown config key '{raw_key}'{hint}")
+        updates[key] = _coerce(key, value, FIELD_TYPES[key])
+    return dataclasses.replace(base or Config(), **updates)
+
+
+def load(path: str | Path, overrides: dict[str, Any] | None = None) -> Config:
+    """Load a YAML config file and apply `overrides` (already parsed values)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
+        raise ConfigError(f"malformed YAML in {path}{where}") from error
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path} must be a mapping of key: value")
+    return from_dict({**data, **(overrides or {})})
+
+
+def parse_override(item: str) -> tuple[str, Any]:
+    """Parse one `--set key=value` item; the value is read as YAML (`1e-3`, `[32, 32]`, `true`)."""
+    if "=" not in item:
+        raise ConfigError(f"--set expects key=value, got {item!r}")
+    key, text = item.split("=", 1)
+    try:
+        value = yaml.safe_load(text) if text else ""
+    except yaml.YAMLError as error:
+        raise ConfigError(f"--set {key}: value {text!r} is not valid YAML") from error
+    return key.strip(), value
+
+
+def save(cfg: Config, path: str | Path) -> None:
+    Path(path).write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))

@@ -1,0 +1,110 @@
+"""The inner loop: REINFORCE loss and policy-gradient adaptation steps on explicit parameters.
+
+For N tasks at once, with per-task parameters stacked along a leading dimension:
+
+    L_n(phi_n) = -(1 / Σ m) Σ_{t,k} m_{t,n,k} · log π_{phi_n}(a_{t,n,k} | s_{t,n,k}) · A_{t,n,k}
+    phi_n'     = phi_n - alpha ⊙ ∇_{phi_n} L_n(phi_n)                    (Finn et al. 2017, Alg. 3)
+
+The gradient keeps its graph (`create_graph=True`) for second-order MAML, or is detached for
+first-order MAML. alpha is a fixed float, a learnable scalar, or learnable per parameter
+(Meta-SGD, Li et al. 2017); learnable step sizes live in a `Params` dict trained by the outer step.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor, nn
+
+from maml_rl.policy import forward, log_prob
+from maml_rl.returns import masked_mean
+from maml_rl.types import Batch, Params
+
+SCALAR_STEP_SIZE = "_scalar"
+
+StepSize = float | Params
+"""A fixed step size, or learnable ones: {"_scalar": 0-dim} or {param name: param-shaped}."""
+
+
+def init_step_size(theta: Params, mode: str, value: float) -> Params:
+    """Learnable step sizes initialised at `value`: {} (fixed), one scalar, or one per parameter."""
+    if mode == "none":
+        return {}
+    if mode == "scalar":
+        reference = next(iter(theta.values()))
+        return {
+            SCALAR_STEP_SIZE: torch.tensor(value, dtype=reference.dtype, device=reference.device)
+        }
+    if mode == "per_parameter":
+        return {name: torch.full_like(p, value) for name, p in theta.items()}
+    raise ValueError(f"unknown step-size mode {mode!r}")
+
+
+def _alpha(step_size: StepSize, name: str) -> float | Tensor:
+    if isinstance(step_size, float | int):
+        return float(step_size)
+    if SCALAR_STEP_SIZE in step_size:
+        return step_size[SCALAR_STEP_SIZE]
+    return step_size[name]
+
+
+def expand_to_tasks(theta: Params, num_tasks: int) -> Params:
+    """Shared parameters as per-task ones: [*shape] -> [N, *shape] (a differentiable view)."""
+    return {name: p.expand(num_tasks, *p.shape) for name, p in theta.items()}
+
+
+def reinforce_loss(policy: nn.Module, params: Params, batch: Batch, advantages: Tensor) -> Tensor:
+    """Per-task REINFORCE losses [N] for per-task params [N, *shape] on a Batch [T, N, K, ...].
+
+    advantages: [T, N, K], treated as constants.
+    """
+    dist = forward(policy, params, batch.observations.movedim(1, 0), per_task=True)
+    logp = log_prob(dist, batch.actions.movedim(1, 0))  # [N, T, K]
+    weighted = logp * advantages.detach().movedim(1, 0)
+    return -masked_mean(weighted, batch.mask.movedim(1, 0), dim=(1, 2))
+
+
+def inner_step(
+    policy: nn.Module,
+    params: Params,
+    batch: Batch,
+    advantages: Tensor,
+    step_size: StepSize,
+    create_graph: bool,
+) -> Params:
+    """One policy-gradient step per task: phi_n' = phi_n - alpha ⊙ ∇ L_n(phi_n). Shapes [N, *].
+
+    create_graph=True keeps the graph of the gradient (second-order MAML); False detaches the
+    gradient (first-order MAML, and sampling-time adaptation). Works under `torch.no_grad`.
+    """
+    with torch.enable_grad():
+        inputs = {
+            name: p if p.requires_grad else p.detach().requires_grad_(True)
+            for name, p in params.items()
+        }
+        losses = reinforce_loss(policy, inputs, batch, advantages)
+        grads = torch.autograd.grad(losses.sum(), list(inputs.values()), create_graph=create_graph)
+    return {
+        name: params[name] - _alpha(step_size, name) * grad
+        for name, grad in zip(inputs, grads, strict=True)
+    }
+
+
+def adapt(
+    policy: nn.Module,
+    theta: Params,
+    inner_data: Sequence[tuple[Batch, Tensor]],
+    step_sizes: Sequence[StepSize],
+    first_order: bool,
+) -> Params:
+    """Adapted parameters phi [N, *shape] after len(inner_data) inner steps from theta.
+
+    inner_data[i] = (batch, advantages) sampled with the parameters after i steps;
+    step_sizes[i] is the step size of step i. Differentiable w.r.t. theta and learnable steps.
+    """
+    num_tasks = inner_data[0][0].num_tasks
+    params = expand_to_tasks(theta, num_tasks)
+    for (batch, advantages), step_size in zip(inner_data, step_sizes, strict=True):
+        params = inner_step(policy, params, batch, advantages, step_size, not first_order)
+    return params

@@ -1,0 +1,260 @@
+"""One meta-iteration of MAML-TRPO: collect pre/post batches, the meta-objective, the TRPO step.
+
+Meta-parameters x = (theta, learnable step sizes) are flattened into one vector so the TRPO
+machinery of `trpo.py` applies unchanged. The meta-objective of N tasks (Finn et al. 2017,
+Alg. 3, with TRPO as in their experiments):
+
+    phi_n(x)   = adapt(theta, pre_batches_n)                          (inner.py)
+    L(x)       = -(1/N) Σ_n mean_{t,k} exp(log π_{phi_n(x)}(a|s) - log π_old(a|s)) · A_post
+    KL(x)      =  (1/N) Σ_n mean_{t,k} KL(π_old(·|s) ‖ π_{phi_n(x)}(·|s))
+
+minimised subject to KL(x) ≤ max_kl, where π_old is the post-update policy that collected
+post_batch. Everything after sampling is a pure function of x and the collected data.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from maml_rl.baseline import advantages as compute_advantages
+from maml_rl.config import Config
+from maml_rl.inner import StepSize, adapt, inner_step
+from maml_rl.policy import Distribution, detach, forward, kl, log_prob
+from maml_rl.returns import masked_mean
+from maml_rl.sampler import Sampler
+from maml_rl.tasks import Task
+from maml_rl.trpo import (
+    backtracking_line_search,
+    conjugate_gradient,
+    exact_hvp,
+    finite_difference_hvp,
+    flat_grad,
+    max_step_length,
+)
+from maml_rl.types import Batch, Params
+
+
+@dataclass(frozen=True)
+class MetaParams:
+    """The layout of the flat meta-parameter vector x = [theta..., step sizes...]."""
+
+    theta_names: tuple[str, ...]
+    theta_shapes: tuple[torch.Size, ...]
+    step_names: tuple[str, ...]
+    step_shapes: tuple[torch.Size, ...]
+
+    @classmethod
+    def of(cls, theta: Params, step_size: Params) -> MetaParams:
+        return cls(
+            tuple(theta),
+            tuple(p.shape for p in theta.values()),
+            tuple(step_size),
+            tuple(p.shape for p in step_size.values()),
+        )
+
+    def flatten(self, theta: Params, step_size: Params) -> Tensor:
+        parts = [theta[n].reshape(-1) for n in self.theta_names]
+        parts += [step_size[n].reshape(-1) for n in self.step_names]
+        return torch.cat(parts)
+
+    def unflatten(self, x: Tensor) -> tuple[Params, Params]:
+        """Differentiable views of x as (theta, step sizes)."""
+        out: list[Params] = [{}, {}]
+        offset = 0
+        for group, names, shapes in (
+            (0, self.theta_names, self.theta_shapes),
+            (1, self.step_names, self.step_shapes),
+        ):
+            for name, shape in zip(names, shapes, strict=True):
+                size = math.prod(shape)
+                out[group][name] = x[offset : offset + size].view(shape)
+                offset += size
+        return out[0], out[1]
+
+
+@dataclass(frozen=True)
+class TaskData:
+    """Everything collected for N tasks in one meta-iteration.
+
+    inner: per inner step, (batch [T, N, K, ...], advantages [T, N, K]); step 0 sampled with
+    theta, step i with the parameters after i inner steps. post: the batch sampled with the
+    adapted parameters phi, with its advantages.
+    """
+
+    inner: tuple[tuple[Batch, Tensor], ...]
+    post: Batch
+    post_advantages: Tensor
+
+
+def batch_advantages(batch: Batch, cfg: Config) -> Tensor:
+    """Advantages of a batch: discounted returns, per-task linear baseline, GAE, normalisation."""
+    return compute_advantages(
+        batch.observations,
+        batch.rewards,
+        batch.mask,
+        cfg.gamma,
+        cfg.gae_lambda,
+        normalize=cfg.normalize_advantages,
+    )
+
+
+def collect(
+    sampler: Sampler,
+    theta: Params,
+    tasks: Sequence[Task],
+    step_sizes: Sequence[StepSize],
+    seeds: Sequence[int],
+    cfg: Config,
+) -> tuple[TaskData, list[Params]]:
+    """Sample and adapt: len(step_sizes) inner steps, then the post-update batch.
+
+    seeds: one per sampling phase (len(step_sizes) + 1). Returns the data and the adapted
+    parameters after each step (detached), [phi_1, ..., phi_S], each [N, *shape].
+    """
+    policy = sampler.policy
+    params: Params = theta
+    inner: list[tuple[Batch, Tensor]] = []
+    adapted: list[Params] = []
+    for step, step_size in enumerate(step_sizes):
+        batch = sampler.sample(params, tasks, seed=seeds[step], per_task=step > 0)
+        advantages = batch_advantages(batch, cfg)
+        inner.append((batch, advantages))
+        if step == 0:
+            params = {n: p.detach().expand(len(tasks), *p.shape) for n, p in theta.items()}
+        params = inner_step(policy, params, batch, advantages, step_size, create_graph=False)
+        params = {n: p.detach() for n, p in params.items()}
+        adapted.append(params)
+    post = sampler.sample(params, tasks, seed=seeds[len(step_sizes)], per_task=True)
+    return TaskData(tuple(inner), post, batch_advantages(post, cfg)), adapted
+
+
+def _post_distribution(
+    policy: nn.Module, layout: MetaParams, x: Tensor, data: TaskData, cfg: Config
+) -> Distribution:
+    theta, step_size = layout.unflatten(x)
+    steps: list[StepSize] = [step_size or cfg.fast_lr] * len(data.inner)
+    phi = adapt(policy, theta, data.inner, steps, cfg.first_order)
+    return forward(policy, phi, data.post.observations.movedim(1, 0), per_task=True)
+
+
+def meta_objective(
+    policy: nn.Module,
+    layout: MetaParams,
+    x: Tensor,
+    data: TaskData,
+    old_dist: Distribution,
+    cfg: Config,
+) -> tuple[Tensor, Tensor]:
+    """(surrogate loss L(x), mean KL(x)) as 0-dim tensors; see the module docstring."""
+    dist = _post_distribution(policy, layout, x, data, cfg)
+    post = data.post
+    actions, mask = post.actions.movedim(1, 0), post.mask.movedim(1, 0)
+    ratio = torch.exp(log_prob(dist, actions) - log_prob(old_dist, actions))
+    advantages = data.post_advantages.movedim(1, 0)
+    loss = -masked_mean(ratio * advantages, mask, dim=(1, 2)).mean()
+    mean_kl = masked_mean(kl(old_dist, dist), mask, dim=(1, 2)).mean()
+    return loss, mean_kl
+
+
+@dataclass(frozen=True)
+class MetaStepInfo:
+    """Diagnostics of one TRPO meta-step (names as logged under `meta/`)."""
+
+    surrogate_before: float
+    surrogate_after: float
+    kl_before: float
+    kl_after: float
+    line_search_steps: int
+    accepted: bool
+    step_fraction: float
+    grad_norm: float
+    max_step_length: float
+
+    def as_metrics(self) -> dict[str, float]:
+        return {f"meta/{k}": float(v) for k, v in self.__dict__.items()}
+
+
+def meta_step(
+    policy: nn.Module, theta: Params, step_size: Params, data: TaskData, cfg: Config
+) -> tuple[Params, Params, MetaStepInfo]:
+    """One TRPO step on the meta-objective; returns new (theta, step sizes) and diagnostics.
+
+    g = ∇L(x); d = CG(H + damping I, g); β = sqrt(2 max_kl / dᵀHd); backtrack on x - β d.
+    H is the Hessian of KL(x) at x, by finite differences of ∇KL or by double backward.
+    If the line search finds no admissible step, theta and step sizes are returned unchanged.
+    """
+    layout = MetaParams.of(theta, step_size)
+    x0 = layout.flatten(theta, step_size).detach()
+    with torch.no_grad():
+        old_dist = detach(_post_distribution(policy, layout, x0, data, cfg))
+
+    def objective(x: Tensor) -> tuple[Tensor, Tensor]:
+        return meta_objective(policy, layout, x, data, old_dist, cfg)
+
+    x = x0.clone().requires_grad_(True)
+    loss, kl_before = objective(x)
+    loss_before = loss.item()
+    grad = flat_grad(loss, [x], retain_graph=cfg.hvp == "exact")
+    hvp = _make_hvp(objective, x, kl_before, cfg)
+    direction = conjugate_gradient(hvp, grad, iters=cfg.cg_iters)
+    beta = max_step_length(direction, hvp(direction), cfg.max_kl)
+
+    def evaluate(candidate: Tensor) -> tuple[float, float]:
+        with torch.no_grad():
+            loss_c, kl_c = objective(candidate)
+        return float(loss_c), float(kl_c)
+
+    result = backtracking_line_search(
+        evaluate,
+        x0,
+        -beta * direction,
+        loss_before,
+        cfg.max_kl,
+        max_steps=cfg.ls_max_steps,
+        backtrack_ratio=cfg.ls_backtrack_ratio,
+    )
+    new_theta, new_step_size = layout.unflatten(result.x.detach())
+    info = MetaStepInfo(
+        surrogate_before=loss_before,
+        surrogate_after=result.loss,
+        kl_before=kl_before.item(),
+        kl_after=result.kl,
+        line_search_steps=result.steps,
+        accepted=result.accepted,
+        step_fraction=result.step_fraction,
+        grad_norm=float(grad.norm()),
+        max_step_length=float(beta),
+    )
+    return (
+        {n: p.clone() for n, p in new_theta.items()},
+        {n: p.clone() for n, p in new_step_size.items()},
+        info,
+    )
+
+
+def _make_hvp(
+    objective: Callable[[Tensor], tuple[Tensor, Tensor]], x: Tensor, kl_at_x: Tensor, cfg: Config
+) -> Callable[[Tensor], Tensor]:
+    """Hessian-vector products of the mean KL at x, damped, by the configured method."""
+    if cfg.hvp == "exact":
+        kl_grad = flat_grad(kl_at_x, [x], create_graph=True)
+        return exact_hvp(kl_grad, x, damping=cfg.cg_damping)
+
+    def kl_gradient(y: Tensor) -> Tensor:
+        y = y.detach().requires_grad_(True)
+        return flat_grad(objective(y)[1], [y])
+
+    return finite_difference_hvp(
+        kl_gradient, x.detach(), damping=cfg.cg_damping, eps=cfg.hvp_fd_eps
+    )
+
+
+def draw_seeds(rng: np.random.Generator, count: int) -> list[int]:
+    """`count` sampling seeds from the environment stream."""
+    return [int(s) for s in rng.integers(0, 2**31 - 1, size=count)]

@@ -1,0 +1,204 @@
+"""The meta-training loop, top to bottom: seeds, build, iterate, log, checkpoint, resume."""
+
+from __future__ import annotations
+
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from maml_rl import checkpoint
+from maml_rl.checkpoint import CheckpointError
+from maml_rl.config import Config, ConfigError, from_dict, save
+from maml_rl.inner import init_step_size
+from maml_rl.logger import RunLogger, truncate_metrics
+from maml_rl.maml import collect, draw_seeds, meta_step
+from maml_rl.policy import Policy, build_policy, parameters_of
+from maml_rl.sampler import Sampler
+from maml_rl.tasks import TaskFamily, make_family
+from maml_rl.types import Params
+
+LATEST, BEST = "checkpoint_latest.pt", "checkpoint_best.pt"
+DTYPES = {"float32": torch.float32, "float64": torch.float64}
+
+
+@dataclass
+class Streams:
+    """Independent random streams split from one seed (numpy.random.SeedSequence.spawn)."""
+
+    tasks: np.random.Generator
+    evaluation_tasks: np.random.Generator
+    environments: np.random.Generator
+    policy_init: torch.Generator
+
+    @classmethod
+    def from_seed(cls, seed: int) -> Streams:
+        tasks, evaluation, envs, init = np.random.SeedSequence(seed).spawn(4)
+        policy_init = torch.Generator().manual_seed(int(init.generate_state(1, np.uint64)[0] >> 1))
+        return cls(
+            np.random.default_rng(tasks),
+            np.random.default_rng(evaluation),
+            np.random.default_rng(envs),
+            policy_init,
+        )
+
+    def state(self) -> dict[str, Any]:
+        return {
+            "tasks": self.tasks.bit_generator.state,
+            "evaluation_tasks": self.evaluation_tasks.bit_generator.state,
+            "environments": self.environments.bit_generator.state,
+        }
+
+    def restore(self, state: dict[str, Any]) -> None:
+        self.tasks.bit_generator.state = state["tasks"]
+        self.evaluation_tasks.bit_generator.state = state["evaluation_tasks"]
+        self.environments.bit_generator.state = state["environments"]
+
+
+def resolve_device(name: str) -> torch.device:
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"device '{name}' requested but CUDA is not available on this machine")
+    return torch.device(name)
+
+
+def build(cfg: Config, generator: torch.Generator | None) -> tuple[TaskFamily, Policy, Sampler]:
+    """The task family, the policy (initialised from `generator`) and the sampler of a config."""
+    family = make_family(cfg.env, cfg.env_kwargs)
+    probe = family.make_env()
+    observation_space, action_space = probe.observation_space, probe.action_space
+    probe.close()
+    policy = build_policy(
+        observation_space,
+        action_space,
+        cfg.hidden_sizes,
+        cfg.nonlinearity,
+        cfg.init_std,
+        generator=generator,
+    )
+    device, dtype = resolve_device(cfg.device), DTYPES[cfg.dtype]
+    policy = policy.to(device=device, dtype=dtype)
+    return family, policy, Sampler(family, policy, cfg.fast_batch_size, device, dtype)
+
+
+def prepare_run_dir(run_dir: Path, resume: bool, overwrite: bool) -> None:
+    """Refuse to clobber an existing run unless asked to resume or overwrite it."""
+    has_run = (run_dir / LATEST).exists() or (run_dir / "metrics.jsonl").exists()
+    if resume:
+        if not (run_dir / LATEST).exists():
+            raise CheckpointError(f"nothing to resume: {run_dir / LATEST} does not exist")
+        return
+    if has_run and not overwrite:
+        raise CheckpointError(
+            f"run directory {run_dir} already holds a run; pass --resume to continue it "
+            "or --overwrite to replace it"
+        )
+    if has_run and overwrite:
+        shutil.rmtree(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+
+
+def load_resume_config(run_dir: Path, overrides: dict[str, Any]) -> Config:
+    """The config a run was started with, plus the overrides allowed on resume (num_batches...)."""
+    state = checkpoint.load(run_dir / LATEST)
+    return from_dict(overrides, base=from_dict(state["config"]))
+
+
+def train(
+    cfg: Config,
+    run_dir: str | Path,
+    resume: bool = False,
+    overwrite: bool = False,
+    progress: bool = True,
+    tensorboard: bool = True,
+) -> list[dict[str, float]]:
+    """Meta-train with MAML-TRPO; returns the metrics rows written by this call."""
+    run_dir = Path(run_dir)
+    prepare_run_dir(run_dir, resume, overwrite)
+
+    # --- seeding: one seed, independent streams, no global RNG ---
+    streams = Streams.from_seed(cfg.seed)
+
+    # --- build: task family, policy, sampler, meta-parameters ---
+    family, policy, sampler = build(cfg, streams.policy_init)
+    theta: Params = parameters_of(policy)
+    step_size: Params = init_step_size(theta, cfg.learn_step_size, cfg.fast_lr)
+    start, env_steps, best_return = 0, 0, -float("inf")
+
+    # --- resume: parameters, RNG streams and counters of the last complete iteration ---
+    if resume:
+        state = checkpoint.load(run_dir / LATEST, map_location=sampler.device)
+        saved = from_dict(state["config"])
+        if (saved.env, saved.hidden_sizes, saved.learn_step_size) != (
+            cfg.env,
+            cfg.hidden_sizes,
+            cfg.learn_step_size,
+        ):
+            raise CheckpointError(f"checkpoint in {run_dir} was made with another config")
+        theta, step_size = state["theta"], state["step_size"]
+        streams.restore(state["rng"])
+        start, env_steps, best_return = (
+            state["iteration"] + 1,
+            state["env_steps"],
+            state["best_return"],
+        )
+        truncate_metrics(run_dir, state["iteration"])
+    save(cfg, run_dir / "config.yaml")
+
+    logger = RunLogger(run_dir, cfg.num_batches, start, cfg.to_dict(), progress, tensorboard)
+    rows: list[dict[str, float]] = []
+    try:
+        for iteration in range(start, cfg.num_batches):
+            # --- collect: pre-update batches, adaptation, post-update batch ---
+            t0 = time.perf_counter()
+            tasks = family.sample_tasks(cfg.meta_batch_size, streams.tasks)
+            seeds = draw_seeds(streams.environments, cfg.num_steps + 1)
+            step_sizes = [step_size or cfg.fast_lr] * cfg.num_steps
+            data, _ = collect(sampler, theta, tasks, step_sizes, seeds, cfg)
+            t1 = time.perf_counter()
+
+            # --- outer step: TRPO on the post-adaptation surrogate ---
+            theta, step_size, info = meta_step(policy, theta, step_size, data, cfg)
+            t2 = time.perf_counter()
+
+            # --- log ---
+            batches = [batch for batch, _ in data.inner] + [data.post]
+            env_steps += sum(batch.num_steps for batch in batches)
+            metrics: dict[str, float] = {
+                "returns/pre_update": float(data.inner[0][0].episode_returns.mean()),
+                "returns/post_update": float(data.post.episode_returns.mean()),
+                **{
+                    f"returns/after_step_{i}": float(b.episode_returns.mean())
+                    for i, b in enumerate(batches[1:-1], start=1)
+                },
+                **info.as_metrics(),
+                "time/sampling_s": t1 - t0,
+                "time/optimization_s": t2 - t1,
+                "env_steps": float(env_steps),
+            }
+            logger.log(iteration, metrics)
+            rows.append(metrics)
+
+            # --- checkpoint: latest every iteration, best by post-update return ---
+            state = {
+                "iteration": iteration,
+                "theta": theta,
+                "step_size": step_size,
+                "rng": streams.state(),
+                "config": cfg.to_dict(),
+                "env_steps": env_steps,
+                "best_return": max(best_return, metrics["returns/post_update"]),
+            }
+            checkpoint.save_atomic(state, run_dir / LATEST)
+            if metrics["returns/post_update"] > best_return:
+                best_return = metrics["returns/post_update"]
+                checkpoint.save_atomic(state, run_dir / BEST)
+    except KeyboardInterrupt:
+        logger.message(f"interrupted; resume with: maml-rl train --resume {run_dir}")
+    finally:
+        logger.close()
+        sampler.close()
+    return rows

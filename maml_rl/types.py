@@ -1,0 +1,69 @@
+"""Types that cross module boundaries: parameter dictionaries and trajectory batches."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+
+import torch
+from torch import Tensor
+
+Params = dict[str, Tensor]
+"""Explicit policy parameters, name -> tensor, as used by `torch.func.functional_call`.
+
+Shared meta-parameters ``theta`` have the module's own shapes; per-task parameters
+(``phi``) carry a leading task dimension ``[N, *shape]``.
+"""
+
+
+@dataclass(frozen=True)
+class Batch:
+    """Trajectories of N tasks × K episodes, padded to T time steps.
+
+    Shapes (T time steps, N tasks, K trajectories per task):
+        observations: [T, N, K, obs_dim]
+        actions:      [T, N, K, act_dim] (continuous) or [T, N, K] (discrete)
+        rewards:      [T, N, K]
+        mask:         [T, N, K], 1.0 where the step happened, 0.0 after the episode ended
+
+    A step t is valid when the episode had not terminated or been truncated before t;
+    the reward of the terminating step is included.
+    """
+
+    observations: Tensor
+    actions: Tensor
+    rewards: Tensor
+    mask: Tensor
+
+    def __post_init__(self) -> None:
+        lead = tuple(self.rewards.shape)
+        if len(lead) != 3:
+            raise ValueError(f"rewards must be [T, N, K], got {lead}")
+        if tuple(self.mask.shape) != lead:
+            raise ValueError(f"mask shape {tuple(self.mask.shape)} != rewards shape {lead}")
+        if tuple(self.observations.shape[:3]) != lead or self.observations.dim() != 4:
+            raise ValueError(
+                f"observations must be [T, N, K, obs_dim] with [T, N, K] = {lead}, "
+                f"got {tuple(self.observations.shape)}"
+            )
+        if tuple(self.actions.shape[:3]) != lead or self.actions.dim() not in (3, 4):
+            raise ValueError(
+                f"actions must be [T, N, K] or [T, N, K, act_dim] with [T, N, K] = {lead}, "
+                f"got {tuple(self.actions.shape)}"
+            )
+
+    @property
+    def num_tasks(self) -> int:
+        return int(self.rewards.shape[1])
+
+    @property
+    def episode_returns(self) -> Tensor:
+        """Undiscounted return of every trajectory, [N, K]."""
+        return (self.rewards * self.mask).sum(dim=0)
+
+    @property
+    def num_steps(self) -> int:
+        """Number of environment steps actually taken (valid entries of the mask)."""
+        return int(self.mask.sum().item())
+
+    def to(self, device: torch.device | str) -> Batch:
+        return Batch(**{f.name: getattr(self, f.name).to(device) for f in fields(self)})

@@ -1,0 +1,154 @@
+from __future__ import annotations
+
+import math
+
+import gymnasium as gym
+import numpy as np
+import pytest
+import torch
+from torch.distributions import Categorical as TorchCategorical
+from torch.distributions import Normal as TorchNormal
+from torch.distributions import kl_divergence
+
+from maml_rl.policy import (
+    Categorical,
+    CategoricalMLPPolicy,
+    GaussianMLPPolicy,
+    Normal,
+    build_policy,
+    forward,
+    kl,
+    log_prob,
+    parameters_of,
+    sample,
+)
+
+
+@pytest.fixture(autouse=True)
+def _float64():
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    yield
+    torch.set_default_dtype(previous)
+
+
+def gen(seed: int = 0) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+def random_normal(shape: tuple[int, ...], seed: int) -> Normal:
+    g = gen(seed)
+    return Normal(torch.randn(shape, generator=g), 0.3 * torch.randn(shape, generator=g))
+
+
+def test_gaussian_log_prob_matches_closed_form() -> None:
+    dist = random_normal((5, 3), 0)
+    actions = torch.randn(5, 3, generator=gen(1))
+    expected = TorchNormal(dist.mean, dist.log_std.exp()).log_prob(actions).sum(-1)
+    torch.testing.assert_close(log_prob(dist, actions), expected, rtol=1e-12, atol=1e-12)
+    # hand-worked: standard normal at 0 in one dimension is -½ log 2π
+    single = Normal(torch.zeros(1, 1), torch.zeros(1, 1))
+    assert log_prob(single, torch.zeros(1, 1)).item() == pytest.approx(-0.5 * math.log(2 * math.pi))
+
+
+def test_categorical_log_prob_and_kl() -> None:
+    logits_p = torch.randn(6, 4, generator=gen(2))
+    logits_q = torch.randn(6, 4, generator=gen(3))
+    actions = torch.tensor([0, 1, 2, 3, 1, 0])
+    p, q = Categorical(logits_p), Categorical(logits_q)
+    expected = TorchCategorical(logits=logits_p).log_prob(actions)
+    torch.testing.assert_close(log_prob(p, actions), expected)
+    expected_kl = kl_divergence(
+        TorchCategorical(logits=logits_p), TorchCategorical(logits=logits_q)
+    )
+    torch.testing.assert_close(kl(p, q), expected_kl)
+
+
+def test_gaussian_kl_matches_closed_form() -> None:
+    p, q = random_normal((7, 2), 4), random_normal((7, 2), 5)
+    expected = kl_divergence(
+        TorchNormal(p.mean, p.log_std.exp()), TorchNormal(q.mean, q.log_std.exp())
+    ).sum(-1)
+    torch.testing.assert_close(kl(p, q), expected, rtol=1e-12, atol=1e-12)
+    # hand-worked: unit variances, means 0 and 1 -> ½
+    p1 = Normal(torch.zeros(1, 1), torch.zeros(1, 1))
+    q1 = Normal(torch.ones(1, 1), torch.zeros(1, 1))
+    assert kl(p1, q1).item() == pytest.approx(0.5)
+
+
+def test_kl_of_identical_policies_is_zero_with_zero_gradient() -> None:
+    policy = GaussianMLPPolicy(3, 2, (8,), generator=gen(0))
+    theta = {k: v.requires_grad_(True) for k, v in parameters_of(policy).items()}
+    obs = torch.randn(10, 3, generator=gen(1))
+    old = forward(policy, {k: v.detach() for k, v in theta.items()}, obs)
+    value = kl(old, forward(policy, theta, obs)).mean()
+    grads = torch.autograd.grad(value, list(theta.values()))
+    assert value.item() == pytest.approx(0.0, abs=1e-15)
+    assert all(torch.count_nonzero(g.abs() > 1e-12) == 0 for g in grads)
+
+
+def test_initialisation_xavier_zero_bias_and_log_std() -> None:
+    policy = GaussianMLPPolicy(4, 2, (16, 16), init_std=0.5, generator=gen(0))
+    assert torch.allclose(policy.log_std, torch.full((2,), math.log(0.5)))
+    for layer in policy.mean:
+        if isinstance(layer, torch.nn.Linear):
+            assert torch.count_nonzero(layer.bias) == 0
+            bound = math.sqrt(6.0 / (layer.in_features + layer.out_features))
+            assert layer.weight.abs().max() <= bound
+            assert layer.weight.abs().max() > 0.5 * bound
+    same = GaussianMLPPolicy(4, 2, (16, 16), init_std=0.5, generator=gen(0))
+    other = GaussianMLPPolicy(4, 2, (16, 16), init_std=0.5, generator=gen(1))
+    assert torch.equal(policy.mean[0].weight, same.mean[0].weight)
+    assert not torch.equal(policy.mean[0].weight, other.mean[0].weight)
+
+
+@pytest.mark.parametrize("nonlinearity", ["tanh", "relu", "elu"])
+def test_functional_forward_matches_module(nonlinearity: str) -> None:
+    policy = GaussianMLPPolicy(3, 2, (8, 8), nonlinearity, generator=gen(0))
+    obs = torch.randn(5, 3, generator=gen(1))
+    dist = forward(policy, parameters_of(policy), obs)
+    direct = policy(obs)
+    torch.testing.assert_close(dist.mean, direct.mean)
+    torch.testing.assert_close(dist.log_std, direct.log_std)
+    assert isinstance(
+        policy.mean[1],
+        {"tanh": torch.nn.Tanh, "relu": torch.nn.ReLU, "elu": torch.nn.ELU}[nonlinearity],
+    )
+
+
+def test_per_task_forward_uses_each_tasks_parameters() -> None:
+    policy = GaussianMLPPolicy(3, 2, (8,), generator=gen(0))
+    thetas = [parameters_of(GaussianMLPPolicy(3, 2, (8,), generator=gen(s))) for s in range(4)]
+    stacked = {k: torch.stack([t[k] for t in thetas]) for k in thetas[0]}
+    obs = torch.randn(4, 5, 3, generator=gen(9))
+    dist = forward(policy, stacked, obs, per_task=True)
+    for n, theta in enumerate(thetas):
+        torch.testing.assert_close(dist.mean[n], forward(policy, theta, obs[n]).mean)
+
+
+def test_sample_is_deterministic_per_generator_and_has_right_moments() -> None:
+    dist = Normal(torch.full((20000, 1), 2.0), torch.full((20000, 1), math.log(0.5)))
+    a, b = sample(dist, gen(3)), sample(dist, gen(3))
+    assert torch.equal(a, b)
+    assert a.mean().item() == pytest.approx(2.0, abs=0.02)
+    assert a.std().item() == pytest.approx(0.5, abs=0.02)
+    cat = Categorical(torch.log(torch.tensor([[0.2, 0.8]])).expand(20000, 2))
+    draws = sample(cat, gen(4))
+    assert draws.shape == (20000,)
+    assert draws.double().mean().item() == pytest.approx(0.8, abs=0.02)
+
+
+def test_build_policy_picks_by_action_space_and_rejects_others() -> None:
+    box = gym.spaces.Box(-1, 1, (3,), np.float32)
+    assert isinstance(
+        build_policy(box, gym.spaces.Box(-1, 1, (2,)), (8,), "tanh", 1.0), GaussianMLPPolicy
+    )
+    assert isinstance(
+        build_policy(box, gym.spaces.Discrete(4), (8,), "tanh", 1.0), CategoricalMLPPolicy
+    )
+    with pytest.raises(ValueError, match="action space"):
+        build_policy(box, gym.spaces.MultiBinary(3), (8,), "tanh", 1.0)
+    with pytest.raises(ValueError, match="observation space"):
+        build_policy(gym.spaces.Box(-1, 1, (2, 2)), gym.spaces.Discrete(2), (8,), "tanh", 1.0)
+    with pytest.raises(ValueError, match="nonlinearity"):
+        GaussianMLPPolicy(3, 2, (8,), "sigmoidish")
