@@ -57,6 +57,10 @@ class Navigation2D:
             raise ValueError(f"navigation needs low < high, got low={low}, high={high}")
         if max_episode_steps < 1:
             raise ValueError(f"max_episode_steps must be >= 1, got {max_episode_steps}")
+        if not max_action > 0:
+            raise ValueError(f"max_action must be > 0, got {max_action}")
+        if not goal_tolerance > 0:
+            raise ValueError(f"goal_tolerance must be > 0, got {goal_tolerance}")
         self.low, self.high = float(low), float(high)
         self.max_episode_steps = int(max_episode_steps)
         self.max_action = float(max_action)

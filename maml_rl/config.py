@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -166,6 +167,7 @@ def _coerce(key: str, value: Any, annotation: Any) -> Any:
                 _check(False, key, "must be a number", value)
         ok = isinstance(value, int | float) and not isinstance(value, bool)
         _check(ok, key, "must be a number", value)
+        _check(math.isfinite(value), key, "must be finite", value)
         return float(value)
     if annotation is str:
         _check(isinstance(value, str), key, "must be a string", value)

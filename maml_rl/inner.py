@@ -65,6 +65,28 @@ def reinforce_loss(policy: nn.Module, params: Params, batch: Batch, advantages: 
     return -masked_mean(weighted, batch.mask.movedim(1, 0), dim=(1, 2))
 
 
+def policy_gradients(
+    policy: nn.Module, params: Params, batch: Batch, advantages: Tensor, create_graph: bool
+) -> Params:
+    """Per-task gradients ∇_{phi_n} L_n(phi_n), [N, *shape] each; works under `torch.no_grad`.
+
+    create_graph=True keeps their graph (second-order MAML); False returns them detached.
+    """
+    with torch.enable_grad():
+        inputs = {
+            name: p if p.requires_grad else p.detach().requires_grad_(True)
+            for name, p in params.items()
+        }
+        losses = reinforce_loss(policy, inputs, batch, advantages)
+        grads = torch.autograd.grad(losses.sum(), list(inputs.values()), create_graph=create_graph)
+    return dict(zip(inputs, grads, strict=True))
+
+
+def apply_step(params: Params, grads: Params, step_size: StepSize) -> Params:
+    """phi' = phi - alpha ⊙ grad, for every parameter (alpha broadcast over tasks)."""
+    return {name: p - _alpha(step_size, name) * grads[name] for name, p in params.items()}
+
+
 def inner_step(
     policy: nn.Module,
     params: Params,
@@ -78,17 +100,8 @@ def inner_step(
     create_graph=True keeps the graph of the gradient (second-order MAML); False detaches the
     gradient (first-order MAML, and sampling-time adaptation). Works under `torch.no_grad`.
     """
-    with torch.enable_grad():
-        inputs = {
-            name: p if p.requires_grad else p.detach().requires_grad_(True)
-            for name, p in params.items()
-        }
-        losses = reinforce_loss(policy, inputs, batch, advantages)
-        grads = torch.autograd.grad(losses.sum(), list(inputs.values()), create_graph=create_graph)
-    return {
-        name: params[name] - _alpha(step_size, name) * grad
-        for name, grad in zip(inputs, grads, strict=True)
-    }
+    grads = policy_gradients(policy, params, batch, advantages, create_graph)
+    return apply_step(params, grads, step_size)
 
 
 def adapt(
@@ -97,14 +110,39 @@ def adapt(
     inner_data: Sequence[tuple[Batch, Tensor]],
     step_sizes: Sequence[StepSize],
     first_order: bool,
+    frozen_grads: Sequence[Params] | None = None,
 ) -> Params:
     """Adapted parameters phi [N, *shape] after len(inner_data) inner steps from theta.
 
     inner_data[i] = (batch, advantages) sampled with the parameters after i steps;
     step_sizes[i] is the step size of step i. Differentiable w.r.t. theta and learnable steps.
+    frozen_grads (first order only): use these inner gradients instead of recomputing them,
+    so phi(x) = theta - Σ_i alpha_i ⊙ g_i is exactly the linear model first-order MAML
+    differentiates (its Hessian-vector products then match the exact ones).
     """
     num_tasks = inner_data[0][0].num_tasks
     params = expand_to_tasks(theta, num_tasks)
-    for (batch, advantages), step_size in zip(inner_data, step_sizes, strict=True):
-        params = inner_step(policy, params, batch, advantages, step_size, not first_order)
+    for i, ((batch, advantages), step_size) in enumerate(zip(inner_data, step_sizes, strict=True)):
+        if frozen_grads is not None:
+            params = apply_step(params, frozen_grads[i], step_size)
+        else:
+            params = inner_step(policy, params, batch, advantages, step_size, not first_order)
     return params
+
+
+def first_order_gradients(
+    policy: nn.Module,
+    theta: Params,
+    inner_data: Sequence[tuple[Batch, Tensor]],
+    step_sizes: Sequence[StepSize],
+) -> list[Params]:
+    """The detached inner gradients g_i along the adaptation path from theta (for frozen_grads)."""
+    params = {n: p.detach().expand(inner_data[0][0].num_tasks, *p.shape) for n, p in theta.items()}
+    steps = [
+        {n: a.detach() for n, a in s.items()} if isinstance(s, dict) else s for s in step_sizes
+    ]
+    grads: list[Params] = []
+    for (batch, advantages), step_size in zip(inner_data, steps, strict=True):
+        grads.append(policy_gradients(policy, params, batch, advantages, create_graph=False))
+        params = apply_step(params, grads[-1], step_size)
+    return grads

@@ -24,7 +24,7 @@ from torch import Tensor, nn
 
 from maml_rl.baseline import advantages as compute_advantages
 from maml_rl.config import Config
-from maml_rl.inner import StepSize, adapt, inner_step
+from maml_rl.inner import StepSize, adapt, first_order_gradients, inner_step
 from maml_rl.policy import Distribution, detach, forward, kl, log_prob
 from maml_rl.returns import masked_mean
 from maml_rl.sampler import Sampler
@@ -135,11 +135,16 @@ def collect(
 
 
 def _post_distribution(
-    policy: nn.Module, layout: MetaParams, x: Tensor, data: TaskData, cfg: Config
+    policy: nn.Module,
+    layout: MetaParams,
+    x: Tensor,
+    data: TaskData,
+    cfg: Config,
+    frozen_grads: Sequence[Params] | None = None,
 ) -> Distribution:
     theta, step_size = layout.unflatten(x)
     steps: list[StepSize] = [step_size or cfg.fast_lr] * len(data.inner)
-    phi = adapt(policy, theta, data.inner, steps, cfg.first_order)
+    phi = adapt(policy, theta, data.inner, steps, cfg.first_order, frozen_grads)
     return forward(policy, phi, data.post.observations.movedim(1, 0), per_task=True)
 
 
@@ -150,9 +155,13 @@ def meta_objective(
     data: TaskData,
     old_dist: Distribution,
     cfg: Config,
+    frozen_grads: Sequence[Params] | None = None,
 ) -> tuple[Tensor, Tensor]:
-    """(surrogate loss L(x), mean KL(x)) as 0-dim tensors; see the module docstring."""
-    dist = _post_distribution(policy, layout, x, data, cfg)
+    """(surrogate loss L(x), mean KL(x)) as 0-dim tensors; see the module docstring.
+
+    frozen_grads: first-order inner gradients held fixed (see `inner.adapt`).
+    """
+    dist = _post_distribution(policy, layout, x, data, cfg, frozen_grads)
     post = data.post
     actions, mask = post.actions.movedim(1, 0), post.mask.movedim(1, 0)
     ratio = torch.exp(log_prob(dist, actions) - log_prob(old_dist, actions))
@@ -193,9 +202,17 @@ def meta_step(
     x0 = layout.flatten(theta, step_size).detach()
     with torch.no_grad():
         old_dist = detach(_post_distribution(policy, layout, x0, data, cfg))
+    # First order: gradient and curvature of the linear model phi = theta - alpha g (g fixed);
+    # the line search below evaluates the true adaptation.
+    frozen = None
+    if cfg.first_order:
+        theta0, steps0 = layout.unflatten(x0)
+        frozen = first_order_gradients(
+            policy, theta0, data.inner, [steps0 or cfg.fast_lr] * len(data.inner)
+        )
 
     def objective(x: Tensor) -> tuple[Tensor, Tensor]:
-        return meta_objective(policy, layout, x, data, old_dist, cfg)
+        return meta_objective(policy, layout, x, data, old_dist, cfg, frozen)
 
     x = x0.clone().requires_grad_(True)
     loss, kl_before = objective(x)
@@ -207,7 +224,7 @@ def meta_step(
 
     def evaluate(candidate: Tensor) -> tuple[float, float]:
         with torch.no_grad():
-            loss_c, kl_c = objective(candidate)
+            loss_c, kl_c = meta_objective(policy, layout, candidate, data, old_dist, cfg)
         return float(loss_c), float(kl_c)
 
     result = backtracking_line_search(

@@ -76,7 +76,7 @@ class Sampler:
         obs = env.reset([task for task in tasks for _ in range(k)], seed=seed)
         obs_buf = np.zeros((horizon, num_envs, obs.shape[-1]), dtype=np.float32)
         act_shape = () if discrete else env.action_space.shape
-        act_buf = np.zeros((horizon, num_envs, *act_shape), dtype=np.float32)
+        act_buf = np.zeros((horizon, num_envs, *act_shape), dtype=np.float64)
         rew_buf = np.zeros((horizon, num_envs), dtype=np.float64)
         mask_buf = np.zeros((horizon, num_envs), dtype=np.float32)
         alive = np.ones(num_envs, dtype=bool)

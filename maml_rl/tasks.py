@@ -112,7 +112,13 @@ def make_family(name: str, env_kwargs: dict[str, Any] | None = None) -> TaskFami
         raise TaskFamilyError(f"bad env_kwargs for task family '{name}': {error}") from error
     except ValueError:  # builtins without a signature: let the call decide
         pass
-    family = factory(**kwargs)
+    try:
+        family = factory(**kwargs)
+    except TaskFamilyError:
+        raise
+    except (TypeError, ValueError) as error:  # the family rejected its arguments
+        message = " ".join(str(error).split())
+        raise TaskFamilyError(f"bad env_kwargs for task family '{name}': {message}") from error
     missing = [m for m in ("sample_tasks", "make_env") if not callable(getattr(family, m, None))]
     if missing:
         raise TaskFamilyError(f"task family '{name}' lacks {', '.join(missing)}()")

@@ -103,6 +103,8 @@ def prepare_run_dir(run_dir: Path, resume: bool, overwrite: bool) -> None:
 
 def load_resume_config(run_dir: Path, overrides: dict[str, Any]) -> Config:
     """The config a run was started with, plus the overrides allowed on resume (num_batches...)."""
+    if not (run_dir / LATEST).exists():
+        raise CheckpointError(f"nothing to resume: {run_dir / LATEST} does not exist")
     state = checkpoint.load(run_dir / LATEST)
     return from_dict(overrides, base=from_dict(state["config"]))
 

@@ -1,0 +1,41 @@
+"""Shared test helpers: synthetic trajectory batches and small float64 policies."""
+
+from __future__ import annotations
+
+import torch
+
+from maml_rl.policy import GaussianMLPPolicy, parameters_of
+from maml_rl.types import Batch, Params
+
+
+def make_batch(
+    seed: int, num_tasks: int = 3, horizon: int = 6, k: int = 4, obs_dim: int = 2, act_dim: int = 2
+) -> tuple[Batch, torch.Tensor]:
+    """A random float64 Batch [T, N, K, ...] whose episodes end at random steps, and
+    random advantages [T, N, K] (zero on masked steps)."""
+    g = torch.Generator().manual_seed(seed)
+    lengths = torch.randint(1, horizon + 1, (num_tasks, k), generator=g)
+    mask = (torch.arange(horizon)[:, None, None] < lengths[None]).double()
+    batch = Batch(
+        observations=torch.randn(horizon, num_tasks, k, obs_dim, generator=g, dtype=torch.float64),
+        actions=torch.randn(horizon, num_tasks, k, act_dim, generator=g, dtype=torch.float64),
+        rewards=torch.randn(horizon, num_tasks, k, generator=g, dtype=torch.float64) * mask,
+        mask=mask,
+    )
+    advantages = torch.randn(horizon, num_tasks, k, generator=g, dtype=torch.float64) * mask
+    return batch, advantages
+
+
+def make_policy(
+    seed: int = 0, obs_dim: int = 2, act_dim: int = 2
+) -> tuple[GaussianMLPPolicy, Params]:
+    """A small tanh Gaussian policy in float64 and its parameters theta."""
+    policy = GaussianMLPPolicy(
+        obs_dim,
+        act_dim,
+        (8, 8),
+        "tanh",
+        init_std=0.7,
+        generator=torch.Generator().manual_seed(seed),
+    ).double()
+    return policy, parameters_of(policy)

@@ -1,0 +1,158 @@
+"""The meta-objective and the TRPO meta-step, checked against finite differences in float64."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+from conftest import make_batch, make_policy
+
+from maml_rl.config import Config
+from maml_rl.inner import adapt, first_order_gradients, init_step_size
+from maml_rl.maml import (
+    MetaParams,
+    TaskData,
+    _make_hvp,
+    _post_distribution,
+    meta_objective,
+    meta_step,
+)
+from maml_rl.policy import detach, forward, log_prob
+from maml_rl.returns import masked_mean
+from maml_rl.trpo import flat_grad
+
+
+def task_data(num_steps: int, seed: int = 10) -> TaskData:
+    inner = tuple(make_batch(seed + i) for i in range(num_steps))
+    post, post_advantages = make_batch(seed + 100)
+    return TaskData(inner, post, post_advantages)
+
+
+def setup(num_steps: int, first_order: bool = False, mode: str = "none", **kw):
+    cfg = Config(fast_lr=0.1, first_order=first_order, learn_step_size=mode, **kw)
+    policy, theta = make_policy()
+    step_size = init_step_size(theta, mode, 0.1)
+    layout = MetaParams.of(theta, step_size)
+    x0 = layout.flatten(theta, step_size)
+    data = task_data(num_steps)
+    with torch.no_grad():
+        old = detach(_post_distribution(policy, layout, x0, data, cfg))
+    return cfg, policy, theta, step_size, layout, x0, data, old
+
+
+def central_difference(f, x: torch.Tensor, v: torch.Tensor, h: float = 1e-6) -> float:
+    with torch.no_grad():
+        return (f(x + h * v) - f(x - h * v)).item() / (2 * h)
+
+
+@pytest.mark.parametrize("num_steps", [1, 2])
+@pytest.mark.parametrize("mode", ["none", "scalar", "per_parameter"])
+def test_meta_gradient_equals_finite_difference(num_steps: int, mode: str) -> None:
+    cfg, policy, _, _, layout, x0, data, old = setup(num_steps, mode=mode)
+
+    def loss(x: torch.Tensor) -> torch.Tensor:
+        return meta_objective(policy, layout, x, data, old, cfg)[0]
+
+    # move away from x0 so the importance ratio is not 1 everywhere
+    x1 = x0 + 0.05 * torch.randn(
+        x0.shape, generator=torch.Generator().manual_seed(1), dtype=x0.dtype
+    )
+    x = x1.clone().requires_grad_(True)
+    grad = flat_grad(loss(x), [x])
+    g = torch.Generator().manual_seed(2)
+    for _ in range(3):
+        v = torch.randn(x0.shape, generator=g, dtype=x0.dtype)
+        assert (grad @ v).item() == pytest.approx(
+            central_difference(loss, x1, v), rel=1e-6, abs=1e-9
+        )
+
+
+@pytest.mark.parametrize("num_steps", [1, 2])
+def test_first_order_gradient_is_the_gradient_at_phi(num_steps: int) -> None:
+    cfg, policy, theta, _, layout, x0, data, old = setup(num_steps, first_order=True)
+    x = x0.clone().requires_grad_(True)
+    first_order = flat_grad(meta_objective(policy, layout, x, data, old, cfg)[0], [x])
+
+    # gradient of the post-update loss with respect to the adapted parameters, summed over tasks
+    with torch.no_grad():
+        phi = adapt(policy, theta, data.inner, [0.1] * num_steps, first_order=True)
+    phi = {k: v.clone().requires_grad_(True) for k, v in phi.items()}
+    post = data.post
+    dist = forward(policy, phi, post.observations.movedim(1, 0), per_task=True)
+    actions = post.actions.movedim(1, 0)
+    ratio = torch.exp(log_prob(dist, actions) - log_prob(old, actions))
+    loss = -masked_mean(ratio * data.post_advantages.movedim(1, 0), post.mask.movedim(1, 0), (1, 2))
+    grads = torch.autograd.grad(loss.mean(), list(phi.values()))
+    at_phi = torch.cat([g.sum(0).reshape(-1) for g in grads])
+    torch.testing.assert_close(first_order, at_phi, rtol=1e-10, atol=1e-12)
+    # the frozen-gradient linear model used by meta_step has the same gradient
+    frozen = first_order_gradients(policy, theta, data.inner, [0.1] * num_steps)
+    x = x0.clone().requires_grad_(True)
+    linear = flat_grad(meta_objective(policy, layout, x, data, old, cfg, frozen)[0], [x])
+    torch.testing.assert_close(linear, at_phi, rtol=1e-10, atol=1e-12)
+
+    # and it differs from the second-order meta-gradient (the test can tell them apart)
+    cfg2 = dataclasses.replace(cfg, first_order=False)
+    x = x0.clone().requires_grad_(True)
+    second_order = flat_grad(meta_objective(policy, layout, x, data, old, cfg2)[0], [x])
+    assert (second_order - first_order).norm() > 1e-3 * first_order.norm()
+
+
+def test_kl_at_the_old_parameters_is_zero_with_zero_gradient() -> None:
+    cfg, policy, _, _, layout, x0, data, old = setup(2)
+    x = x0.clone().requires_grad_(True)
+    loss, kl = meta_objective(policy, layout, x, data, old, cfg)
+    assert kl.item() == pytest.approx(0.0, abs=1e-14)
+    assert flat_grad(kl, [x]).abs().max().item() < 1e-12
+    # at x0 the importance ratio is 1: the surrogate is minus the mean advantage
+    expected = -masked_mean(data.post_advantages, data.post.mask, dim=(0, 2)).mean()
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-12)
+
+
+@pytest.mark.parametrize("first_order", [False, True])
+def test_finite_difference_hvp_matches_exact_on_the_policy_kl(first_order: bool) -> None:
+    results = {}
+    for hvp in ("exact", "finite_difference"):
+        cfg, policy, _, _, layout, x0, data, old = setup(1, first_order, hvp=hvp, cg_damping=0.0)
+        x = x0.clone().requires_grad_(True)
+        kl = meta_objective(policy, layout, x, data, old, cfg)[1]
+
+        frozen = None
+        if first_order:
+            theta, steps = layout.unflatten(x0)
+            frozen = first_order_gradients(policy, theta, data.inner, [steps or 0.1])
+
+        def objective(y, policy=policy, layout=layout, data=data, old=old, cfg=cfg, fz=frozen):
+            return meta_objective(policy, layout, y, data, old, cfg, fz)
+
+        product = _make_hvp(objective, x, kl, cfg)
+        v = torch.randn(x0.shape, generator=torch.Generator().manual_seed(3), dtype=x0.dtype)
+        results[hvp] = product(v)
+    exact, approx = results["exact"], results["finite_difference"]
+    assert exact.norm() > 0
+    assert ((approx - exact).norm() / exact.norm()).item() < 1e-3
+
+
+@pytest.mark.parametrize("hvp", ["finite_difference", "exact"])
+def test_meta_step_improves_within_the_trust_region(hvp: str) -> None:
+    cfg, policy, theta, step_size, *_ = setup(1, hvp=hvp, max_kl=1e-3)
+    data = task_data(1)
+    new_theta, _, info = meta_step(policy, theta, step_size, data, cfg)
+    assert info.accepted
+    assert info.surrogate_after < info.surrogate_before
+    assert 0 < info.kl_after <= cfg.max_kl
+    assert any(not torch.equal(new_theta[k], theta[k]) for k in theta)
+    assert 1 <= info.line_search_steps <= cfg.ls_max_steps
+
+
+def test_meta_step_without_an_admissible_step_leaves_theta_bit_for_bit() -> None:
+    cfg, policy, theta, step_size, *_ = setup(1, mode="scalar")
+    data = task_data(1)
+    # zero post-update advantages: the surrogate is 0 for every x and can never improve
+    flat = TaskData(data.inner, data.post, torch.zeros_like(data.post_advantages))
+    before = {k: v.clone() for k, v in theta.items()}
+    new_theta, new_step, info = meta_step(policy, theta, step_size, flat, cfg)
+    assert not info.accepted
+    assert all(torch.equal(new_theta[k], before[k]) for k in theta)
+    assert torch.equal(new_step["_scalar"], step_size["_scalar"])
