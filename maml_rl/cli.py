@@ -36,6 +36,8 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
         values["seed"] = args.seed
     if args.device is not None:
         values["device"] = args.device
+    if getattr(args, "algo", None) is not None:
+        values["algo"] = args.algo
     return values
 
 
@@ -84,6 +86,11 @@ def parser() -> argparse.ArgumentParser:
     train.add_argument("--overwrite", action="store_true", help="replace an existing run in --out")
     train.add_argument("--seed", type=int)
     train.add_argument("--device", help="cpu or cuda")
+    train.add_argument(
+        "--algo",
+        choices=("maml", "pretrained", "oracle"),
+        help="maml (default), or a baseline trained by plain TRPO: pretrained, oracle",
+    )
     train.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config key")
     train.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     train.set_defaults(func=cmd_train)

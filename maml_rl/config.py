@@ -30,6 +30,9 @@ ALIASES = {"env_name": "env"}  # pytorch-maml-rl's `env-name`
 class Config:
     """Settings of a meta-training run. Defaults follow pytorch-maml-rl / ProMP."""
 
+    algo: str = "maml"
+    """maml (meta-train), or a baseline trained by plain TRPO on tasks from the distribution:
+    pretrained (no task information) or oracle (task parameters appended to observations)."""
     env: str = "navigation"
     """Task family: a registered name (`maml-rl envs`) or a `module:Class` import path."""
     env_kwargs: dict[str, Any] = field(default_factory=dict)
@@ -84,6 +87,11 @@ class Config:
     def __post_init__(self) -> None:
         _validate(self)
 
+    @property
+    def inner_steps(self) -> int:
+        """Inner gradient steps during training: num_steps for MAML, 0 for the baselines."""
+        return self.num_steps if self.algo == "maml" else 0
+
     def to_dict(self) -> dict[str, Any]:
         out = dataclasses.asdict(self)
         out["hidden_sizes"] = list(self.hidden_sizes)
@@ -120,6 +128,7 @@ def _validate(cfg: Config) -> None:
         "learn_step_size": ("none", "scalar", "per_parameter"),
         "nonlinearity": ("tanh", "relu", "elu", "gelu", "silu"),
         "dtype": ("float32", "float64"),
+        "algo": ("maml", "pretrained", "oracle"),
     }
     for key, allowed in choices.items():
         _check(

@@ -111,8 +111,12 @@ def adapt(
     step_sizes: Sequence[StepSize],
     first_order: bool,
     frozen_grads: Sequence[Params] | None = None,
+    num_tasks: int | None = None,
 ) -> Params:
     """Adapted parameters phi [N, *shape] after len(inner_data) inner steps from theta.
+
+    With no inner data (plain TRPO: the pretrained and oracle baselines) phi is theta repeated
+    for `num_tasks` tasks.
 
     inner_data[i] = (batch, advantages) sampled with the parameters after i steps;
     step_sizes[i] is the step size of step i. Differentiable w.r.t. theta and learnable steps.
@@ -120,7 +124,10 @@ def adapt(
     so phi(x) = theta - Σ_i alpha_i ⊙ g_i is exactly the linear model first-order MAML
     differentiates (its Hessian-vector products then match the exact ones).
     """
-    num_tasks = inner_data[0][0].num_tasks
+    if inner_data:
+        num_tasks = inner_data[0][0].num_tasks
+    elif num_tasks is None:
+        raise ValueError("adapt needs num_tasks when there are no inner steps")
     params = expand_to_tasks(theta, num_tasks)
     for i, ((batch, advantages), step_size) in enumerate(zip(inner_data, step_sizes, strict=True)):
         if frozen_grads is not None:

@@ -112,7 +112,7 @@ def collect(
     seeds: Sequence[int],
     cfg: Config,
 ) -> tuple[TaskData, list[Params]]:
-    """Sample and adapt: len(step_sizes) inner steps, then the post-update batch.
+    """Sample and adapt: len(step_sizes) inner steps (0 for plain TRPO), then the post batch.
 
     seeds: one per sampling phase (len(step_sizes) + 1). Returns the data and the adapted
     parameters after each step (detached), [phi_1, ..., phi_S], each [N, *shape].
@@ -130,7 +130,7 @@ def collect(
         params = inner_step(policy, params, batch, advantages, step_size, create_graph=False)
         params = {n: p.detach() for n, p in params.items()}
         adapted.append(params)
-    post = sampler.sample(params, tasks, seed=seeds[len(step_sizes)], per_task=True)
+    post = sampler.sample(params, tasks, seed=seeds[len(step_sizes)], per_task=bool(step_sizes))
     return TaskData(tuple(inner), post, batch_advantages(post, cfg)), adapted
 
 
@@ -144,7 +144,9 @@ def _post_distribution(
 ) -> Distribution:
     theta, step_size = layout.unflatten(x)
     steps: list[StepSize] = [step_size or cfg.fast_lr] * len(data.inner)
-    phi = adapt(policy, theta, data.inner, steps, cfg.first_order, frozen_grads)
+    phi = adapt(
+        policy, theta, data.inner, steps, cfg.first_order, frozen_grads, data.post.num_tasks
+    )
     return forward(policy, phi, data.post.observations.movedim(1, 0), per_task=True)
 
 

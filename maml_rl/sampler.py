@@ -15,20 +15,9 @@ import torch
 from torch import nn
 
 from maml_rl.policy import forward, sample
-from maml_rl.tasks import BatchEnv, Task, TaskFamily, TaskFamilyError
+from maml_rl.tasks import BatchEnv, Task, TaskFamily
 from maml_rl.types import Batch, Params
-from maml_rl.vector import GymBatchEnv
-
-
-def make_batch_env(family: TaskFamily, num_envs: int) -> BatchEnv:
-    """The family's native batch env if it has one, else the generic Gymnasium one."""
-    native = getattr(family, "make_batch_env", None)
-    if callable(native):
-        return native(num_envs)
-    horizon = getattr(family, "max_episode_steps", None)
-    if horizon is None:
-        raise TaskFamilyError(f"task family {family!r} must define max_episode_steps")
-    return GymBatchEnv(family.make_env, num_envs, int(horizon))
+from maml_rl.vector import make_batch_env
 
 
 class Sampler:

@@ -4,84 +4,20 @@ from __future__ import annotations
 
 import shutil
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-import torch
-
 from maml_rl import checkpoint
+from maml_rl.build import Streams, build
 from maml_rl.checkpoint import CheckpointError
-from maml_rl.config import Config, ConfigError, from_dict, save
+from maml_rl.config import Config, from_dict, save
 from maml_rl.inner import init_step_size
 from maml_rl.logger import RunLogger, truncate_metrics
 from maml_rl.maml import collect, draw_seeds, meta_step
-from maml_rl.policy import Policy, build_policy, parameters_of
-from maml_rl.sampler import Sampler
-from maml_rl.tasks import TaskFamily, make_family
+from maml_rl.policy import parameters_of
 from maml_rl.types import Params
 
 LATEST, BEST = "checkpoint_latest.pt", "checkpoint_best.pt"
-DTYPES = {"float32": torch.float32, "float64": torch.float64}
-
-
-@dataclass
-class Streams:
-    """Independent random streams split from one seed (numpy.random.SeedSequence.spawn)."""
-
-    tasks: np.random.Generator
-    evaluation_tasks: np.random.Generator
-    environments: np.random.Generator
-    policy_init: torch.Generator
-
-    @classmethod
-    def from_seed(cls, seed: int) -> Streams:
-        tasks, evaluation, envs, init = np.random.SeedSequence(seed).spawn(4)
-        policy_init = torch.Generator().manual_seed(int(init.generate_state(1, np.uint64)[0] >> 1))
-        return cls(
-            np.random.default_rng(tasks),
-            np.random.default_rng(evaluation),
-            np.random.default_rng(envs),
-            policy_init,
-        )
-
-    def state(self) -> dict[str, Any]:
-        return {
-            "tasks": self.tasks.bit_generator.state,
-            "evaluation_tasks": self.evaluation_tasks.bit_generator.state,
-            "environments": self.environments.bit_generator.state,
-        }
-
-    def restore(self, state: dict[str, Any]) -> None:
-        self.tasks.bit_generator.state = state["tasks"]
-        self.evaluation_tasks.bit_generator.state = state["evaluation_tasks"]
-        self.environments.bit_generator.state = state["environments"]
-
-
-def resolve_device(name: str) -> torch.device:
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError(f"device '{name}' requested but CUDA is not available on this machine")
-    return torch.device(name)
-
-
-def build(cfg: Config, generator: torch.Generator | None) -> tuple[TaskFamily, Policy, Sampler]:
-    """The task family, the policy (initialised from `generator`) and the sampler of a config."""
-    family = make_family(cfg.env, cfg.env_kwargs)
-    probe = family.make_env()
-    observation_space, action_space = probe.observation_space, probe.action_space
-    probe.close()
-    policy = build_policy(
-        observation_space,
-        action_space,
-        cfg.hidden_sizes,
-        cfg.nonlinearity,
-        cfg.init_std,
-        generator=generator,
-    )
-    device, dtype = resolve_device(cfg.device), DTYPES[cfg.dtype]
-    policy = policy.to(device=device, dtype=dtype)
-    return family, policy, Sampler(family, policy, cfg.fast_batch_size, device, dtype)
 
 
 def prepare_run_dir(run_dir: Path, resume: bool, overwrite: bool) -> None:
@@ -157,8 +93,8 @@ def train(
             # --- collect: pre-update batches, adaptation, post-update batch ---
             t0 = time.perf_counter()
             tasks = family.sample_tasks(cfg.meta_batch_size, streams.tasks)
-            seeds = draw_seeds(streams.environments, cfg.num_steps + 1)
-            step_sizes = [step_size or cfg.fast_lr] * cfg.num_steps
+            seeds = draw_seeds(streams.environments, cfg.inner_steps + 1)
+            step_sizes = [step_size or cfg.fast_lr] * cfg.inner_steps
             data, _ = collect(sampler, theta, tasks, step_sizes, seeds, cfg)
             t1 = time.perf_counter()
 
@@ -170,7 +106,7 @@ def train(
             batches = [batch for batch, _ in data.inner] + [data.post]
             env_steps += sum(batch.num_steps for batch in batches)
             metrics: dict[str, float] = {
-                "returns/pre_update": float(data.inner[0][0].episode_returns.mean()),
+                "returns/pre_update": float(batches[0].episode_returns.mean()),
                 "returns/post_update": float(data.post.episode_returns.mean()),
                 **{
                     f"returns/after_step_{i}": float(b.episode_returns.mean())

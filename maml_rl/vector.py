@@ -13,7 +13,7 @@ from collections.abc import Callable, Sequence
 import gymnasium as gym
 import numpy as np
 
-from maml_rl.tasks import Task
+from maml_rl.tasks import BatchEnv, Task, TaskFamily, TaskFamilyError
 
 
 class GymBatchEnv:
@@ -59,3 +59,14 @@ class GymBatchEnv:
     def close(self) -> None:
         for env in self.envs:
             env.close()
+
+
+def make_batch_env(family: TaskFamily, num_envs: int) -> BatchEnv:
+    """The family's native batch env if it has one, else the generic Gymnasium one."""
+    native = getattr(family, "make_batch_env", None)
+    if callable(native):
+        return native(num_envs)
+    horizon = getattr(family, "max_episode_steps", None)
+    if horizon is None:
+        raise TaskFamilyError(f"task family {family!r} must define max_episode_steps")
+    return GymBatchEnv(family.make_env, num_envs, int(horizon))

@@ -397,6 +397,7 @@ def test_save_load_round_trip_defaults(tmp_path: Path) -> None:
 def test_save_load_round_trip_non_defaults(tmp_path: Path) -> None:
     cfg = from_dict(
         {
+            "algo": "oracle",
             "env": "envs.navigation:Navigation2D",
             "env_kwargs": {"low": -0.25, "high": 0.75, "max_episode_steps": 50},
             "hidden_sizes": [16, 8, 4],

@@ -1,0 +1,80 @@
+"""Building a run from its config: random streams, device, task family, policy, sampler.
+
+Shared by training and evaluation so both construct exactly the same objects.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from maml_rl.config import Config, ConfigError
+from maml_rl.oracle import OracleFamily
+from maml_rl.policy import Policy, build_policy
+from maml_rl.sampler import Sampler
+from maml_rl.tasks import TaskFamily, make_family
+
+DTYPES = {"float32": torch.float32, "float64": torch.float64}
+
+
+@dataclass
+class Streams:
+    """Independent random streams split from one seed (numpy.random.SeedSequence.spawn)."""
+
+    tasks: np.random.Generator
+    evaluation_tasks: np.random.Generator
+    environments: np.random.Generator
+    policy_init: torch.Generator
+
+    @classmethod
+    def from_seed(cls, seed: int) -> Streams:
+        tasks, evaluation, envs, init = np.random.SeedSequence(seed).spawn(4)
+        policy_init = torch.Generator().manual_seed(int(init.generate_state(1, np.uint64)[0] >> 1))
+        return cls(
+            np.random.default_rng(tasks),
+            np.random.default_rng(evaluation),
+            np.random.default_rng(envs),
+            policy_init,
+        )
+
+    def state(self) -> dict[str, Any]:
+        return {
+            "tasks": self.tasks.bit_generator.state,
+            "evaluation_tasks": self.evaluation_tasks.bit_generator.state,
+            "environments": self.environments.bit_generator.state,
+        }
+
+    def restore(self, state: dict[str, Any]) -> None:
+        self.tasks.bit_generator.state = state["tasks"]
+        self.evaluation_tasks.bit_generator.state = state["evaluation_tasks"]
+        self.environments.bit_generator.state = state["environments"]
+
+
+def resolve_device(name: str) -> torch.device:
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"device '{name}' requested but CUDA is not available on this machine")
+    return torch.device(name)
+
+
+def build(cfg: Config, generator: torch.Generator | None) -> tuple[TaskFamily, Policy, Sampler]:
+    """The task family, the policy (initialised from `generator`) and the sampler of a config."""
+    family = make_family(cfg.env, cfg.env_kwargs)
+    if cfg.algo == "oracle":
+        family = OracleFamily(family)
+    probe = family.make_env()
+    observation_space, action_space = probe.observation_space, probe.action_space
+    probe.close()
+    policy = build_policy(
+        observation_space,
+        action_space,
+        cfg.hidden_sizes,
+        cfg.nonlinearity,
+        cfg.init_std,
+        generator=generator,
+    )
+    device, dtype = resolve_device(cfg.device), DTYPES[cfg.dtype]
+    policy = policy.to(device=device, dtype=dtype)
+    return family, policy, Sampler(family, policy, cfg.fast_batch_size, device, dtype)
