@@ -65,6 +65,8 @@ class Config:
     """Damping added to Hessian-vector products: (H + damping I) v."""
     hvp: str = "finite_difference"
     """Hessian-vector products: finite_difference (the paper's) or exact (double backward)."""
+    hvp_subsample: float = 1.0
+    """Fraction of the meta-batch's tasks used for Hessian-vector products (rllab's subsampling)."""
     hvp_fd_eps: float | None = None
     """Base step of finite-difference HVPs; null = auto (cbrt of machine eps, see trpo.py)."""
     ls_max_steps: int = 15
@@ -111,6 +113,7 @@ def _validate(cfg: Config) -> None:
     _check(all(h >= 1 for h in cfg.hidden_sizes), "hidden_sizes", "must be >= 1", cfg.hidden_sizes)
     for key in ("max_kl", "fast_lr", "init_std"):
         _check(getattr(cfg, key) > 0, key, "must be > 0", getattr(cfg, key))
+    _check(0 < cfg.hvp_subsample <= 1, "hvp_subsample", "must be in (0, 1]", cfg.hvp_subsample)
     _check(cfg.cg_damping >= 0, "cg_damping", "must be >= 0", cfg.cg_damping)
     _check(0 < cfg.gamma <= 1, "gamma", "must be in (0, 1]", cfg.gamma)
     _check(0 <= cfg.gae_lambda <= 1, "gae_lambda", "must be in [0, 1]", cfg.gae_lambda)

@@ -15,8 +15,9 @@ post_batch. Everything after sampling is a pure function of x and the collected 
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -175,7 +176,7 @@ def meta_objective(
 
 @dataclass(frozen=True)
 class MetaStepInfo:
-    """Diagnostics of one TRPO meta-step (names as logged under `meta/`)."""
+    """Diagnostics of one TRPO meta-step (logged as `meta/<name>`, timings as `time/<name>`)."""
 
     surrogate_before: float
     surrogate_after: float
@@ -186,9 +187,21 @@ class MetaStepInfo:
     step_fraction: float
     grad_norm: float
     max_step_length: float
+    timings: dict[str, float] = field(default_factory=dict)
 
     def as_metrics(self) -> dict[str, float]:
-        return {f"meta/{k}": float(v) for k, v in self.__dict__.items()}
+        metrics = {f"meta/{k}": float(v) for k, v in self.__dict__.items() if k != "timings"}
+        return metrics | {f"time/{k}": v for k, v in self.timings.items()}
+
+
+def first_tasks(data: TaskData, dist: Distribution, count: int) -> tuple[TaskData, Distribution]:
+    """The data of the first `count` tasks (tasks are i.i.d., so this is a random subset)."""
+    if count >= data.post.num_tasks:
+        return data, dist
+
+    inner = tuple((b.first_tasks(count), a[:, :count]) for b, a in data.inner)
+    subset = TaskData(inner, data.post.first_tasks(count), data.post_advantages[:, :count])
+    return subset, type(dist)(*(t[:count] for t in dist))
 
 
 def meta_step(
@@ -197,9 +210,19 @@ def meta_step(
     """One TRPO step on the meta-objective; returns new (theta, step sizes) and diagnostics.
 
     g = ∇L(x); d = CG(H + damping I, g); β = sqrt(2 max_kl / dᵀHd); backtrack on x - β d.
-    H is the Hessian of KL(x) at x, by finite differences of ∇KL or by double backward.
-    If the line search finds no admissible step, theta and step sizes are returned unchanged.
+    H is the Hessian of KL(x) at x, by finite differences of ∇KL or by double backward, on the
+    first ceil(hvp_subsample · N) tasks. If the line search finds no admissible step, theta and
+    step sizes are returned unchanged.
     """
+    clock = time.perf_counter()
+    timings: dict[str, float] = {}
+
+    def lap(name: str) -> None:
+        nonlocal clock
+        now = time.perf_counter()
+        timings[name] = now - clock
+        clock = now
+
     layout = MetaParams.of(theta, step_size)
     x0 = layout.flatten(theta, step_size).detach()
     with torch.no_grad():
@@ -212,18 +235,31 @@ def meta_step(
         frozen = first_order_gradients(
             policy, theta0, data.inner, [steps0 or cfg.fast_lr] * len(data.inner)
         )
+    lap("adaptation_s")
 
-    def objective(x: Tensor) -> tuple[Tensor, Tensor]:
-        return meta_objective(policy, layout, x, data, old_dist, cfg, frozen)
-
+    # --- meta-gradient through the adaptation ---
     x = x0.clone().requires_grad_(True)
-    loss, kl_before = objective(x)
+    loss, kl_before = meta_objective(policy, layout, x, data, old_dist, cfg, frozen)
     loss_before = loss.item()
-    grad = flat_grad(loss, [x], retain_graph=cfg.hvp == "exact")
-    hvp = _make_hvp(objective, x, kl_before, cfg)
+    num_hvp_tasks = max(1, math.ceil(cfg.hvp_subsample * data.post.num_tasks))
+    reuse_graph = cfg.hvp == "exact" and num_hvp_tasks == data.post.num_tasks
+    grad = flat_grad(loss, [x], retain_graph=reuse_graph)
+    lap("meta_gradient_s")
+
+    # --- conjugate gradient on the KL curvature (possibly on a subset of tasks) ---
+    hvp_data, hvp_old = first_tasks(data, old_dist, num_hvp_tasks)
+    hvp_frozen = None if frozen is None else [{n: g[:num_hvp_tasks] for n, g in f.items()}
+                                              for f in frozen]  # fmt: skip
+
+    def hvp_kl(y: Tensor) -> Tensor:
+        return meta_objective(policy, layout, y, hvp_data, hvp_old, cfg, hvp_frozen)[1]
+
+    hvp = _make_hvp(hvp_kl, x, kl_before if reuse_graph else None, cfg)
     direction = conjugate_gradient(hvp, grad, iters=cfg.cg_iters)
     beta = max_step_length(direction, hvp(direction), cfg.max_kl)
+    lap("cg_s")
 
+    # --- backtracking line search on the true adaptation ---
     def evaluate(candidate: Tensor) -> tuple[float, float]:
         with torch.no_grad():
             loss_c, kl_c = meta_objective(policy, layout, candidate, data, old_dist, cfg)
@@ -239,6 +275,7 @@ def meta_step(
         backtrack_ratio=cfg.ls_backtrack_ratio,
     )
     new_theta, new_step_size = layout.unflatten(result.x.detach())
+    lap("line_search_s")
     info = MetaStepInfo(
         surrogate_before=loss_before,
         surrogate_after=result.loss,
@@ -249,6 +286,7 @@ def meta_step(
         step_fraction=result.step_fraction,
         grad_norm=float(grad.norm()),
         max_step_length=float(beta),
+        timings=timings,
     )
     return (
         {n: p.clone() for n, p in new_theta.items()},
@@ -258,16 +296,21 @@ def meta_step(
 
 
 def _make_hvp(
-    objective: Callable[[Tensor], tuple[Tensor, Tensor]], x: Tensor, kl_at_x: Tensor, cfg: Config
+    kl_fn: Callable[[Tensor], Tensor], x: Tensor, kl_at_x: Tensor | None, cfg: Config
 ) -> Callable[[Tensor], Tensor]:
-    """Hessian-vector products of the mean KL at x, damped, by the configured method."""
+    """Damped Hessian-vector products of kl_fn at x, by the configured method.
+
+    kl_at_x: kl_fn(x) with its graph, if already computed (the exact mode reuses it).
+    """
     if cfg.hvp == "exact":
+        if kl_at_x is None:
+            kl_at_x = kl_fn(x)
         kl_grad = flat_grad(kl_at_x, [x], create_graph=True)
         return exact_hvp(kl_grad, x, damping=cfg.cg_damping)
 
     def kl_gradient(y: Tensor) -> Tensor:
         y = y.detach().requires_grad_(True)
-        return flat_grad(objective(y)[1], [y])
+        return flat_grad(kl_fn(y), [y])
 
     return finite_difference_hvp(
         kl_gradient, x.detach(), damping=cfg.cg_damping, eps=cfg.hvp_fd_eps

@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import os
+import sys
 from collections.abc import Sequence
 from importlib.metadata import entry_points
 from typing import Any, Protocol, runtime_checkable
@@ -73,15 +75,28 @@ def available_families() -> dict[str, str]:
     return {ep.name: ep.value for ep in entry_points(group=ENTRY_POINT_GROUP)}
 
 
+def _import_module(name: str) -> Any:
+    """Import a module; a top-level module not on sys.path is also looked for in the current
+    directory (console scripts do not put it on sys.path, `python -m` does)."""
+    try:
+        return importlib.import_module(name)
+    except ModuleNotFoundError as error:
+        cwd = os.getcwd()
+        if error.name != name.split(".")[0] or cwd in sys.path:
+            raise
+        sys.path.append(cwd)
+        return importlib.import_module(name)
+
+
 def _import_target(target: str) -> Any:
     module_name, _, attribute = target.partition(":")
     if not module_name or not attribute:
         raise TaskFamilyError(f"task family path {target!r} must look like 'module:Class'")
     try:
-        module = importlib.import_module(module_name)
-    except ImportError as error:
+        module = _import_module(module_name)
+    except Exception as error:  # ImportError, or any error raised while importing the module
         raise TaskFamilyError(
-            f"cannot import task family module '{module_name}': {error}"
+            f"cannot import task family module '{module_name}': {type(error).__name__}: {error}"
         ) from error
     obj: Any = module
     for part in attribute.split("."):

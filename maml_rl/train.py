@@ -9,6 +9,7 @@ from typing import Any
 
 from maml_rl import checkpoint
 from maml_rl.build import Streams, build
+from maml_rl.checker import check_family
 from maml_rl.checkpoint import CheckpointError
 from maml_rl.config import Config, from_dict, save
 from maml_rl.inner import init_step_size
@@ -52,6 +53,7 @@ def train(
     overwrite: bool = False,
     progress: bool = True,
     tensorboard: bool = True,
+    check: bool = True,
 ) -> list[dict[str, float]]:
     """Meta-train with MAML-TRPO; returns the metrics rows written by this call."""
     run_dir = Path(run_dir)
@@ -62,6 +64,8 @@ def train(
 
     # --- build: task family, policy, sampler, meta-parameters ---
     family, policy, sampler = build(cfg, streams.policy_init)
+    if check:
+        check_family(family, seed=cfg.seed)  # a broken family fails here, in one line
     theta: Params = parameters_of(policy)
     step_size: Params = init_step_size(theta, cfg.learn_step_size, cfg.fast_lr)
     start, env_steps, best_return = 0, 0, -float("inf")

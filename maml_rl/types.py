@@ -65,5 +65,9 @@ class Batch:
         """Number of environment steps actually taken (valid entries of the mask)."""
         return int(self.mask.sum().item())
 
+    def first_tasks(self, count: int) -> Batch:
+        """The trajectories of tasks 0..count-1: [T, count, K, ...]."""
+        return Batch(**{f.name: getattr(self, f.name)[:, :count] for f in fields(self)})
+
     def to(self, device: torch.device | str) -> Batch:
         return Batch(**{f.name: getattr(self, f.name).to(device) for f in fields(self)})

@@ -15,12 +15,13 @@ from maml_rl.maml import (
     TaskData,
     _make_hvp,
     _post_distribution,
+    first_tasks,
     meta_objective,
     meta_step,
 )
 from maml_rl.policy import detach, forward, log_prob
 from maml_rl.returns import masked_mean
-from maml_rl.trpo import flat_grad
+from maml_rl.trpo import conjugate_gradient, flat_grad, max_step_length
 
 
 def task_data(num_steps: int, seed: int = 10) -> TaskData:
@@ -118,15 +119,17 @@ def test_finite_difference_hvp_matches_exact_on_the_policy_kl(first_order: bool)
         x = x0.clone().requires_grad_(True)
         kl = meta_objective(policy, layout, x, data, old, cfg)[1]
 
+        v0 = torch.randn(x0.shape, generator=torch.Generator().manual_seed(7), dtype=x0.dtype)
         frozen = None
         if first_order:
             theta, steps = layout.unflatten(x0)
             frozen = first_order_gradients(policy, theta, data.inner, [steps or 0.1])
 
         def objective(y, policy=policy, layout=layout, data=data, old=old, cfg=cfg, fz=frozen):
-            return meta_objective(policy, layout, y, data, old, cfg, fz)
+            return meta_objective(policy, layout, y, data, old, cfg, fz)[1]
 
         product = _make_hvp(objective, x, kl, cfg)
+        assert torch.allclose(product(v0), _make_hvp(objective, x, None, cfg)(v0))
         v = torch.randn(x0.shape, generator=torch.Generator().manual_seed(3), dtype=x0.dtype)
         results[hvp] = product(v)
     exact, approx = results["exact"], results["finite_difference"]
@@ -156,3 +159,38 @@ def test_meta_step_without_an_admissible_step_leaves_theta_bit_for_bit() -> None
     assert not info.accepted
     assert all(torch.equal(new_theta[k], before[k]) for k in theta)
     assert torch.equal(new_step["_scalar"], step_size["_scalar"])
+
+
+@pytest.mark.parametrize("hvp", ["finite_difference", "exact"])
+def test_hvp_subsample_uses_the_curvature_of_the_first_tasks(hvp: str) -> None:
+    """hvp_subsample=1/3 of 3 tasks: the product is that of the KL of task 0 alone."""
+    cfg, policy, _, _, layout, x0, data, old = setup(1, hvp=hvp, cg_damping=0.0)
+    sub_data, sub_old = first_tasks(data, old, 1)
+    assert sub_data.post.num_tasks == 1 and sub_old.mean.shape[0] == 1
+    assert torch.equal(sub_data.inner[0][0].observations, data.inner[0][0].observations[:, :1])
+    v = torch.randn(x0.shape, generator=torch.Generator().manual_seed(3), dtype=x0.dtype)
+    products = []
+    for d, o in ((sub_data, sub_old), (data, old)):
+        x = x0.clone().requires_grad_(True)
+
+        def kl_fn(y, d=d, o=o):
+            return meta_objective(policy, layout, y, d, o, cfg)[1]
+
+        products.append(_make_hvp(kl_fn, x, None, cfg)(v))
+    assert (products[0] - products[1]).norm() > 1e-3 * products[1].norm()
+    # meta_step with hvp_subsample=1/3 computes its step from the subset's curvature
+    cfg_sub = dataclasses.replace(cfg, hvp_subsample=1 / 3, max_kl=1e-3)
+    x = x0.clone().requires_grad_(True)
+    grad = flat_grad(meta_objective(policy, layout, x, data, old, cfg_sub)[0], [x])
+
+    def sub_kl(y):
+        return meta_objective(policy, layout, y, sub_data, sub_old, cfg_sub)[1]
+
+    product = _make_hvp(sub_kl, x, None, cfg_sub)
+    direction = conjugate_gradient(product, grad, iters=cfg_sub.cg_iters)
+    expected_beta = max_step_length(direction, product(direction), cfg_sub.max_kl)
+    _, theta = make_policy()
+    _, _, info = meta_step(policy, theta, {}, data, cfg_sub)
+    assert info.max_step_length == pytest.approx(expected_beta.item(), rel=1e-6)
+    assert info.accepted and info.kl_after <= 1e-3
+    assert set(info.timings) == {"adaptation_s", "meta_gradient_s", "cg_s", "line_search_s"}

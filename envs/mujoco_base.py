@@ -1,0 +1,165 @@
+"""What the MuJoCo task families share: task dataclasses, the task wrapper, the family base.
+
+A MuJoCo family runs one of Gymnasium's v5 locomotion environments unchanged (physics,
+observation, reset noise, ``reset(seed=...)`` handling, the cost terms in ``info``), configured
+through ``gymnasium.make`` keyword arguments, and wraps it in `MujocoTaskEnv`, which
+
+* takes its task through ``reset(options={"task": task})`` (a reset without one keeps it);
+* maps the policy's action to the robot: ``a_env = clip(a_policy / action_scale, -1, 1)``
+  (pytorch-maml-rl's and ProMP's normalised action wrapper with scale 10: a Gaussian policy
+  with std 1 acts like std 0.1 in torque space; the control cost is paid on ``a_env``);
+* replaces Gymnasium's reward by the family's ``reward(task, info)``, a pure function of the
+  task and the step's ``info`` terms (``x_velocity``, ``reward_ctrl``, ``reward_contact``, ...).
+
+Episodes are truncated after ``max_episode_steps`` by Gymnasium's ``TimeLimit``.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any, SupportsFloat
+
+import gymnasium as gym
+import mujoco
+import numpy as np
+
+from maml_rl.tasks import Task
+
+
+@dataclass(frozen=True)
+class VelocityTask:
+    """Run forward at a target velocity (m/s)."""
+
+    velocity: float
+
+
+@dataclass(frozen=True)
+class DirectionTask:
+    """Run forward (+1) or backward (-1)."""
+
+    direction: int
+
+
+@dataclass(frozen=True)
+class GoalTask:
+    """Reach a goal position (x, y) in the plane."""
+
+    goal: tuple[float, float]
+
+
+@contextmanager
+def _quiet_settotalmass() -> Iterator[None]:
+    """Silence MuJoCo 4's deprecation notice for ``settotalmass`` in Gymnasium's
+    half_cheetah.xml, printed once per environment built (hundreds per run). Other MuJoCo
+    warnings raised while building become Python warnings."""
+    previous = mujoco.get_mju_user_warning()
+
+    def handler(message: str) -> None:
+        if "settotalmass" not in message:
+            warnings.warn(f"MuJoCo: {message}", RuntimeWarning, stacklevel=2)
+
+    mujoco.set_mju_user_warning(handler)
+    try:
+        yield
+    finally:
+        mujoco.set_mju_user_warning(previous)
+
+
+class MujocoTaskEnv(gym.Wrapper, gym.utils.RecordConstructorArgs):
+    """A Gymnasium MuJoCo environment that runs one task of `family` at a time.
+
+    Its constructor arguments are recorded, so ``env.spec.make()`` rebuilds it.
+    """
+
+    def __init__(self, env: gym.Env, family: MujocoFamily, task: Task) -> None:
+        gym.utils.RecordConstructorArgs.__init__(self, family=family, task=task)
+        super().__init__(env)
+        self.family, self.task = family, task
+        self.action_space = family.action_space
+        self._low = np.asarray(env.action_space.low, dtype=np.float32)
+        self._high = np.asarray(env.action_space.high, dtype=np.float32)
+
+    def reset(
+        self, *, seed: int | None = None, options: dict[str, Any] | None = None
+    ) -> tuple[Any, dict[str, Any]]:
+        if options and "task" in options:
+            self.task = options["task"]
+        observation, info = self.env.reset(seed=seed)
+        return observation, {**info, "task": self.task}
+
+    def step(self, action: Any) -> tuple[Any, SupportsFloat, bool, bool, dict[str, Any]]:
+        scaled = np.asarray(action, dtype=np.float32) / self.family.action_scale
+        observation, _, terminated, truncated, info = self.env.step(
+            np.clip(scaled, self._low, self._high)
+        )
+        return observation, self.family.reward(self.task, info), terminated, truncated, info
+
+
+class MujocoFamily:
+    """Base of the MuJoCo families: builds the Gymnasium env and the policy-side spaces.
+
+    Subclasses set `env_id`, pass their ``gymnasium.make`` keyword arguments to `__init__`, and
+    define ``sample_tasks``, ``oracle_features``, ``reward(task, info)`` and `default_task`.
+    """
+
+    env_id: str
+    default_task: Task
+
+    def __init__(
+        self, max_episode_steps: int, action_scale: float, make_kwargs: Mapping[str, Any]
+    ) -> None:
+        if max_episode_steps < 1:
+            raise ValueError(f"max_episode_steps must be >= 1, got {max_episode_steps}")
+        if not action_scale > 0:
+            raise ValueError(f"action_scale must be > 0, got {action_scale}")
+        self.max_episode_steps = int(max_episode_steps)
+        self.action_scale = float(action_scale)
+        self.make_kwargs = dict(make_kwargs)
+        probe = self._make_gym_env()
+        self.observation_space = probe.observation_space
+        box = probe.action_space
+        self.action_space = gym.spaces.Box(
+            box.low * self.action_scale, box.high * self.action_scale, dtype=np.float32
+        )
+        self.dt = float(probe.unwrapped.dt)
+        probe.close()
+
+    def _make_gym_env(self) -> gym.Env:
+        with _quiet_settotalmass():
+            return gym.make(
+                self.env_id, max_episode_steps=self.max_episode_steps, **self.make_kwargs
+            )
+
+    def make_env(self) -> MujocoTaskEnv:
+        return MujocoTaskEnv(self._make_gym_env(), self, self.default_task)
+
+    def reward(self, task: Any, info: Mapping[str, Any]) -> float:
+        raise NotImplementedError
+
+    def _protocol(self) -> str:
+        return (
+            f"H={self.max_episode_steps}, dt={self.dt:g}, "
+            f"a = clip(output/{self.action_scale:g}, -1, 1)"
+        )
+
+
+def check_range(name: str, low: float, high: float) -> None:
+    """Reject an empty or non-finite task range with a one-line message."""
+    if not (math.isfinite(low) and math.isfinite(high) and low <= high):
+        raise ValueError(f"{name} needs finite low <= high, got [{low}, {high}]")
+
+
+def sample_velocities(
+    n: int, low: float, high: float, rng: np.random.Generator
+) -> list[VelocityTask]:
+    """n target velocities ~ U[low, high]."""
+    return [VelocityTask(velocity=float(v)) for v in rng.uniform(low, high, size=n)]
+
+
+def sample_directions(n: int, rng: np.random.Generator) -> list[DirectionTask]:
+    """n directions in {-1, +1}, each with probability 1/2."""
+    return [DirectionTask(direction=int(d)) for d in 2 * rng.integers(0, 2, size=n) - 1]
