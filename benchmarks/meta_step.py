@@ -1,0 +1,78 @@
+"""Wall time of one meta-iteration, split into sampling, adaptation, meta-gradient, CG and line
+search, for each Hessian-vector-product mode (and HVP task subsampling), measured side by side.
+
+    python benchmarks/meta_step.py [--env halfcheetah-vel] [--device cpu|cuda] [--repeats 2]
+
+Prints one row per mode and the ratio of the full meta-iteration to its sampling time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import time
+
+import torch
+
+from maml_rl.build import Streams, build
+from maml_rl.cli import find_config
+from maml_rl.config import load
+from maml_rl.maml import collect, draw_seeds, meta_step
+from maml_rl.policy import parameters_of
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--env", default="halfcheetah-vel", help="config name in experiments/")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--meta-batch-size", type=int, default=None)
+    parser.add_argument(
+        "--modes", default="finite_difference:1.0,exact:1.0,finite_difference:0.25,exact:0.25"
+    )
+    args = parser.parse_args()
+
+    overrides = {"device": args.device}
+    if args.meta_batch_size:
+        overrides["meta_batch_size"] = args.meta_batch_size
+    cfg = load(find_config(args.env), overrides)
+    streams = Streams.from_seed(cfg.seed)
+    family, policy, sampler = build(cfg, streams.policy_init)
+    theta = parameters_of(policy)
+    print(
+        f"{cfg.env}: N={cfg.meta_batch_size} tasks x K={cfg.fast_batch_size} trajectories, "
+        f"policy {list(cfg.hidden_sizes)}, device {args.device}, torch threads "
+        f"{torch.get_num_threads()}"
+    )
+    header = ("mode", "sampling", "adaptation", "meta_grad", "cg", "line_search", "total", "ratio")
+    print(" ".join(f"{h:>14s}" for h in header))
+    modes = [m.split(":") for m in args.modes.split(",")]
+    for repeat in range(args.repeats):
+        tasks = family.sample_tasks(cfg.meta_batch_size, streams.tasks)
+        seeds = draw_seeds(streams.environments, cfg.num_steps + 1)
+        start = time.perf_counter()
+        data, _ = collect(sampler, theta, tasks, [cfg.fast_lr] * cfg.num_steps, seeds, cfg)
+        sampling = time.perf_counter() - start
+        for hvp, fraction in modes:
+            mode_cfg = dataclasses.replace(cfg, hvp=hvp, hvp_subsample=float(fraction))
+            if args.device.startswith("cuda"):
+                torch.cuda.synchronize()
+            start = time.perf_counter()
+            _, _, info = meta_step(policy, theta, {}, data, mode_cfg)
+            if args.device.startswith("cuda"):
+                torch.cuda.synchronize()
+            optimisation = time.perf_counter() - start
+            t = info.timings
+            total = sampling + optimisation
+            row = (
+                f"{hvp}:{fraction}",
+                *(f"{v:.3f}" for v in (sampling, t["adaptation_s"], t["meta_gradient_s"],
+                                       t["cg_s"], t["line_search_s"], total)),
+                f"{total / sampling:.2f}x",
+            )  # fmt: skip
+            print(" ".join(f"{v:>14s}" for v in row), "(warm-up)" if repeat == 0 else "")
+    sampler.close()
+
+
+if __name__ == "__main__":
+    main()
