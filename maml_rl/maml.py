@@ -105,6 +105,24 @@ def batch_advantages(batch: Batch, cfg: Config) -> Tensor:
     )
 
 
+class NonFiniteError(RuntimeError):
+    """An environment returned a non-finite observation or reward (message names task, step)."""
+
+
+def check_finite(batch: Batch, tasks: Sequence[Task], phase: str) -> None:
+    """Raise NonFiniteError naming the first task and time step whose observation or reward
+    is NaN or infinite; steps after an episode ended (mask 0) are ignored."""
+    valid = batch.mask > 0
+    bad = valid & ~(torch.isfinite(batch.rewards) & torch.isfinite(batch.observations).all(-1))
+    if bool(bad.any()):
+        t, n, k = (int(i) for i in bad.nonzero()[0])
+        what = "reward" if not torch.isfinite(batch.rewards[t, n, k]) else "observation"
+        raise NonFiniteError(
+            f"non-finite {what} from task {n} ({tasks[n]}), trajectory {k}, step {t} "
+            f"while sampling {phase}"
+        )
+
+
 def collect(
     sampler: Sampler,
     theta: Params,
@@ -124,6 +142,7 @@ def collect(
     adapted: list[Params] = []
     for step, step_size in enumerate(step_sizes):
         batch = sampler.sample(params, tasks, seed=seeds[step], per_task=step > 0)
+        check_finite(batch, tasks, f"inner step {step}")
         advantages = batch_advantages(batch, cfg)
         inner.append((batch, advantages))
         if step == 0:
@@ -132,6 +151,7 @@ def collect(
         params = {n: p.detach() for n, p in params.items()}
         adapted.append(params)
     post = sampler.sample(params, tasks, seed=seeds[len(step_sizes)], per_task=bool(step_sizes))
+    check_finite(post, tasks, "post-update")
     return TaskData(tuple(inner), post, batch_advantages(post, cfg)), adapted
 
 

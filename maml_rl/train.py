@@ -7,6 +7,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from maml_rl import checkpoint
 from maml_rl.build import Streams, build
 from maml_rl.checker import check_family
@@ -14,11 +16,16 @@ from maml_rl.checkpoint import CheckpointError
 from maml_rl.config import Config, from_dict, save
 from maml_rl.inner import init_step_size
 from maml_rl.logger import RunLogger, truncate_metrics
-from maml_rl.maml import collect, draw_seeds, meta_step
+from maml_rl.maml import NonFiniteError, collect, draw_seeds, meta_step
 from maml_rl.policy import parameters_of
 from maml_rl.types import Params
 
 LATEST, BEST = "checkpoint_latest.pt", "checkpoint_best.pt"
+MAX_CONSECUTIVE_SKIPS = 3
+
+
+class RunStopped(RuntimeError):
+    """A run that cannot go on (repeated non-finite data); the message is one line."""
 
 
 def prepare_run_dir(run_dir: Path, resume: bool, overwrite: bool) -> None:
@@ -92,6 +99,7 @@ def train(
 
     logger = RunLogger(run_dir, cfg.num_batches, start, cfg.to_dict(), progress, tensorboard)
     rows: list[dict[str, float]] = []
+    skipped = 0
     try:
         for iteration in range(start, cfg.num_batches):
             # --- collect: pre-update batches, adaptation, post-update batch ---
@@ -99,7 +107,18 @@ def train(
             tasks = family.sample_tasks(cfg.meta_batch_size, streams.tasks)
             seeds = draw_seeds(streams.environments, cfg.inner_steps + 1)
             step_sizes = [step_size or cfg.fast_lr] * cfg.inner_steps
-            data, _ = collect(sampler, theta, tasks, step_sizes, seeds, cfg)
+            try:
+                data, _ = collect(sampler, theta, tasks, step_sizes, seeds, cfg)
+            except NonFiniteError as error:  # skip the iteration; theta and checkpoints untouched
+                skipped += 1
+                logger.message(f"iteration {iteration} skipped: {error}")
+                if skipped >= MAX_CONSECUTIVE_SKIPS:
+                    raise RunStopped(
+                        f"stopped after {skipped} consecutive iterations with non-finite data "
+                        f"(last: {error}); the last good checkpoint is in {run_dir / LATEST}"
+                    ) from error
+                continue
+            skipped = 0
             t1 = time.perf_counter()
 
             # --- outer step: TRPO on the post-adaptation surrogate ---
@@ -125,6 +144,10 @@ def train(
             rows.append(metrics)
 
             # --- checkpoint: latest every iteration, best by post-update return ---
+            if not all(
+                bool(torch.isfinite(p).all()) for p in (*theta.values(), *step_size.values())
+            ):
+                raise RunStopped(f"non-finite parameters after iteration {iteration}; not saved")
             state = {
                 "iteration": iteration,
                 "theta": theta,

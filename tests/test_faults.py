@@ -1,0 +1,178 @@
+"""Faults during a run: non-finite data, rejected TRPO steps, killed or corrupt checkpoints."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from conftest import make_batch, make_policy
+
+from envs.navigation import Navigation2D, Navigation2DBatch
+from maml_rl import checkpoint
+from maml_rl.checkpoint import CheckpointError
+from maml_rl.cli import main
+from maml_rl.config import Config
+from maml_rl.logger import read_metrics
+from maml_rl.maml import NonFiniteError, TaskData, check_finite, meta_step
+from maml_rl.train import LATEST, RunStopped, train
+from maml_rl.types import Batch
+
+TINY = {
+    "meta_batch_size": 2,
+    "fast_batch_size": 2,
+    "hidden_sizes": (8,),
+    "cg_iters": 2,
+    "env_kwargs": {"max_episode_steps": 8},
+}
+
+
+class _NaNBatch(Navigation2DBatch):
+    """Navigation whose env 1 returns a NaN reward at step 3 on the resets listed in `bad`."""
+
+    def __init__(self, family: Navigation2D, num_envs: int, bad: set[int]) -> None:
+        super().__init__(family, num_envs)
+        self.bad, self.resets = bad, 0
+
+    def reset(self, tasks, seed=None):  # type: ignore[no-untyped-def]
+        self.resets += 1
+        return super().reset(tasks, seed)
+
+    def step(self, actions):  # type: ignore[no-untyped-def]
+        obs, reward, terminated, truncated = super().step(actions)
+        if self.resets in self.bad and self._t == 4:
+            reward = reward.copy()
+            reward[1] = np.nan
+        return obs, reward, terminated, truncated
+
+
+class NaNOnFirstSample(Navigation2D):
+    """Only the first sampling call of the run (iteration 0, pre-update) is poisoned."""
+
+    def make_batch_env(self, num_envs: int) -> _NaNBatch:
+        return _NaNBatch(self, num_envs, bad={1})
+
+
+class NaNFromIteration2(Navigation2D):
+    """Every sampling call from iteration 2 on (2 calls per iteration) is poisoned."""
+
+    def make_batch_env(self, num_envs: int) -> _NaNBatch:
+        return _NaNBatch(self, num_envs, bad=set(range(5, 1000)))
+
+
+def config(env: str, **kw: object) -> Config:
+    return Config(env=f"test_faults:{env}", **TINY, **kw)  # type: ignore[arg-type]
+
+
+def test_check_finite_names_task_trajectory_and_step() -> None:
+    batch, _ = make_batch(0, horizon=5)
+    rewards = batch.rewards.clone()
+    mask = torch.ones_like(batch.mask)
+    rewards[3, 2, 1] = float("inf")
+    poisoned = Batch(batch.observations, batch.actions, rewards, mask)
+    with pytest.raises(
+        NonFiniteError, match=r"non-finite reward from task 2 \(c\), trajectory 1, step 3"
+    ):
+        check_finite(poisoned, ["a", "b", "c"], "post-update")
+    # garbage after an episode ended is ignored
+    mask[3:, 2, 1] = 0
+    check_finite(Batch(batch.observations, batch.actions, rewards, mask), ["a", "b", "c"], "x")
+
+
+def test_a_non_finite_iteration_is_skipped_and_the_run_goes_on(tmp_path: Path) -> None:
+    rows = train(config("NaNOnFirstSample", num_batches=3), tmp_path / "run", progress=False,
+                 tensorboard=False)  # fmt: skip
+    logged = read_metrics(tmp_path / "run")
+    assert [r["iteration"] for r in logged] == [1, 2] and len(rows) == 2
+    state = checkpoint.load(tmp_path / "run" / LATEST)
+    assert all(torch.isfinite(p).all() for p in state["theta"].values())
+
+
+def test_repeated_non_finite_data_stops_with_the_last_good_checkpoint(tmp_path: Path) -> None:
+    with pytest.raises(RunStopped, match="3 consecutive iterations") as error:
+        train(config("NaNFromIteration2", num_batches=10), tmp_path / "run", progress=False,
+              tensorboard=False)  # fmt: skip
+    assert "\n" not in str(error.value)
+    state = checkpoint.load(tmp_path / "run" / LATEST)
+    assert state["iteration"] == 1
+    assert all(torch.isfinite(p).all() for p in state["theta"].values())
+
+
+def test_meta_step_rejects_non_finite_losses_and_keeps_theta() -> None:
+    policy, theta = make_policy()
+    batch, advantages = make_batch(1)
+    post, post_advantages = make_batch(2)
+    post_advantages = post_advantages.clone()
+    post_advantages[0, 0, 0] = float("nan")
+    data = TaskData(((batch, advantages),), post, post_advantages)
+    before = {k: v.clone() for k, v in theta.items()}
+    new_theta, _, info = meta_step(policy, theta, {}, data, Config())
+    assert not info.accepted
+    assert all(torch.equal(new_theta[k], before[k]) for k in theta)
+
+
+def test_corrupt_and_truncated_checkpoints_get_one_line(tmp_path: Path) -> None:
+    path = tmp_path / "c.pt"
+    checkpoint.save_atomic(
+        {"iteration": 0, "theta": {}, "step_size": {}, "rng": {}, "config": {}}, path
+    )
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    with pytest.raises(CheckpointError, match="corrupt or truncated") as error:
+        checkpoint.load(path)
+    assert "\n" not in str(error.value)
+    path.write_bytes(b"not a checkpoint at all")
+    with pytest.raises(CheckpointError, match="corrupt or truncated"):
+        checkpoint.load(path)
+    torch.save({"something": "else"}, path)
+    with pytest.raises(CheckpointError, match="not a maml_rl checkpoint"):
+        checkpoint.load(path)
+
+
+def test_resume_of_a_corrupt_run_is_a_one_line_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    run = tmp_path / "run"
+    train(Config(**TINY, num_batches=1), run, progress=False, tensorboard=False)
+    (run / LATEST).write_bytes((run / LATEST).read_bytes()[:100])
+    assert main(["train", "--resume", str(run), "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "corrupt or truncated" in err and len(err.splitlines()) == 1
+
+
+KILLER = textwrap.dedent(
+    """
+    import sys, torch
+    from maml_rl.checkpoint import save_atomic
+    path = sys.argv[1]
+    i = 0
+    print("ready", flush=True)
+    while True:
+        i += 1
+        save_atomic({"iteration": i, "theta": {"w": torch.full((400_000,), float(i))},
+                     "step_size": {}, "rng": {}, "config": {}}, path)
+    """
+)
+
+
+def test_sigkill_during_checkpoint_writes_leaves_a_loadable_checkpoint(tmp_path: Path) -> None:
+    path = tmp_path / "checkpoint_latest.pt"
+    for delay in (0.3, 0.55, 0.8):
+        process = subprocess.Popen(
+            [sys.executable, "-c", KILLER, str(path)], stdout=subprocess.PIPE, text=True,
+            env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)},
+        )  # fmt: skip
+        assert process.stdout is not None and process.stdout.readline().strip() == "ready"
+        time.sleep(delay)
+        process.send_signal(signal.SIGKILL)
+        process.wait(timeout=10)
+        state = checkpoint.load(path)  # either the previous or the new file, never half of one
+        i = state["iteration"]
+        assert torch.equal(state["theta"]["w"], torch.full((400_000,), float(i)))
