@@ -15,7 +15,7 @@ from maml_rl.config import Config, ConfigError
 from maml_rl.oracle import OracleFamily
 from maml_rl.policy import Policy, build_policy
 from maml_rl.sampler import Sampler
-from maml_rl.tasks import TaskFamily, make_family
+from maml_rl.tasks import TaskFamily, TaskFamilyError, make_family
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
@@ -67,14 +67,17 @@ def build(cfg: Config, generator: torch.Generator | None) -> tuple[TaskFamily, P
     probe = family.make_env()
     observation_space, action_space = probe.observation_space, probe.action_space
     probe.close()
-    policy = build_policy(
-        observation_space,
-        action_space,
-        cfg.hidden_sizes,
-        cfg.nonlinearity,
-        cfg.init_std,
-        generator=generator,
-    )
+    try:
+        policy = build_policy(
+            observation_space,
+            action_space,
+            cfg.hidden_sizes,
+            cfg.nonlinearity,
+            cfg.init_std,
+            generator=generator,
+        )
+    except ValueError as error:  # spaces the policy cannot handle
+        raise TaskFamilyError(f"task family '{cfg.env}': {error}") from error
     device, dtype = resolve_device(cfg.device), DTYPES[cfg.dtype]
     policy = policy.to(device=device, dtype=dtype)
     return family, policy, Sampler(family, policy, cfg.fast_batch_size, device, dtype)

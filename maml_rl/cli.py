@@ -1,4 +1,5 @@
-"""Command line: `maml-rl train | envs`. Wiring only; user mistakes end in one line, exit 2."""
+"""Command line: `maml-rl train | evaluate | plot | envs`. Wiring only; user mistakes end in one
+line, exit 2."""
 
 from __future__ import annotations
 
@@ -12,8 +13,9 @@ from maml_rl import config as config_module
 from maml_rl.checkpoint import CheckpointError
 from maml_rl.config import Config, ConfigError
 from maml_rl.tasks import TaskFamilyError, available_families, make_family
+from maml_rl.train import RunStopped
 
-USER_ERRORS = (ConfigError, CheckpointError, TaskFamilyError)
+USER_ERRORS = (ConfigError, CheckpointError, TaskFamilyError, RunStopped)
 EXPERIMENTS = Path(__file__).resolve().parent.parent / "experiments"
 
 
@@ -64,6 +66,102 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _comma_list(text: str | None) -> list[str]:
+    return [item.strip() for item in (text or "").split(",") if item.strip()]
+
+
+def _step_sizes(text: str | None) -> list[float]:
+    try:
+        return [float(item) for item in _comma_list(text)]
+    except ValueError as error:
+        raise ConfigError(f"--step-sizes expects numbers like 0.1,0.05, got {text!r}") from error
+
+
+def _baseline_dir(run_dir: Path, name: str, given: str | None, args: argparse.Namespace) -> Path:
+    """The run directory of baseline `name`: --NAME DIR; else DIR/baselines/NAME, trained
+    (or resumed) there first for --train-baselines N iterations; else a one-line error."""
+    from maml_rl import checkpoint
+    from maml_rl.evaluate import load_run
+    from maml_rl.train import LATEST, load_resume_config, train
+
+    if given is not None:
+        return Path(given)
+    target = run_dir / "baselines" / name
+    iterations = args.train_baselines
+    if iterations is None:
+        if (target / LATEST).exists():
+            return target
+        raise ConfigError(
+            f"no {name} baseline: pass --{name} DIR, or --train-baselines N "
+            f"to train one in {target}"
+        )
+    if iterations < 1:
+        raise ConfigError(f"--train-baselines must be >= 1, got {iterations}")
+    if (target / LATEST).exists():
+        if checkpoint.load(target / LATEST)["iteration"] + 1 >= iterations:
+            return target
+        cfg, resume = load_resume_config(target, {"num_batches": iterations}), True
+    else:
+        run_cfg = load_run(run_dir).cfg
+        cfg = config_module.from_dict({"algo": name, "num_batches": iterations}, base=run_cfg)
+        resume = False
+    print(f"training the {name} baseline for {iterations} iterations in {target}")
+    train(cfg, target, resume=resume, overwrite=not resume, progress=not args.no_progress)
+    done = checkpoint.load(target / LATEST)["iteration"] + 1 if (target / LATEST).exists() else 0
+    if done < iterations:  # interrupted (Ctrl-C): do not evaluate a half-trained baseline
+        raise CheckpointError(
+            f"the {name} baseline stopped after {done} of {iterations} iterations; "
+            "run the same command again to resume it"
+        )
+    return target
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from maml_rl.evaluate import check_request, evaluate_run, format_table, save
+
+    run_dir = Path(args.run_dir)
+    step_sizes = _step_sizes(args.step_sizes)
+    given = {"pretrained": args.pretrained, "oracle": args.oracle}
+    names = _comma_list(args.baselines)
+    names += [name for name, path in given.items() if path is not None and name not in names]
+    check_request(run_dir, args.num_steps, args.num_tasks, args.checkpoint, step_sizes, names)
+    baselines = {
+        name: None if name == "random" else _baseline_dir(run_dir, name, given[name], args)
+        for name in names
+    }
+    evaluation = evaluate_run(
+        run_dir,
+        baselines,
+        num_steps=args.num_steps,
+        num_tasks=args.num_tasks,
+        which=args.checkpoint,
+        step_sizes=step_sizes,
+        eval_seed=args.eval_seed,
+    )
+    csv_path, png_path = save(evaluation, run_dir / "eval")
+    schedule = ", ".join(f"{a:g}" for a in evaluation.step_sizes) or "none"
+    learned = "; maml uses its meta-learned step sizes" if evaluation.learned_step_size else ""
+    print(
+        f"{evaluation.env}: {evaluation.rows[0].num_tasks} held-out tasks "
+        f"(eval seed {evaluation.eval_seed}), K={evaluation.num_trajectories}, "
+        f"step sizes [{schedule}]{learned}"
+    )
+    print(format_table(evaluation.rows))
+    print(f"wrote {csv_path} and {png_path}")
+    return 0
+
+
+def cmd_plot(args: argparse.Namespace) -> int:
+    from maml_rl.plot import plot_training
+
+    run_dirs = [Path(d) for d in args.run_dirs]
+    if args.out is None and len(run_dirs) > 1:
+        raise ConfigError("plotting several runs needs --out FILE")
+    out = Path(args.out) if args.out is not None else run_dirs[0] / "training.png"
+    print(f"wrote {plot_training(run_dirs, out)}")
+    return 0
+
+
 def cmd_envs(args: argparse.Namespace) -> int:
     for name, target in sorted(available_families().items()):
         try:
@@ -94,6 +192,64 @@ def parser() -> argparse.ArgumentParser:
     train.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config key")
     train.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     train.set_defaults(func=cmd_train)
+
+    evaluate = commands.add_parser(
+        "evaluate",
+        help="adaptation curves on held-out tasks, against baselines",
+        description="Average return after 0..S gradient steps on held-out tasks (Finn et al. "
+        "2017, Fig. 5); writes DIR/eval/adaptation.csv and DIR/eval/adaptation.png.",
+    )
+    evaluate.add_argument("run_dir", metavar="DIR", help="a MAML run directory")
+    evaluate.add_argument(
+        "--num-steps", type=int, default=3, metavar="S", help="gradient steps (default 3)"
+    )
+    evaluate.add_argument(
+        "--num-tasks", type=int, default=40, metavar="N", help="held-out tasks (default 40)"
+    )
+    evaluate.add_argument(
+        "--checkpoint",
+        choices=("best", "latest"),
+        default="latest",
+        help="which checkpoint of each run (default latest)",
+    )
+    evaluate.add_argument(
+        "--baselines",
+        metavar="LIST",
+        default="",
+        help="comma-separated baselines among pretrained,random,oracle (default none)",
+    )
+    evaluate.add_argument(
+        "--pretrained", metavar="DIR", help="a pretrained run (implies the baseline)"
+    )
+    evaluate.add_argument("--oracle", metavar="DIR", help="an oracle run (implies the baseline)")
+    evaluate.add_argument(
+        "--train-baselines",
+        type=int,
+        metavar="N",
+        help="train (or resume) baselines without a DIR for N iterations in DIR/baselines/NAME",
+    )
+    evaluate.add_argument(
+        "--step-sizes",
+        metavar="LIST",
+        help="inner step sizes, last one repeated (default fast_lr, then fast_lr/2: 0.1,0.05)",
+    )
+    evaluate.add_argument(
+        "--eval-seed",
+        type=int,
+        metavar="N",
+        help="seed of the held-out tasks and environments (default: the run's seed)",
+    )
+    evaluate.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    evaluate.set_defaults(func=cmd_evaluate)
+
+    plot = commands.add_parser("plot", help="training curves of one or several runs")
+    plot.add_argument("run_dirs", nargs="+", metavar="DIR", help="run directories")
+    plot.add_argument(
+        "--out",
+        metavar="FILE",
+        help="PNG file (default DIR/training.png; required for several runs)",
+    )
+    plot.set_defaults(func=cmd_plot)
 
     envs = commands.add_parser("envs", help="list registered task families")
     envs.set_defaults(func=cmd_envs)

@@ -10,6 +10,7 @@ import textwrap
 import time
 from pathlib import Path
 
+import gymnasium as gym
 import numpy as np
 import pytest
 import torch
@@ -176,3 +177,25 @@ def test_sigkill_during_checkpoint_writes_leaves_a_loadable_checkpoint(tmp_path:
         state = checkpoint.load(path)  # either the previous or the new file, never half of one
         i = state["iteration"]
         assert torch.equal(state["theta"]["w"], torch.full((400_000,), float(i)))
+
+
+class _ImageEnv(gym.Env):
+    observation_space = gym.spaces.Box(0, 1, (4, 4), np.float32)
+    action_space = gym.spaces.Box(-1, 1, (2,), np.float32)
+
+
+class ImageObservations(Navigation2D):
+    """A family whose observations are images: the MLP policy cannot take them."""
+
+    def make_env(self) -> gym.Env:
+        return _ImageEnv()
+
+
+def test_spaces_the_policy_cannot_handle_are_a_one_line_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    argv = ["train", "navigation", "--out", str(tmp_path / "r"), "--no-progress",
+            "--set", "env=test_faults:ImageObservations"]  # fmt: skip
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert "flat Box observation space" in err and len(err.splitlines()) == 1

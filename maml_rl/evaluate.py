@@ -1,0 +1,300 @@
+"""Adaptation curves (Finn et al. 2017, Fig. 5): average return after 0..S gradient steps.
+
+The evaluation protocol of the paper and its test scripts: N held-out tasks drawn from the
+evaluation stream of a seed, K trajectories per task and step, a step-size schedule (0.1 for
+the first step and 0.05 after), the average undiscounted return after each step. Sampling and
+adaptation are `maml.collect`, exactly as in training; every method sees the same tasks and
+the same environment seeds (common random numbers).
+
+Methods: **maml** (the run's theta; its meta-learned step sizes if it has them, else the
+schedule), **pretrained** (theta of a plain-TRPO run, adapted with the schedule), **random**
+(a freshly initialised policy, adapted likewise) and **oracle** (theta of a TRPO run that
+observes the task parameters, not adapted: its 0-step return at every step).
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+from collections.abc import Sequence
+from dataclasses import astuple, dataclass, fields, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+from scipy import stats
+
+from maml_rl import checkpoint
+from maml_rl.build import Streams, build
+from maml_rl.checkpoint import CheckpointError
+from maml_rl.config import Config, ConfigError, from_dict
+from maml_rl.inner import StepSize
+from maml_rl.maml import collect, draw_seeds
+from maml_rl.plot import plot_adaptation
+from maml_rl.policy import parameters_of
+from maml_rl.sampler import Sampler
+from maml_rl.tasks import Task, make_family
+from maml_rl.types import Params
+
+BASELINES = ("pretrained", "random", "oracle")
+CHECKPOINTS = {"best": "checkpoint_best.pt", "latest": "checkpoint_latest.pt"}
+
+
+@dataclass(frozen=True)
+class SummaryRow:
+    """One row of `adaptation.csv`: a method's return after `step` gradient steps."""
+
+    method: str
+    step: int
+    mean_return: float
+    std_error: float
+    ci95_low: float
+    ci95_high: float
+    num_tasks: int
+
+
+COLUMNS = tuple(f.name for f in fields(SummaryRow))
+
+
+def adaptation_returns(
+    sampler: Sampler,
+    theta: Params,
+    tasks: Sequence[Task],
+    step_sizes: Sequence[StepSize],
+    seeds: Sequence[int],
+    cfg: Config,
+) -> np.ndarray:
+    """Per-task mean undiscounted return after 0..S inner steps: [S + 1, N].
+
+    Row i is the mean over the K trajectories of each task sampled with the parameters after
+    i steps (`maml.collect`; S = len(step_sizes), seeds: S + 1 sampling seeds).
+    """
+    data, _ = collect(sampler, theta, tasks, step_sizes, seeds, cfg)
+    batches = [batch for batch, _ in data.inner] + [data.post]
+    returns = torch.stack([batch.episode_returns.mean(dim=1) for batch in batches])
+    return returns.double().cpu().numpy()
+
+
+def summarize(returns: np.ndarray, method: str = "") -> list[SummaryRow]:
+    """Mean, standard error and 95% confidence interval over tasks, per step.
+
+    returns: [S + 1, N]. SE = std(ddof=1) / sqrt(N); CI = mean ± t_{0.975, N-1} · SE (Student t).
+    With a single task SE and CI are NaN.
+    """
+    returns = np.asarray(returns, dtype=np.float64)
+    num_tasks = returns.shape[1]
+    rows = []
+    for step, values in enumerate(returns):
+        mean = float(values.mean())
+        if num_tasks > 1:
+            std_error = float(values.std(ddof=1) / math.sqrt(num_tasks))
+            half_width = float(stats.t.ppf(0.975, num_tasks - 1)) * std_error
+        else:
+            std_error = half_width = math.nan
+        rows.append(
+            SummaryRow(
+                method, step, mean, std_error, mean - half_width, mean + half_width, num_tasks
+            )
+        )
+    return rows
+
+
+def step_size_schedule(fast_lr: float, num_steps: int, given: Sequence[float] = ()) -> list[float]:
+    """Step sizes of steps 1..S: `given`, its last value repeated up to S steps; by default
+    [fast_lr] + [fast_lr / 2] * (S - 1), the paper's 0.1 then 0.05."""
+    if not given:
+        return [fast_lr] + [fast_lr / 2] * (num_steps - 1) if num_steps else []
+    if len(given) > num_steps:
+        raise ConfigError(f"--step-sizes gives {len(given)} step sizes for {num_steps} steps")
+    if any(not (math.isfinite(a) and a > 0) for a in given):
+        raise ConfigError(f"--step-sizes must be positive numbers, got {list(given)}")
+    return [float(a) for a in given] + [float(given[-1])] * (num_steps - len(given))
+
+
+@dataclass(frozen=True)
+class LoadedRun:
+    """A trained run: its config, meta-parameters and meta-learned step sizes (maybe empty)."""
+
+    run_dir: Path
+    cfg: Config
+    theta: Params
+    step_size: Params
+    iteration: int
+
+
+def load_run(run_dir: str | Path, which: str = "latest") -> LoadedRun:
+    """The config and parameters of `DIR/checkpoint_<which>.pt` (CheckpointError if absent)."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise CheckpointError(f"run directory not found: {run_dir}")
+    if which not in CHECKPOINTS:
+        raise ConfigError(f"--checkpoint must be one of {list(CHECKPOINTS)}, got {which!r}")
+    state = checkpoint.load(run_dir / CHECKPOINTS[which])
+    cfg = from_dict(state["config"])
+    return LoadedRun(run_dir, cfg, state["theta"], state["step_size"], state["iteration"])
+
+
+def check_request(
+    run_dir: str | Path,
+    num_steps: int,
+    num_tasks: int,
+    which: str,
+    step_sizes: Sequence[float] = (),
+    baselines: Sequence[str] = (),
+) -> LoadedRun:
+    """The MAML run to evaluate, after checking the request (one-line errors, nothing run)."""
+    for name in baselines:
+        if name not in BASELINES:
+            raise ConfigError(f"unknown baseline '{name}'; choose from {', '.join(BASELINES)}")
+    if num_steps < 0 or num_tasks < 1:
+        raise ConfigError(
+            f"evaluation needs --num-steps >= 0 and --num-tasks >= 1, got {num_steps}, {num_tasks}"
+        )
+    run = load_run(run_dir, which)
+    if run.cfg.algo != "maml":
+        raise ConfigError(
+            f"{run.run_dir} is an algo={run.cfg.algo} run; evaluate a MAML run and pass this "
+            f"one as --{run.cfg.algo} DIR"
+        )
+    step_size_schedule(run.cfg.fast_lr, num_steps, step_sizes)
+    return run
+
+
+def _check_compatible(name: str, run: LoadedRun, baseline: LoadedRun) -> None:
+    if baseline.cfg.algo != name:
+        raise ConfigError(
+            f"{name} baseline {baseline.run_dir} is an algo={baseline.cfg.algo} run, "
+            f"expected algo={name}"
+        )
+    if (baseline.cfg.env, baseline.cfg.env_kwargs) != (run.cfg.env, run.cfg.env_kwargs):
+        raise ConfigError(
+            f"{name} baseline {baseline.run_dir} was trained on {baseline.cfg.env} "
+            f"{baseline.cfg.env_kwargs}, the run on {run.cfg.env} {run.cfg.env_kwargs}"
+        )
+
+
+def _method_returns(
+    cfg: Config,
+    theta: Params | None,
+    num_trajectories: int,
+    evaluation: Config,
+    tasks: Sequence[Task],
+    step_sizes: Sequence[StepSize],
+    seeds: Sequence[int],
+    init_seed: int,
+) -> np.ndarray:
+    """Returns [len(step_sizes) + 1, N] of a policy built from `cfg` with parameters `theta`
+    (None: its fresh initialisation from `init_seed`), K = num_trajectories per task."""
+    generator = torch.Generator().manual_seed(init_seed)
+    _, policy, sampler = build(replace(cfg, fast_batch_size=num_trajectories), generator)
+    if theta is None:
+        theta = parameters_of(policy)
+
+    def to_sampler(params: Params) -> Params:
+        return {n: p.to(sampler.device, sampler.dtype) for n, p in params.items()}
+
+    steps = [a if isinstance(a, float | int) else to_sampler(a) for a in step_sizes]
+    try:
+        return adaptation_returns(sampler, to_sampler(theta), tasks, steps, seeds, evaluation)
+    finally:
+        sampler.close()
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """Returns of every method ([S + 1, N] each, in evaluation order) and what produced them."""
+
+    env: str
+    returns: dict[str, np.ndarray]
+    step_sizes: tuple[float, ...]
+    learned_step_size: bool
+    eval_seed: int
+    num_trajectories: int
+
+    @property
+    def rows(self) -> list[SummaryRow]:
+        return [row for name, r in self.returns.items() for row in summarize(r, name)]
+
+
+def evaluate_run(
+    run_dir: str | Path,
+    baselines: dict[str, str | Path | None] | None = None,
+    num_steps: int = 3,
+    num_tasks: int = 40,
+    which: str = "latest",
+    step_sizes: Sequence[float] = (),
+    eval_seed: int | None = None,
+) -> Evaluation:
+    """Adaptation curves of the MAML run in `run_dir` and of the requested baselines.
+
+    baselines: name -> run directory ('pretrained', 'oracle') or None ('random').
+    Held-out tasks and the S + 1 sampling seeds come from the evaluation stream of
+    `eval_seed` (default: the run's seed); every method sees the same tasks and seeds.
+    """
+    baselines = dict(baselines or {})
+    run = check_request(run_dir, num_steps, num_tasks, which, step_sizes, list(baselines))
+    cfg = run.cfg
+    for name, path in baselines.items():
+        if name != "random" and path is None:
+            raise ConfigError(f"the {name} baseline needs the directory of an algo={name} run")
+    loaded = {name: load_run(path, which) for name, path in baselines.items() if path is not None}
+    for name, baseline in loaded.items():
+        _check_compatible(name, run, baseline)
+
+    # --- the held-out tasks, the sampling seeds and the schedule, shared by every method ---
+    seed = cfg.seed if eval_seed is None else eval_seed
+    rng = Streams.from_seed(seed).evaluation_tasks
+    family = make_family(cfg.env, cfg.env_kwargs)
+    tasks = family.sample_tasks(num_tasks, rng)
+    seeds = draw_seeds(rng, num_steps + 1)
+    schedule = step_size_schedule(cfg.fast_lr, num_steps, step_sizes)
+    k = cfg.fast_batch_size
+
+    def curve(method_cfg: Config, theta: Params | None, steps: Sequence[StepSize]) -> np.ndarray:
+        return _method_returns(method_cfg, theta, k, cfg, tasks, steps, seeds, seed)
+
+    learned = bool(run.step_size)
+    maml_steps: list[StepSize] = [run.step_size] * num_steps if learned else list(schedule)
+    returns = {"maml": curve(cfg, run.theta, maml_steps)}
+    for name in baselines:
+        if name == "random":
+            returns[name] = curve(cfg, None, schedule)
+        elif name == "pretrained":
+            returns[name] = curve(loaded[name].cfg, loaded[name].theta, schedule)
+        else:  # oracle: sampled once, not adapted
+            once = curve(loaded[name].cfg, loaded[name].theta, [])
+            returns[name] = np.repeat(once, num_steps + 1, axis=0)
+    return Evaluation(cfg.env, returns, tuple(schedule), learned, seed, k)
+
+
+def write_csv(rows: Sequence[SummaryRow], path: str | Path) -> None:
+    """`path` with a header of COLUMNS and one line per row (floats at full precision)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(COLUMNS)
+        writer.writerows(astuple(row) for row in rows)
+
+
+def save(evaluation: Evaluation, out_dir: str | Path) -> tuple[Path, Path]:
+    """Write `adaptation.csv` and `adaptation.png` into `out_dir`; returns their paths."""
+    out_dir = Path(out_dir)
+    csv_path, png_path = out_dir / "adaptation.csv", out_dir / "adaptation.png"
+    rows = evaluation.rows
+    write_csv(rows, csv_path)
+    num_tasks = rows[0].num_tasks
+    title = f"{evaluation.env}: adaptation on {num_tasks} held-out tasks"
+    plot_adaptation(rows, png_path, title)
+    return csv_path, png_path
+
+
+def format_table(rows: Sequence[SummaryRow]) -> str:
+    """The rows as an aligned text table (for the command line)."""
+    lines = [f"{'method':<12}{'step':>5}{'mean return':>14}{'std error':>12}{'95% CI':>24}"]
+    for r in rows:
+        interval = f"[{r.ci95_low:.2f}, {r.ci95_high:.2f}]"
+        lines.append(
+            f"{r.method:<12}{r.step:>5}{r.mean_return:>14.2f}{r.std_error:>12.2f}{interval:>24}"
+        )
+    return "\n".join(lines)

@@ -1,0 +1,108 @@
+"""Figures as PNG files: training curves of runs, and adaptation curves of an evaluation.
+
+Drawn with matplotlib's object-oriented API on the Agg canvas (no pyplot, no global backend
+state), so it works on machines without a display and inside other programs.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
+
+from maml_rl.checkpoint import CheckpointError
+from maml_rl.logger import read_metrics
+
+if TYPE_CHECKING:
+    from maml_rl.evaluate import SummaryRow
+
+PRE, POST = "returns/pre_update", "returns/post_update"
+
+
+def _save(figure: Figure, path: str | Path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    FigureCanvasAgg(figure)
+    figure.savefig(path, dpi=120)
+    return path
+
+
+def run_labels(run_dirs: Sequence[Path]) -> list[str]:
+    """Each run's directory name, or its full path where two runs share a name."""
+    names = [Path(d).name for d in run_dirs]
+    return [n if names.count(n) == 1 else str(d) for n, d in zip(names, run_dirs, strict=True)]
+
+
+def plot_training(run_dirs: Sequence[str | Path], out: str | Path) -> Path:
+    """Pre- and post-update return of each run against iteration and against env steps.
+
+    Post-update returns are solid lines, pre-update returns dashed in the same colour; a run
+    without inner steps (pretrained, oracle: pre == post) gets one line.
+    """
+    run_dirs = [Path(d) for d in run_dirs]
+    runs = []
+    for run_dir in run_dirs:
+        if not run_dir.is_dir():
+            raise CheckpointError(f"run directory not found: {run_dir}")
+        rows = read_metrics(run_dir)
+        if not rows:
+            raise CheckpointError(f"{run_dir} has no metrics.jsonl rows to plot")
+        runs.append(rows)
+
+    figure = Figure(figsize=(11, 4.2), layout="constrained")
+    by_iteration, by_steps = figure.subplots(1, 2, sharey=True)
+    for index, (label, rows) in enumerate(zip(run_labels(run_dirs), runs, strict=True)):
+        color = f"C{index % 10}"
+        iterations = [r["iteration"] for r in rows]
+        env_steps = [r.get("env_steps", float("nan")) for r in rows]
+        pre, post = [r[PRE] for r in rows], [r[POST] for r in rows]
+        for axis, x in ((by_iteration, iterations), (by_steps, env_steps)):
+            if pre == post:
+                axis.plot(x, post, color=color, label=label)
+            else:
+                axis.plot(x, post, color=color, label=f"{label} (post-update)")
+                axis.plot(x, pre, color=color, linestyle="--", label=f"{label} (pre-update)")
+    by_iteration.set_xlabel("meta-iteration")
+    by_iteration.xaxis.set_major_locator(MaxNLocator(integer=True))
+    by_iteration.set_ylabel("average return")
+    by_steps.set_xlabel("environment steps")
+    by_steps.ticklabel_format(axis="x", style="sci", scilimits=(-3, 4))
+    for axis in (by_iteration, by_steps):
+        axis.grid(alpha=0.3)
+    by_iteration.legend(fontsize="small")
+    figure.suptitle("Training curves: average return of the sampled trajectories")
+    return _save(figure, out)
+
+
+def plot_adaptation(rows: Sequence[SummaryRow], out: str | Path, title: str) -> Path:
+    """One curve per method, mean return against gradient steps, with its shaded 95% CI."""
+    curves: dict[str, list[SummaryRow]] = defaultdict(list)
+    for row in rows:
+        curves[row.method].append(row)
+
+    figure = Figure(figsize=(6.4, 4.6), layout="constrained")
+    axis = figure.subplots()
+    for index, (method, points) in enumerate(curves.items()):
+        color = f"C{index % 10}"
+        steps = [p.step for p in points]
+        axis.plot(steps, [p.mean_return for p in points], marker="o", color=color, label=method)
+        axis.fill_between(
+            steps,
+            [p.ci95_low for p in points],
+            [p.ci95_high for p in points],
+            color=color,
+            alpha=0.2,
+            linewidth=0,
+        )
+    axis.xaxis.set_major_locator(MaxNLocator(integer=True))
+    axis.set_xlabel("number of gradient steps")
+    axis.set_ylabel("average return")
+    axis.set_title(title)
+    axis.grid(alpha=0.3)
+    axis.legend(title="shaded: 95% CI", fontsize="small")
+    return _save(figure, out)

@@ -1,0 +1,169 @@
+"""Evaluation: summary statistics by hand, adaptation returns from `collect`, the methods'
+rules (oracle not adapted, learned step sizes), common random numbers and reproducibility."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from maml_rl import checkpoint
+from maml_rl.build import build
+from maml_rl.checkpoint import CheckpointError
+from maml_rl.config import Config, ConfigError
+from maml_rl.evaluate import (
+    COLUMNS,
+    adaptation_returns,
+    evaluate_run,
+    save,
+    step_size_schedule,
+    summarize,
+)
+from maml_rl.inner import init_step_size
+from maml_rl.policy import parameters_of
+
+
+def tiny_config(**overrides: object) -> Config:
+    values: dict = dict(
+        env_kwargs={"max_episode_steps": 10},
+        hidden_sizes=(16,),
+        fast_batch_size=2,
+        meta_batch_size=2,
+    )
+    return Config(**{**values, **overrides})
+
+
+def fake_run(run_dir: Path, init_seed: int = 1, **overrides: object) -> Path:
+    """A run directory whose checkpoints hold a freshly initialised policy (no training)."""
+    cfg = tiny_config(**overrides)
+    _, policy, _ = build(cfg, torch.Generator().manual_seed(init_seed))
+    theta = parameters_of(policy)
+    state = {
+        "iteration": 0,
+        "theta": theta,
+        "step_size": init_step_size(theta, cfg.learn_step_size, cfg.fast_lr),
+        "rng": {},
+        "config": cfg.to_dict(),
+        "env_steps": 0,
+        "best_return": 0.0,
+    }
+    run_dir.mkdir(parents=True)
+    for name in ("checkpoint_latest.pt", "checkpoint_best.pt"):
+        checkpoint.save_atomic(state, run_dir / name)
+    return run_dir
+
+
+def test_summarize_matches_hand_computed_mean_standard_error_and_t_interval() -> None:
+    rows = summarize(np.array([[1.0, 2.0, 3.0, 4.0], [2.0, 2.0, 2.0, 2.0]]), "maml")
+    # step 0: mean 2.5; std(ddof=1) = sqrt(5/3); SE = std / sqrt(4); t_{0.975, 3} = 3.182446
+    std_error = math.sqrt(5 / 3) / 2
+    half_width = 3.182446305284263 * std_error
+    first = rows[0]
+    assert (first.method, first.step, first.num_tasks) == ("maml", 0, 4)
+    assert first.mean_return == pytest.approx(2.5)
+    assert first.std_error == pytest.approx(0.6454972243679028)
+    assert first.std_error == pytest.approx(std_error)
+    assert first.ci95_low == pytest.approx(2.5 - half_width)
+    assert first.ci95_high == pytest.approx(2.5 + half_width)
+    # step 1: no spread, the interval collapses on the mean
+    assert (rows[1].step, rows[1].mean_return, rows[1].std_error) == (1, 2.0, 0.0)
+    assert rows[1].ci95_low == rows[1].ci95_high == 2.0
+
+
+def test_summarize_of_a_single_task_has_no_interval() -> None:
+    (row,) = summarize(np.array([[-3.0]]))
+    assert row.mean_return == -3.0 and math.isnan(row.std_error) and math.isnan(row.ci95_low)
+
+
+def test_step_size_schedule_default_and_given() -> None:
+    assert step_size_schedule(0.1, 3) == [0.1, 0.05, 0.05]  # REFERENCE: 0.1, then 0.05
+    assert step_size_schedule(0.5, 1) == [0.5]
+    assert step_size_schedule(0.1, 0) == []
+    assert step_size_schedule(0.1, 3, [0.2, 0.1]) == [0.2, 0.1, 0.1]  # last value repeated
+    with pytest.raises(ConfigError, match="3 step sizes for 2 steps"):
+        step_size_schedule(0.1, 2, [0.1, 0.1, 0.1])
+    with pytest.raises(ConfigError, match="positive"):
+        step_size_schedule(0.1, 2, [0.1, -1.0])
+
+
+def test_adaptation_returns_shape_and_step_zero_is_a_plain_sample() -> None:
+    cfg = tiny_config()
+    family, policy, sampler = build(cfg, torch.Generator().manual_seed(0))
+    theta = parameters_of(policy)
+    tasks = family.sample_tasks(3, np.random.default_rng(0))
+    seeds = [11, 12, 13]
+    returns = adaptation_returns(sampler, theta, tasks, [0.1, 0.05], seeds, cfg)
+    assert returns.shape == (3, 3) and np.isfinite(returns).all()
+    direct = sampler.sample(theta, tasks, seed=11, per_task=False).episode_returns.mean(dim=1)
+    np.testing.assert_allclose(returns[0], direct.double().numpy())
+    assert not np.allclose(returns[1], returns[0])
+    sampler.close()
+
+
+def test_every_method_sees_the_same_tasks_and_seeds_and_the_oracle_is_not_adapted(
+    tmp_path: Path,
+) -> None:
+    run = fake_run(tmp_path / "run", init_seed=1)
+    pretrained = fake_run(tmp_path / "pretrained", init_seed=1, algo="pretrained")
+    oracle = fake_run(tmp_path / "oracle", init_seed=2, algo="oracle")
+    baselines = {"pretrained": pretrained, "random": None, "oracle": oracle}
+    evaluation = evaluate_run(run, baselines, num_steps=2, num_tasks=3)
+    returns = evaluation.returns
+    assert list(returns) == ["maml", "pretrained", "random", "oracle"]
+    assert all(r.shape == (3, 3) for r in returns.values())
+    # same parameters, same schedule, same tasks and seeds: identical curves
+    np.testing.assert_array_equal(returns["pretrained"], returns["maml"])
+    assert not np.allclose(returns["random"], returns["maml"])
+    assert (returns["oracle"] == returns["oracle"][0]).all()
+    assert evaluation.step_sizes == (0.1, 0.05) and not evaluation.learned_step_size
+
+    rows = evaluation.rows
+    assert len(rows) == 4 * 3
+    oracle_rows = [(r.mean_return, r.ci95_low) for r in rows if r.method == "oracle"]
+    assert len(set(oracle_rows)) == 1
+
+
+def test_same_eval_seed_gives_an_identical_csv(tmp_path: Path) -> None:
+    run = fake_run(tmp_path / "run")
+    texts = []
+    for out, seed in (("a", 5), ("b", 5), ("c", 6)):
+        evaluation = evaluate_run(run, {"random": None}, 1, 2, eval_seed=seed)
+        csv_path, png_path = save(evaluation, tmp_path / out)
+        texts.append(csv_path.read_text())
+        assert png_path.stat().st_size > 0
+    assert texts[0] == texts[1] != texts[2]
+    lines = texts[0].splitlines()
+    assert lines[0].split(",") == list(COLUMNS) and len(lines) == 1 + 2 * 2
+
+
+def test_meta_learned_step_sizes_replace_the_schedule_for_maml_only(tmp_path: Path) -> None:
+    fixed = fake_run(tmp_path / "fixed")
+    learned = fake_run(tmp_path / "learned", learn_step_size="scalar")  # alpha = fast_lr = 0.1
+    with_fixed = evaluate_run(fixed, {"random": None}, 1, 2, step_sizes=[0.1])
+    with_learned = evaluate_run(learned, {"random": None}, 1, 2, step_sizes=[0.3])
+    assert with_learned.learned_step_size and with_learned.step_sizes == (0.3,)
+    np.testing.assert_allclose(with_learned.returns["maml"], with_fixed.returns["maml"], rtol=1e-5)
+    assert not np.allclose(with_learned.returns["random"][1], with_fixed.returns["random"][1])
+
+
+def test_mismatched_or_wrong_baselines_are_one_line_errors(tmp_path: Path) -> None:
+    run = fake_run(tmp_path / "run")
+    other_env = fake_run(
+        tmp_path / "other", algo="pretrained", env_kwargs={"max_episode_steps": 12}
+    )
+    with pytest.raises(ConfigError, match="was trained on navigation"):
+        evaluate_run(run, {"pretrained": other_env}, 1, 2)
+    with pytest.raises(ConfigError, match="is an algo=maml run, expected algo=oracle"):
+        evaluate_run(run, {"oracle": run}, 1, 2)
+    with pytest.raises(ConfigError, match="unknown baseline"):
+        evaluate_run(run, {"expert": None}, 1, 2)
+    with pytest.raises(ConfigError, match="evaluate a MAML run"):
+        evaluate_run(other_env, {}, 1, 2)
+    with pytest.raises(CheckpointError, match="run directory not found"):
+        evaluate_run(tmp_path / "nowhere", {}, 1, 2)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(CheckpointError, match="checkpoint not found"):
+        evaluate_run(tmp_path / "empty", {}, 1, 2)
