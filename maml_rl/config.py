@@ -185,8 +185,11 @@ def _coerce(key: str, value: Any, annotation: Any) -> Any:
         _check(isinstance(value, str), key, "must be a string", value)
         return value
     if origin is tuple:
-        _check(isinstance(value, list | tuple), key, "must be a list of integers", value)
-        return tuple(_coerce(key, v, int) for v in value)
+        ok = isinstance(value, list | tuple) and all(
+            isinstance(v, int) and not isinstance(v, bool) for v in value
+        )
+        _check(ok, key, "must be a list of integers", value)
+        return tuple(value)
     if origin is dict:
         _check(isinstance(value, dict), key, "must be a mapping", value)
         return dict(value)
