@@ -41,12 +41,19 @@ from envs.mujoco_base import (
     sample_directions,
     sample_velocities,
 )
+from envs.mujoco_batch import Simulations, control_reward
+
+MAIN_BODY = 1
+"""Gymnasium's Ant-v5 ``main_body``: the torso, whose xy velocity is ``x_velocity``."""
+CONTACT_FORCE_RANGE = (-1.0, 1.0)
+"""Gymnasium's Ant-v5 ``contact_force_range``: cfrc_ext is clipped to it."""
 
 
 class AntFamily(MujocoFamily):
     """Ant-v5 with a task-dependent reward; subclasses define the task."""
 
     env_id = "Ant-v5"
+    contact_forces = True
 
     def __init__(
         self,
@@ -66,6 +73,9 @@ class AntFamily(MujocoFamily):
         self.ctrl_cost_weight = float(ctrl_cost_weight)
         self.contact_cost_weight = float(contact_cost_weight)
         self.survive_reward = float(survive_reward)
+        self.healthy_z_range = (low, high)
+        self.include_contact_forces = bool(include_contact_forces)
+        self.observe_position = bool(observe_position)
         super().__init__(
             max_episode_steps,
             action_scale,
@@ -83,13 +93,45 @@ class AntFamily(MujocoFamily):
         )
 
     @staticmethod
-    def costs(info: Mapping[str, Any]) -> float:
+    def costs(info: Mapping[str, Any]) -> Any:
         """Control and contact costs and the survive bonus, as Gymnasium computed them."""
-        return (
-            float(info["reward_ctrl"])
-            + float(info["reward_contact"])
-            + float(info["reward_survive"])
-        )
+        return info["reward_ctrl"] + info["reward_contact"] + info["reward_survive"]
+
+    # Ant-v5's observation, info terms and health test for B simulations (envs.mujoco_batch)
+
+    def batch_position(self, sim: Simulations) -> np.ndarray:
+        """The torso's xy [B, 2] that the velocity is measured from."""
+        return sim.xpos[:, MAIN_BODY, :2].copy()
+
+    def batch_observation(self, sim: Simulations) -> np.ndarray:
+        """[B, 105]: qpos (without x, y unless observed), qvel, clipped cfrc_ext of bodies 1:."""
+        parts = [sim.qpos if self.observe_position else sim.qpos[:, 2:], sim.qvel]
+        if self.include_contact_forces:
+            contact = np.clip(sim.cfrc_ext[:, 1:], *CONTACT_FORCE_RANGE)
+            parts.append(contact.reshape(len(contact), -1))
+        return np.concatenate(parts, axis=1)
+
+    def batch_step_info(
+        self, sim: Simulations, before: np.ndarray, action: np.ndarray
+    ) -> tuple[dict[str, np.ndarray], np.ndarray]:
+        """Info terms [B] after a step from torso xy = before [B, 2] with robot actions [B, 8],
+        and terminated [B]: the state is not finite or the torso height leaves the range."""
+        velocity = (sim.xpos[:, MAIN_BODY, :2] - before) / self.dt
+        low, high = self.healthy_z_range
+        z = sim.qpos[:, 2]
+        finite = np.isfinite(sim.qpos).all(axis=1) & np.isfinite(sim.qvel).all(axis=1)
+        healthy = finite & (low <= z) & (z <= high)
+        contact = np.clip(sim.cfrc_ext, *CONTACT_FORCE_RANGE).reshape(len(z), -1)
+        info = {
+            "x_position": sim.qpos[:, 0].copy(),
+            "y_position": sim.qpos[:, 1].copy(),
+            "x_velocity": velocity[:, 0],
+            "y_velocity": velocity[:, 1],
+            "reward_ctrl": control_reward(action, self.ctrl_cost_weight),
+            "reward_contact": -(self.contact_cost_weight * np.sum(np.square(contact), axis=1)),
+            "reward_survive": healthy * self.survive_reward,
+        }
+        return info, ~healthy
 
     def _costs_text(self) -> str:
         return (
@@ -148,11 +190,9 @@ class AntVel(AntFamily):
     def oracle_features(self, task: VelocityTask) -> np.ndarray:
         return np.array([task.velocity], dtype=np.float32)
 
-    def reward(self, task: VelocityTask, info: Mapping[str, Any]) -> float:
-        """r = -|v_x - v_goal| + forward_bonus + costs(info)."""
-        return (
-            -abs(float(info["x_velocity"]) - task.velocity) + self.forward_bonus + self.costs(info)
-        )
+    def reward(self, task: VelocityTask, info: Mapping[str, Any]) -> Any:
+        """r = -|v_x - v_goal| + forward_bonus + costs(info); scalars or arrays [B]."""
+        return -np.abs(info["x_velocity"] - task.velocity) + self.forward_bonus + self.costs(info)
 
 
 class AntDir(AntFamily):
@@ -196,9 +236,9 @@ class AntDir(AntFamily):
     def oracle_features(self, task: DirectionTask) -> np.ndarray:
         return np.array([task.direction], dtype=np.float32)
 
-    def reward(self, task: DirectionTask, info: Mapping[str, Any]) -> float:
-        """r = dir · v_x + costs(info)."""
-        return task.direction * float(info["x_velocity"]) + self.costs(info)
+    def reward(self, task: DirectionTask, info: Mapping[str, Any]) -> Any:
+        """r = dir · v_x + costs(info); scalars or arrays [B]."""
+        return task.direction * info["x_velocity"] + self.costs(info)
 
 
 class AntGoal(AntFamily):
@@ -266,9 +306,10 @@ class AntGoal(AntFamily):
     def oracle_features(self, task: GoalTask) -> np.ndarray:
         return np.asarray(task.goal, dtype=np.float32)
 
-    def reward(self, task: GoalTask, info: Mapping[str, Any]) -> float:
-        """r = -(|x - g_x| + |y - g_y|) + goal_bonus + costs(info)."""
-        distance = abs(float(info["x_position"]) - task.goal[0]) + abs(
-            float(info["y_position"]) - task.goal[1]
+    def reward(self, task: GoalTask, info: Mapping[str, Any]) -> Any:
+        """r = -(|x - g_x| + |y - g_y|) + goal_bonus + costs(info); scalars or arrays [B]."""
+        goal = np.asarray(task.goal)
+        distance = np.abs(info["x_position"] - goal[..., 0]) + np.abs(
+            info["y_position"] - goal[..., 1]
         )
         return -distance + self.goal_bonus + self.costs(info)

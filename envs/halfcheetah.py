@@ -27,6 +27,7 @@ from envs.mujoco_base import (
     sample_directions,
     sample_velocities,
 )
+from envs.mujoco_batch import Simulations, control_reward
 
 
 class HalfCheetahFamily(MujocoFamily):
@@ -52,6 +53,28 @@ class HalfCheetahFamily(MujocoFamily):
                 "reset_noise_scale": float(reset_noise_scale),
             },
         )
+
+    # HalfCheetah-v5's observation and info terms for B simulations (see envs.mujoco_batch)
+
+    def batch_position(self, sim: Simulations) -> np.ndarray:
+        """The x position [B] that x_velocity is measured from."""
+        return sim.qpos[:, 0].copy()
+
+    def batch_observation(self, sim: Simulations) -> np.ndarray:
+        """[B, 17]: qpos without x, then qvel."""
+        return np.concatenate([sim.qpos[:, 1:], sim.qvel], axis=1)
+
+    def batch_step_info(
+        self, sim: Simulations, before: np.ndarray, action: np.ndarray
+    ) -> tuple[dict[str, np.ndarray], np.ndarray]:
+        """Info terms [B] after a step from x = before with robot actions [B, 6]; never ends."""
+        x = sim.qpos[:, 0].copy()
+        info = {
+            "x_position": x,
+            "x_velocity": (x - before) / self.dt,
+            "reward_ctrl": control_reward(action, self.ctrl_cost_weight),
+        }
+        return info, np.zeros(len(x), dtype=bool)
 
 
 class HalfCheetahVel(HalfCheetahFamily):
@@ -90,9 +113,9 @@ class HalfCheetahVel(HalfCheetahFamily):
     def oracle_features(self, task: VelocityTask) -> np.ndarray:
         return np.array([task.velocity], dtype=np.float32)
 
-    def reward(self, task: VelocityTask, info: Mapping[str, Any]) -> float:
-        """r = -|v_x - v_goal| + info["reward_ctrl"]."""
-        return -abs(float(info["x_velocity"]) - task.velocity) + float(info["reward_ctrl"])
+    def reward(self, task: VelocityTask, info: Mapping[str, Any]) -> Any:
+        """r = -|v_x - v_goal| + info["reward_ctrl"]; scalars, or arrays [B] (`stack_tasks`)."""
+        return -np.abs(info["x_velocity"] - task.velocity) + info["reward_ctrl"]
 
 
 class HalfCheetahDir(HalfCheetahFamily):
@@ -124,6 +147,6 @@ class HalfCheetahDir(HalfCheetahFamily):
     def oracle_features(self, task: DirectionTask) -> np.ndarray:
         return np.array([task.direction], dtype=np.float32)
 
-    def reward(self, task: DirectionTask, info: Mapping[str, Any]) -> float:
-        """r = dir · v_x + info["reward_ctrl"]."""
-        return task.direction * float(info["x_velocity"]) + float(info["reward_ctrl"])
+    def reward(self, task: DirectionTask, info: Mapping[str, Any]) -> Any:
+        """r = dir · v_x + info["reward_ctrl"]; scalars, or arrays [B] (`stack_tasks`)."""
+        return task.direction * info["x_velocity"] + info["reward_ctrl"]

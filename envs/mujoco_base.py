@@ -12,6 +12,11 @@ through ``gymnasium.make`` keyword arguments, and wraps it in `MujocoTaskEnv`, w
   task and the step's ``info`` terms (``x_velocity``, ``reward_ctrl``, ``reward_contact``, ...).
 
 Episodes are truncated after ``max_episode_steps`` by Gymnasium's ``TimeLimit``.
+
+``reward(task, info)`` is array code: given one task and one step's ``info`` it returns a
+scalar; given ``stack_tasks`` of B tasks and ``info`` arrays [B] it returns the rewards [B].
+`MujocoFamily.make_batch_env` runs B environments natively (`envs.mujoco_batch`) with the
+same reward function and trajectories identical to B of these Gymnasium environments.
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ import gymnasium as gym
 import mujoco
 import numpy as np
 
+from envs.mujoco_batch import MujocoBatchEnv
 from maml_rl.tasks import Task
 
 
@@ -96,18 +102,24 @@ class MujocoTaskEnv(gym.Wrapper, gym.utils.RecordConstructorArgs):
         observation, _, terminated, truncated, info = self.env.step(
             np.clip(scaled, self._low, self._high)
         )
-        return observation, self.family.reward(self.task, info), terminated, truncated, info
+        reward = float(self.family.reward(self.task, info))
+        return observation, reward, terminated, truncated, info
 
 
 class MujocoFamily:
     """Base of the MuJoCo families: builds the Gymnasium env and the policy-side spaces.
 
     Subclasses set `env_id`, pass their ``gymnasium.make`` keyword arguments to `__init__`, and
-    define ``sample_tasks``, ``oracle_features``, ``reward(task, info)`` and `default_task`.
+    define ``sample_tasks``, ``oracle_features``, ``reward(task, info)`` and `default_task`;
+    per robot, the batched counterparts of the Gymnasium env's observation and ``info`` terms
+    used by `make_batch_env` (``batch_position``, ``batch_observation``, ``batch_step_info``,
+    ``contact_forces``; see `envs.mujoco_batch`).
     """
 
     env_id: str
     default_task: Task
+    contact_forces: bool = False
+    """Whether the batched terms read ``cfrc_ext`` (filled by ``mj_rnePostConstraint``)."""
 
     def __init__(
         self, max_episode_steps: int, action_scale: float, make_kwargs: Mapping[str, Any]
@@ -119,7 +131,7 @@ class MujocoFamily:
         self.max_episode_steps = int(max_episode_steps)
         self.action_scale = float(action_scale)
         self.make_kwargs = dict(make_kwargs)
-        probe = self._make_gym_env()
+        probe = self.make_gym_env()
         self.observation_space = probe.observation_space
         box = probe.action_space
         self.action_space = gym.spaces.Box(
@@ -128,16 +140,27 @@ class MujocoFamily:
         self.dt = float(probe.unwrapped.dt)
         probe.close()
 
-    def _make_gym_env(self) -> gym.Env:
+    def make_gym_env(self) -> gym.Env:
+        """Gymnasium's environment alone: its own reward, no task."""
         with _quiet_settotalmass():
             return gym.make(
                 self.env_id, max_episode_steps=self.max_episode_steps, **self.make_kwargs
             )
 
     def make_env(self) -> MujocoTaskEnv:
-        return MujocoTaskEnv(self._make_gym_env(), self, self.default_task)
+        return MujocoTaskEnv(self.make_gym_env(), self, self.default_task)
 
-    def reward(self, task: Any, info: Mapping[str, Any]) -> float:
+    def make_batch_env(
+        self, num_envs: int, stepper: str = "auto", num_threads: int | None = None
+    ) -> MujocoBatchEnv:
+        """`num_envs` environments stepped natively, identical to `make_env`'s for one seed.
+
+        stepper: "batch" (``mujoco.batch.Batch``), "threads" (a thread pool over MjData) or
+        "auto" (the faster for this family); num_threads: default all CPUs of this process.
+        """
+        return MujocoBatchEnv(self, num_envs, stepper, num_threads)
+
+    def reward(self, task: Any, info: Mapping[str, Any]) -> Any:
         raise NotImplementedError
 
     def _protocol(self) -> str:

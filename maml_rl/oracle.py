@@ -14,7 +14,7 @@ import gymnasium as gym
 import numpy as np
 
 from maml_rl.tasks import BatchEnv, Task, TaskFamily, TaskFamilyError
-from maml_rl.vector import make_batch_env
+from maml_rl.vector import make_batch_env, native_batch_env
 
 Features = Callable[[Task], np.ndarray]
 
@@ -90,7 +90,10 @@ class OracleFamily:
     def make_env(self) -> gym.Env:
         return OracleObservation(self.family.make_env(), self.features, self._probe_task)
 
-    def make_batch_env(self, num_envs: int) -> OracleBatchEnv:
-        return OracleBatchEnv(
-            make_batch_env(self.family, num_envs), self.features, self.num_features
-        )
+    def make_batch_env(self, num_envs: int, stepper: str | None = None) -> OracleBatchEnv:
+        """The wrapped family's batch env ("auto" backend, or its native one with `stepper`)."""
+        if stepper is None:
+            env = make_batch_env(self.family, num_envs)
+        else:
+            env = native_batch_env(self.family, num_envs, stepper)
+        return OracleBatchEnv(env, self.features, self.num_features)

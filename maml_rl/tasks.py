@@ -8,8 +8,10 @@ A task family is three things (see README, "Add your own task family"):
   ``reset(options={"task": task})`` (a reset without a task keeps the current one).
 
 A family may also provide ``make_batch_env(num_envs)``: a natively vectorized `BatchEnv`
-that steps many environments, each with its own task, as array code. Families are looked up
-by name from the ``maml_rl.task_families`` entry-point group, or by a ``module:Class`` path.
+that steps many environments, each with its own task, as array code (optionally taking a
+``stepper`` keyword, as the MuJoCo families do; see `maml_rl.vector` for the backends).
+Families are looked up by name from the ``maml_rl.task_families`` entry-point group, or by a
+``module:Class`` path.
 """
 
 from __future__ import annotations

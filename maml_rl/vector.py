@@ -1,19 +1,37 @@
-"""Generic `BatchEnv` over single Gymnasium environments, for families without a native one.
+"""Batch-environment backends and `make_batch_env`, the factory that picks one.
 
-Each sub-environment receives its own task through ``reset(options={"task": task})``
-(Gymnasium's vector envs send the same options to every sub-env, so tasks are set one by one).
-An environment whose episode has ended is not stepped again until the next reset; it repeats
-its last observation with reward 0, and the sampler masks those steps out.
+Backends (``make_batch_env(family, num_envs, backend)``):
+
+* ``native``: the family's own ``make_batch_env(num_envs)`` — array code (2D navigation) or
+  MuJoCo simulations stepped all at once (``envs.mujoco_batch``);
+* ``threads``: the native env with its ``stepper="threads"`` (MuJoCo families: one MjData per
+  environment, stepped by a pool of Python threads);
+* ``sync``: `GymBatchEnv`, the family's Gymnasium environments stepped one after another here;
+* ``async``: `AsyncGymBatchEnv`, the same in worker processes (``gymnasium.vector``);
+* ``auto``: ``native`` when the family has one, else ``sync`` (on a few cores a process round
+  trip costs more than a MuJoCo step, so ``async`` only pays for slow Python environments).
+
+All give the same trajectories for the same seed: sub-environment i is reset with
+``seed + i`` and its own task. Gymnasium's vector envs send the same reset options to every
+sub-env, so each task travels separately (`set_attr`) and reaches its env at the next reset.
+An environment whose episode has ended is not stepped again (sync) or steps into a new
+episode that is ignored (async, Gymnasium's next-step autoreset); either way it reports its
+last observation, reward 0 and its terminated flag until the next reset.
 """
 
 from __future__ import annotations
 
+import functools
+import inspect
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import gymnasium as gym
 import numpy as np
 
 from maml_rl.tasks import BatchEnv, Task, TaskFamily, TaskFamilyError
+
+BACKENDS = ("auto", "native", "threads", "sync", "async")
 
 
 class GymBatchEnv:
@@ -30,13 +48,14 @@ class GymBatchEnv:
         self._t = 0
 
     def reset(self, tasks: Sequence[Task], seed: int | None = None) -> np.ndarray:
+        """Observations [num_envs, obs_dim] in the envs' own dtype; env i gets seed + i."""
         if len(tasks) != self.num_envs:
             raise ValueError(f"reset needs {self.num_envs} tasks, got {len(tasks)}")
         observations = [
             env.reset(seed=None if seed is None else seed + i, options={"task": task})[0]
             for i, (env, task) in enumerate(zip(self.envs, tasks, strict=True))
         ]
-        self._obs = np.stack(observations).astype(np.float32)
+        self._obs = np.stack(observations)
         self._done[:] = False
         self._t = 0
         return self._obs.copy()
@@ -61,12 +80,129 @@ class GymBatchEnv:
             env.close()
 
 
-def make_batch_env(family: TaskFamily, num_envs: int) -> BatchEnv:
-    """The family's native batch env if it has one, else the generic Gymnasium one."""
-    native = getattr(family, "make_batch_env", None)
-    if callable(native):
-        return native(num_envs)
+class TaskOnReset(gym.Wrapper):
+    """Passes the task last assigned to `next_task` (by the vector env's ``set_attr``) to the
+    next reset as ``options={"task": ...}``; a reset without one keeps the env's task."""
+
+    def __init__(self, env: gym.Env) -> None:
+        super().__init__(env)
+        self.next_task: Task | None = None
+
+    def reset(
+        self, *, seed: int | None = None, options: dict[str, Any] | None = None
+    ) -> tuple[Any, dict[str, Any]]:
+        if self.next_task is not None:
+            options = {**(options or {}), "task": self.next_task}
+            self.next_task = None
+        return self.env.reset(seed=seed, options=options)
+
+
+def _make_task_env(make_env: Callable[[], gym.Env]) -> gym.Env:
+    return TaskOnReset(make_env())
+
+
+class AsyncGymBatchEnv:
+    """`num_envs` Gymnasium environments in worker processes (``gymnasium.vector.AsyncVectorEnv``).
+
+    context: the multiprocessing start method (None: the platform's default). Workers are
+    daemons, closed by `close` (also after a failed call, which leaves the env unusable).
+    """
+
+    def __init__(
+        self,
+        make_env: Callable[[], gym.Env],
+        num_envs: int,
+        max_episode_steps: int,
+        context: str | None = None,
+    ) -> None:
+        self.vector = gym.vector.AsyncVectorEnv(
+            [functools.partial(_make_task_env, make_env)] * num_envs, context=context
+        )
+        self.num_envs = num_envs
+        self.observation_space = self.vector.single_observation_space
+        self.action_space = self.vector.single_action_space
+        self.max_episode_steps = max_episode_steps
+        self._done = np.zeros(num_envs, dtype=bool)
+        self._terminated = np.zeros(num_envs, dtype=bool)
+        self._obs: np.ndarray | None = None
+        self._t = 0
+
+    def _guarded(self, call: Callable[[], Any]) -> Any:
+        try:
+            return call()
+        except BaseException:
+            self.close(terminate=True)
+            raise
+
+    def reset(self, tasks: Sequence[Task], seed: int | None = None) -> np.ndarray:
+        """Observations [num_envs, obs_dim]; env i gets its task and seed + i."""
+        if len(tasks) != self.num_envs:
+            raise ValueError(f"reset needs {self.num_envs} tasks, got {len(tasks)}")
+        seeds = None if seed is None else [seed + i for i in range(self.num_envs)]
+
+        def reset() -> np.ndarray:
+            self.vector.set_attr("next_task", list(tasks))
+            return self.vector.reset(seed=seeds)[0]
+
+        self._obs = np.array(self._guarded(reset))
+        self._done[:] = False
+        self._terminated[:] = False
+        self._t = 0
+        return self._obs.copy()
+
+    def step(self, actions: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        assert self._obs is not None, "reset before step"
+        obs, rewards, terminated, truncated, _ = self._guarded(
+            lambda: self.vector.step(np.asarray(actions))
+        )
+        live = ~self._done
+        self._obs[live] = obs[live]
+        rewards = np.where(live, rewards, 0.0)
+        terminated = np.where(live, terminated, self._terminated)
+        self._t += 1
+        truncated = (live & truncated) | (self._t >= self.max_episode_steps)
+        self._terminated = terminated
+        self._done |= terminated | truncated
+        return self._obs.copy(), rewards, terminated, truncated
+
+    def close(self, terminate: bool = False) -> None:
+        if not self.vector.closed:
+            self.vector.close(terminate=terminate)
+
+
+def _horizon(family: TaskFamily) -> int:
     horizon = getattr(family, "max_episode_steps", None)
     if horizon is None:
         raise TaskFamilyError(f"task family {family!r} must define max_episode_steps")
-    return GymBatchEnv(family.make_env, num_envs, int(horizon))
+    return int(horizon)
+
+
+def native_batch_env(family: TaskFamily, num_envs: int, stepper: str | None = None) -> BatchEnv:
+    """The family's own ``make_batch_env(num_envs)``, with ``stepper=...`` when given."""
+    native = getattr(family, "make_batch_env", None)
+    if not callable(native):
+        raise TaskFamilyError(
+            f"task family {family!r} has no native make_batch_env; use backend 'sync' or 'async'"
+        )
+    if stepper is None:
+        return native(num_envs)
+    if "stepper" not in inspect.signature(native).parameters:
+        raise TaskFamilyError(
+            f"task family {family!r}: make_batch_env takes no stepper, so backend "
+            f"'{stepper}' is not available (it is for the MuJoCo families)"
+        )
+    return native(num_envs, stepper=stepper)
+
+
+def make_batch_env(family: TaskFamily, num_envs: int, backend: str = "auto") -> BatchEnv:
+    """A `BatchEnv` of `num_envs` environments of `family` on `backend` (see the module doc)."""
+    if backend not in BACKENDS:
+        raise TaskFamilyError(f"unknown sampler backend {backend!r}; choose one of {BACKENDS}")
+    has_native = callable(getattr(family, "make_batch_env", None))
+    if backend == "native" or (backend == "auto" and has_native):
+        return native_batch_env(family, num_envs)
+    if backend == "threads":
+        return native_batch_env(family, num_envs, stepper="threads")
+    if backend == "async":
+        return AsyncGymBatchEnv(family.make_env, num_envs, _horizon(family))
+    return GymBatchEnv(family.make_env, num_envs, _horizon(family))
