@@ -80,4 +80,5 @@ def build(cfg: Config, generator: torch.Generator | None) -> tuple[TaskFamily, P
         raise TaskFamilyError(f"task family '{cfg.env}': {error}") from error
     device, dtype = resolve_device(cfg.device), DTYPES[cfg.dtype]
     policy = policy.to(device=device, dtype=dtype)
-    return family, policy, Sampler(family, policy, cfg.fast_batch_size, device, dtype)
+    sampler = Sampler(family, policy, cfg.fast_batch_size, device, dtype, backend=cfg.sampler)
+    return family, policy, sampler

@@ -79,6 +79,9 @@ class Config:
     """GAE lambda (1.0: Monte-Carlo returns minus the baseline)."""
     normalize_advantages: bool = True
     """Normalise advantages per task (masked mean 0, std 1)."""
+    sampler: str = "auto"
+    """Environment backend: auto (native batch env if the family has one, else sync), native,
+    threads (MuJoCo families, threaded mj_step), sync or async (Gymnasium vector envs)."""
     seed: int = 0
     """Master seed; split into independent streams (tasks, evaluation tasks, envs, torch)."""
     device: str = "cpu"
@@ -132,6 +135,7 @@ def _validate(cfg: Config) -> None:
         "nonlinearity": ("tanh", "relu", "elu", "gelu", "silu"),
         "dtype": ("float32", "float64"),
         "algo": ("maml", "pretrained", "oracle"),
+        "sampler": ("auto", "native", "threads", "sync", "async"),
     }
     for key, allowed in choices.items():
         _check(

@@ -101,6 +101,10 @@ def _make_task_env(make_env: Callable[[], gym.Env]) -> gym.Env:
     return TaskOnReset(make_env())
 
 
+class WorkerDiedError(TaskFamilyError):
+    """An environment worker process exited or crashed; the message is one line."""
+
+
 class AsyncGymBatchEnv:
     """`num_envs` Gymnasium environments in worker processes (``gymnasium.vector.AsyncVectorEnv``).
 
@@ -130,6 +134,12 @@ class AsyncGymBatchEnv:
     def _guarded(self, call: Callable[[], Any]) -> Any:
         try:
             return call()
+        except (EOFError, BrokenPipeError, ConnectionError) as error:
+            codes = [p.exitcode for p in self.vector.processes]
+            self.close(terminate=True)
+            raise WorkerDiedError(
+                f"an environment worker process died (exit codes {codes}); all workers closed"
+            ) from error
         except BaseException:
             self.close(terminate=True)
             raise

@@ -9,6 +9,8 @@ difference, however small, is a bug.
 from __future__ import annotations
 
 import inspect
+import os
+import time
 from typing import Any
 
 import numpy as np
@@ -16,12 +18,12 @@ import pytest
 import torch
 
 from envs.mujoco_batch import MujocoBatchEnv, stack_tasks
-from envs.navigation import Navigation2D, NavigationTask
+from envs.navigation import Navigation2D, Navigation2DEnv, NavigationTask
 from maml_rl.oracle import OracleBatchEnv, OracleFamily
 from maml_rl.policy import GaussianMLPPolicy, parameters_of
 from maml_rl.sampler import Sampler
 from maml_rl.tasks import TaskFamily, TaskFamilyError, available_families, make_family
-from maml_rl.vector import AsyncGymBatchEnv, GymBatchEnv, make_batch_env
+from maml_rl.vector import AsyncGymBatchEnv, GymBatchEnv, WorkerDiedError, make_batch_env
 
 NATIVE = sorted(
     name
@@ -331,3 +333,30 @@ def test_sampler_sets_torch_threads_while_sampling_and_restores_them() -> None:
             assert torch.get_num_threads() == 2
     finally:
         torch.set_num_threads(previous)
+
+
+class _DiesAtStep2(Navigation2DEnv):
+    """A worker env whose process exits abruptly on its third step."""
+
+    def step(self, action: np.ndarray) -> Any:
+        if self._t == 2:
+            os._exit(3)
+        return super().step(action)
+
+
+def _dying_env() -> Navigation2DEnv:
+    return _DiesAtStep2(Navigation2D())
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
+def test_a_dying_async_worker_is_a_clear_error_within_seconds_and_leaves_no_process() -> None:
+    env = AsyncGymBatchEnv(_dying_env, 2, 10)
+    env.reset([NavigationTask((0.1, 0.1))] * 2, seed=0)
+    start = time.monotonic()
+    with pytest.raises(WorkerDiedError, match="worker process died") as error:
+        for _ in range(5):
+            env.step(np.zeros((2, 2)))
+    assert time.monotonic() - start < 5.0
+    assert "\n" not in str(error.value)
+    assert all(not process.is_alive() for process in env.vector.processes)

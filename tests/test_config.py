@@ -415,6 +415,7 @@ def test_save_load_round_trip_non_defaults(tmp_path: Path) -> None:
             "cg_damping": 0.0,
             "hvp": "exact",
             "hvp_subsample": 0.5,
+            "sampler": "sync",
             "hvp_fd_eps": 1e-7,
             "ls_max_steps": 9,
             "ls_backtrack_ratio": 0.3,
