@@ -135,8 +135,8 @@ class AsyncGymBatchEnv:
         try:
             return call()
         except (EOFError, BrokenPipeError, ConnectionError) as error:
+            self._kill_workers()
             codes = [p.exitcode for p in self.vector.processes]
-            self.close(terminate=True)
             raise WorkerDiedError(
                 f"an environment worker process died (exit codes {codes}); all workers closed"
             ) from error
@@ -178,6 +178,17 @@ class AsyncGymBatchEnv:
     def close(self, terminate: bool = False) -> None:
         if not self.vector.closed:
             self.vector.close(terminate=terminate)
+
+    def _kill_workers(self) -> None:
+        """After a worker died: Gymnasium's close would wait on the dead pipe, so terminate
+        every worker directly and mark the vector env closed."""
+        for process in self.vector.processes:
+            if process.is_alive():
+                process.terminate()
+            process.join(timeout=5)
+        for pipe in self.vector.parent_pipes:
+            pipe.close()
+        self.vector.closed = True
 
 
 def _horizon(family: TaskFamily) -> int:
