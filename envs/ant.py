@@ -28,7 +28,7 @@ dt 0.02, i.e. ``frame_skip=2``, ``action_scale=1``).
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, TypedDict, Unpack
 
 import numpy as np
 
@@ -49,24 +49,42 @@ CONTACT_FORCE_RANGE = (-1.0, 1.0)
 """Gymnasium's Ant-v5 ``contact_force_range``: cfrc_ext is clipped to it."""
 
 
+class AntOptions(TypedDict, total=False):
+    """The robot, cost and protocol arguments every Ant family takes (see `AntFamily`)."""
+
+    max_episode_steps: int
+    action_scale: float
+    ctrl_cost_weight: float
+    contact_cost_weight: float
+    survive_reward: float
+    healthy_z_range: Sequence[float]
+    include_contact_forces: bool
+    frame_skip: int
+    reset_noise_scale: float
+
+
 class AntFamily(MujocoFamily):
-    """Ant-v5 with a task-dependent reward; subclasses define the task."""
+    """Ant-v5 with a task-dependent reward; subclasses define the task and take the robot's
+    arguments (`AntOptions`, defaults here: the pytorch-maml-rl/ProMP protocol) by keyword."""
 
     env_id = "Ant-v5"
     contact_forces = True
 
+    observe_position = False
+    """Whether the observation starts with the torso's x, y (ant-goal)."""
+
     def __init__(
         self,
-        max_episode_steps: int,
-        action_scale: float,
-        ctrl_cost_weight: float,
-        contact_cost_weight: float,
-        survive_reward: float,
-        healthy_z_range: Sequence[float],
-        include_contact_forces: bool,
-        frame_skip: int,
-        reset_noise_scale: float,
-        observe_position: bool = False,
+        *,
+        max_episode_steps: int = 100,
+        action_scale: float = 10.0,
+        ctrl_cost_weight: float = 0.005,
+        contact_cost_weight: float = 5e-4,
+        survive_reward: float = 0.05,
+        healthy_z_range: Sequence[float] = (0.2, 1.0),
+        include_contact_forces: bool = True,
+        frame_skip: int = 5,
+        reset_noise_scale: float = 0.1,
     ) -> None:
         low, high = (float(z) for z in healthy_z_range)
         check_range("healthy_z_range", low, high)
@@ -75,7 +93,6 @@ class AntFamily(MujocoFamily):
         self.survive_reward = float(survive_reward)
         self.healthy_z_range = (low, high)
         self.include_contact_forces = bool(include_contact_forces)
-        self.observe_position = bool(observe_position)
         super().__init__(
             max_episode_steps,
             action_scale,
@@ -86,7 +103,7 @@ class AntFamily(MujocoFamily):
                 "healthy_z_range": (low, high),
                 "terminate_when_unhealthy": True,
                 "include_cfrc_ext_in_observation": bool(include_contact_forces),
-                "exclude_current_positions_from_observation": not observe_position,
+                "exclude_current_positions_from_observation": not self.observe_position,
                 "frame_skip": int(frame_skip),
                 "reset_noise_scale": float(reset_noise_scale),
             },
@@ -153,30 +170,12 @@ class AntVel(AntFamily):
         low: float = 0.0,
         high: float = 3.0,
         forward_bonus: float = 1.0,
-        max_episode_steps: int = 100,
-        action_scale: float = 10.0,
-        ctrl_cost_weight: float = 0.005,
-        contact_cost_weight: float = 5e-4,
-        survive_reward: float = 0.05,
-        healthy_z_range: Sequence[float] = (0.2, 1.0),
-        include_contact_forces: bool = True,
-        frame_skip: int = 5,
-        reset_noise_scale: float = 0.1,
+        **options: Unpack[AntOptions],
     ) -> None:
         check_range("ant-vel velocity", low, high)
         self.low, self.high = float(low), float(high)
         self.forward_bonus = float(forward_bonus)
-        super().__init__(
-            max_episode_steps,
-            action_scale,
-            ctrl_cost_weight,
-            contact_cost_weight,
-            survive_reward,
-            healthy_z_range,
-            include_contact_forces,
-            frame_skip,
-            reset_noise_scale,
-        )
+        super().__init__(**options)
 
     def __repr__(self) -> str:
         return (
@@ -199,30 +198,6 @@ class AntDir(AntFamily):
     """Run forward or backward: r = dir · v_x + costs, dir ∈ {-1, +1}."""
 
     default_task = DirectionTask(direction=1)
-
-    def __init__(
-        self,
-        max_episode_steps: int = 100,
-        action_scale: float = 10.0,
-        ctrl_cost_weight: float = 0.005,
-        contact_cost_weight: float = 5e-4,
-        survive_reward: float = 0.05,
-        healthy_z_range: Sequence[float] = (0.2, 1.0),
-        include_contact_forces: bool = True,
-        frame_skip: int = 5,
-        reset_noise_scale: float = 0.1,
-    ) -> None:
-        super().__init__(
-            max_episode_steps,
-            action_scale,
-            ctrl_cost_weight,
-            contact_cost_weight,
-            survive_reward,
-            healthy_z_range,
-            include_contact_forces,
-            frame_skip,
-            reset_noise_scale,
-        )
 
     def __repr__(self) -> str:
         return (
@@ -248,6 +223,7 @@ class AntGoal(AntFamily):
     """
 
     default_task = GoalTask(goal=(0.0, 0.0))
+    observe_position = True
 
     def __init__(
         self,
@@ -255,15 +231,7 @@ class AntGoal(AntFamily):
         high: float = 3.0,
         goal_radius: float | None = None,
         goal_bonus: float = 4.0,
-        max_episode_steps: int = 100,
-        action_scale: float = 10.0,
-        ctrl_cost_weight: float = 0.005,
-        contact_cost_weight: float = 5e-4,
-        survive_reward: float = 0.05,
-        healthy_z_range: Sequence[float] = (0.2, 1.0),
-        include_contact_forces: bool = True,
-        frame_skip: int = 5,
-        reset_noise_scale: float = 0.1,
+        **options: Unpack[AntOptions],
     ) -> None:
         check_range("ant-goal goal", low, high)
         if goal_radius is not None and not goal_radius > 0:
@@ -271,18 +239,7 @@ class AntGoal(AntFamily):
         self.low, self.high = float(low), float(high)
         self.goal_radius = None if goal_radius is None else float(goal_radius)
         self.goal_bonus = float(goal_bonus)
-        super().__init__(
-            max_episode_steps,
-            action_scale,
-            ctrl_cost_weight,
-            contact_cost_weight,
-            survive_reward,
-            healthy_z_range,
-            include_contact_forces,
-            frame_skip,
-            reset_noise_scale,
-            observe_position=True,
-        )
+        super().__init__(**options)
 
     def __repr__(self) -> str:
         if self.goal_radius is None:

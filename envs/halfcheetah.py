@@ -15,7 +15,7 @@ used 200 steps of rllab's cheetah with dt 0.01, i.e. ``frame_skip=1``, ``action_
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, TypedDict, Unpack
 
 import numpy as np
 
@@ -30,18 +30,31 @@ from envs.mujoco_base import (
 from envs.mujoco_batch import Simulations, control_reward
 
 
+class HalfCheetahOptions(TypedDict, total=False):
+    """The robot, cost and protocol arguments every half-cheetah family takes."""
+
+    max_episode_steps: int
+    action_scale: float
+    ctrl_cost_weight: float
+    frame_skip: int
+    reset_noise_scale: float
+
+
 class HalfCheetahFamily(MujocoFamily):
-    """HalfCheetah-v5 with a task-dependent forward reward; subclasses define the task."""
+    """HalfCheetah-v5 with a task-dependent forward reward; subclasses define the task and take
+    the robot's arguments (`HalfCheetahOptions`, defaults here: pytorch-maml-rl/ProMP) by
+    keyword."""
 
     env_id = "HalfCheetah-v5"
 
     def __init__(
         self,
-        max_episode_steps: int,
-        action_scale: float,
-        ctrl_cost_weight: float,
-        frame_skip: int,
-        reset_noise_scale: float,
+        *,
+        max_episode_steps: int = 100,
+        action_scale: float = 10.0,
+        ctrl_cost_weight: float = 0.05,
+        frame_skip: int = 5,
+        reset_noise_scale: float = 0.1,
     ) -> None:
         self.ctrl_cost_weight = float(ctrl_cost_weight)
         super().__init__(
@@ -89,17 +102,11 @@ class HalfCheetahVel(HalfCheetahFamily):
         self,
         low: float = 0.0,
         high: float = 2.0,
-        max_episode_steps: int = 100,
-        action_scale: float = 10.0,
-        ctrl_cost_weight: float = 0.05,
-        frame_skip: int = 5,
-        reset_noise_scale: float = 0.1,
+        **options: Unpack[HalfCheetahOptions],
     ) -> None:
         check_range("halfcheetah-vel velocity", low, high)
         self.low, self.high = float(low), float(high)
-        super().__init__(
-            max_episode_steps, action_scale, ctrl_cost_weight, frame_skip, reset_noise_scale
-        )
+        super().__init__(**options)
 
     def __repr__(self) -> str:
         return (
@@ -122,18 +129,6 @@ class HalfCheetahDir(HalfCheetahFamily):
     """Run forward or backward: r = dir · v_x - ctrl_cost_weight·‖a‖², dir ∈ {-1, +1}."""
 
     default_task = DirectionTask(direction=1)
-
-    def __init__(
-        self,
-        max_episode_steps: int = 100,
-        action_scale: float = 10.0,
-        ctrl_cost_weight: float = 0.05,
-        frame_skip: int = 5,
-        reset_noise_scale: float = 0.1,
-    ) -> None:
-        super().__init__(
-            max_episode_steps, action_scale, ctrl_cost_weight, frame_skip, reset_noise_scale
-        )
 
     def __repr__(self) -> str:
         return (

@@ -19,6 +19,7 @@ from __future__ import annotations
 import importlib
 import inspect
 import os
+import re
 import sys
 from collections.abc import Sequence
 from importlib.metadata import entry_points
@@ -134,7 +135,7 @@ def make_family(name: str, env_kwargs: dict[str, Any] | None = None) -> TaskFami
     except TaskFamilyError:
         raise
     except (TypeError, ValueError) as error:  # the family rejected its arguments
-        message = " ".join(str(error).split())
+        message = re.sub(r"^[\w.]+\(\) ", "", " ".join(str(error).split()))
         raise TaskFamilyError(f"bad env_kwargs for task family '{name}': {message}") from error
     missing = [m for m in ("sample_tasks", "make_env") if not callable(getattr(family, m, None))]
     if missing:

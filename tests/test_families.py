@@ -322,7 +322,17 @@ def test_paper_protocol_is_reachable() -> None:
         ("ant-goal", {"goal_radius": -1.0}, "goal_radius"),
         ("ant-dir", {"action_scale": 0.0}, "action_scale"),
         ("halfcheetah-dir", {"max_episode_steps": 0}, "max_episode_steps"),
-        ("ant-vel", {"velocity": 1.0}, "velocity"),
+        (
+            "ant-vel",
+            {"velocity": 1.0},
+            "^bad env_kwargs .*: got an unexpected keyword .*'velocity'",
+        ),
+        (
+            "halfcheetah-dir",
+            {"bogus": 1},
+            "^bad env_kwargs .*: got an unexpected keyword .*'bogus'",
+        ),
+        ("ant-goal", {"healthy_z_range": (1.0, 0.2)}, "healthy_z_range"),
     ],
 )
 def test_bad_env_kwargs_are_one_line_errors(name: str, kwargs: dict, match: str) -> None:
