@@ -8,15 +8,17 @@ For each family, with B = N·K environments and H steps, all figures in env step
 per CPU second of this process (a figure that other processes' load disturbs less; threads
 that spin while waiting count against it):
 
-* physics limit: raw MuJoCo stepping on all cores, one call per env step and no other work:
-  (a) a pool of --threads Python threads stepping B MjData in chunks (``mj_step`` releases
-  the GIL), (b) ``mujoco.rollout.Rollout`` over all B, one call of
-  frame_skip substeps per env step, (c) ``mujoco.batch.Batch`` stepping all B in lock-step.
-  The limit is the best of them. Controls are fixed random values ~ N(0, 0.1²); states start
-  from the family's reset distribution.
-* native env: the family's batch env (each stepper) with random actions, no policy;
-* sampler: ``Sampler.sample`` on the ``auto`` backend with a 64x64 tanh Gaussian policy
-  evaluated per task (stacked parameters, as after adaptation), counting the valid steps;
+* physics limit: raw MuJoCo stepping on all cores, one call per env step and no other work,
+  replaying open-loop the robot controls of one recorded ``Sampler.sample`` (a 64x64 tanh
+  Gaussian policy at initialisation, per-task parameters) from the same initial states, so the
+  physics is exactly the sampler's (contacts, solver iterations): (a) a pool of --threads
+  Python threads stepping B MjData in chunks (``mj_step`` releases the GIL), (b)
+  ``mujoco.rollout.Rollout``, one call of frame_skip substeps per env step, (c)
+  ``mujoco.batch.Batch`` stepping all B in lock-step. The limit is the best of them. For
+  families that read contact forces (Ant), one more row adds the ``mj_rnePostConstraint`` per
+  env step that Gymnasium's environment runs (the limit of that environment as defined);
+* native env: the family's batch env (each stepper) replaying the recorded policy actions;
+* sampler: ``Sampler.sample`` on the ``auto`` backend with that policy, counting valid steps;
 * SyncVectorEnv: ``gymnasium.vector.SyncVectorEnv`` of B ``family.make_env()`` with random
   actions (min(H, 20) steps; building B Gymnasium envs takes a while).
 
@@ -66,111 +68,132 @@ def report(label: str, rates: list[tuple[float, float]]) -> tuple[float, float]:
 
 
 class Physics:
-    """B simulations of the family's model from its reset distribution, with fixed controls."""
+    """B simulations of the family's model replaying recorded controls [H, B, nu] from
+    recorded initial states qpos [B, nq], qvel [B, nv]."""
 
-    def __init__(self, family, num_envs: int, seed: int) -> None:
+    def __init__(self, family, qpos: np.ndarray, qvel: np.ndarray, controls: np.ndarray) -> None:
         env = family.make_gym_env().unwrapped
         self.model, self.frame_skip = env.model, int(env.frame_skip)
         env.close()
-        batch_env = family.make_batch_env(num_envs, stepper="threads", num_threads=1)
-        batch_env.reset(family.sample_tasks(num_envs, np.random.default_rng(seed)), seed=seed)
-        self.qpos, self.qvel = batch_env.sim.qpos.copy(), batch_env.sim.qvel.copy()
-        batch_env.close()
-        rng = np.random.default_rng(seed)
-        self.ctrl = np.clip(rng.normal(0.0, 0.1, (num_envs, self.model.nu)), -1.0, 1.0)
+        self.qpos, self.qvel, self.controls = qpos, qvel, controls
 
     def datas(self) -> list[mujoco.MjData]:
         datas = []
-        for qpos, qvel, ctrl in zip(self.qpos, self.qvel, self.ctrl, strict=True):
+        for qpos, qvel in zip(self.qpos, self.qvel, strict=True):
             data = mujoco.MjData(self.model)
-            data.qpos[:], data.qvel[:], data.ctrl[:] = qpos, qvel, ctrl
+            data.qpos[:], data.qvel[:] = qpos, qvel
             mujoco.mj_forward(self.model, data)
             datas.append(data)
         return datas
 
-    def threads(self, horizon: int, num_threads: int) -> Callable[[], int]:
+    def threads(self, num_threads: int, post_constraint: bool = False) -> Callable[[], int]:
         """A pool of threads steps the MjData in chunks, taken as threads come free, once per
         env step (as the "threads" stepper does, without its copies of the results)."""
-        datas, model, frame_skip = self.datas(), self.model, self.frame_skip
+        model, frame_skip, controls = self.model, self.frame_skip, self.controls
+        datas = self.datas()
         num_chunks = min(len(datas), CHUNKS_PER_THREAD * num_threads)
-        chunks = [datas[i::num_chunks] for i in range(num_chunks)]
-
-        def work(chunk: list[mujoco.MjData]) -> None:
-            for data in chunk:
-                mujoco.mj_step(model, data, nstep=frame_skip)
+        chunks = [np.arange(i, len(datas), num_chunks) for i in range(num_chunks)]
 
         def run() -> int:
+            for data, qpos, qvel in zip(datas, self.qpos, self.qvel, strict=True):
+                data.qpos[:], data.qvel[:] = qpos, qvel
             with ThreadPoolExecutor(num_threads) as pool:
-                for _ in range(horizon):
+                for ctrl in controls:
+
+                    def work(rows: np.ndarray, ctrl: np.ndarray = ctrl) -> None:
+                        for i in rows:
+                            data = datas[i]
+                            data.ctrl[:] = ctrl[i]
+                            mujoco.mj_step(model, data, nstep=frame_skip)
+                            if post_constraint:
+                                mujoco.mj_rnePostConstraint(model, data)
+
                     list(pool.map(work, chunks))
-            return horizon * len(datas)
+            return controls.shape[0] * len(datas)
 
         return run
 
-    def batch(self, horizon: int, num_threads: int) -> Callable[[], int]:
+    def batch(self, num_threads: int) -> Callable[[], int]:
         batch = mujoco_batch.Batch(self.model, len(self.qpos), nthread=num_threads)
-        batch.qpos, batch.qvel, batch.ctrl = self.qpos, self.qvel, self.ctrl
-        batch.forward()
+        ctrl = batch.bind("ctrl")
 
         def run() -> int:
-            for _ in range(horizon):
+            batch.qpos, batch.qvel = self.qpos, self.qvel
+            batch.forward()
+            for controls in self.controls:
+                ctrl[:] = controls
                 batch.step(nstep=self.frame_skip)
-            return horizon * len(self.qpos)
+            return self.controls.shape[0] * len(self.qpos)
 
         return run
 
-    def rollout(self, horizon: int, num_threads: int) -> Callable[[], int]:
+    def rollout(self, num_threads: int) -> Callable[[], int]:
         """mujoco.rollout, one call of frame_skip substeps per env step (closed loop)."""
         spec = mujoco.mjtState.mjSTATE_FULLPHYSICS
         datas = self.datas()
-        state = np.stack([np.empty(mujoco.mj_stateSize(self.model, spec)) for _ in datas])
-        for row, data in zip(state, datas, strict=True):
+        initial = np.stack([np.empty(mujoco.mj_stateSize(self.model, spec)) for _ in datas])
+        for row, data in zip(initial, datas, strict=True):
             mujoco.mj_getState(self.model, data, row, spec)
         del datas[num_threads:]  # rollout needs one MjData per thread
-        control = np.repeat(self.ctrl[:, None], self.frame_skip, axis=1)
-        out = np.empty((len(state), self.frame_skip, state.shape[1]))
+        controls = np.repeat(self.controls[:, :, None], self.frame_skip, axis=2)
+        out = np.empty((len(initial), self.frame_skip, initial.shape[1]))
         roller = mujoco.rollout.Rollout(nthread=num_threads)
 
         def run() -> int:
-            nonlocal state
-            for _ in range(horizon):
+            state = initial
+            for control in controls:
                 roller.rollout(self.model, datas, state, control, state=out)
                 state = out[:, -1].copy()
-            return horizon * len(state)
+            return controls.shape[0] * len(state)
 
         return run
 
 
-def native_env(family, num_envs: int, horizon: int, stepper: str, threads: int) -> Callable:
+def record(family, sample: Callable[[], object], num_envs: int, seed: int):
+    """The initial states and robot controls [H, B, nu] of one sampler run with `seed`."""
+    batch = sample(seed)
+    env = family.make_batch_env(num_envs, stepper="threads", num_threads=1)
+    tasks = family.sample_tasks(num_envs, np.random.default_rng(0))
+    env.reset(tasks, seed=seed)
+    qpos, qvel = env.sim.qpos.copy(), env.sim.qvel.copy()
+    env.close()
+    robot = family.make_gym_env()
+    low, high = robot.action_space.low, robot.action_space.high
+    robot.close()
+    actions = batch.actions.reshape(batch.actions.shape[0], num_envs, -1).double().numpy()
+    controls = np.clip(actions.astype(np.float32) / family.action_scale, low, high)
+    return qpos, qvel, actions, controls.astype(np.float64)
+
+
+def native_env(
+    family, num_envs: int, actions: np.ndarray, stepper: str, threads: int
+) -> Callable[[], int]:
     env = family.make_batch_env(num_envs, stepper=stepper, num_threads=threads)
     tasks = family.sample_tasks(num_envs, np.random.default_rng(0))
-    rng = np.random.default_rng(0)
-    actions = rng.normal(0.0, 1.0, (horizon, num_envs, env.action_space.shape[0]))
 
     def run() -> int:
         env.reset(tasks, seed=0)
         alive = np.ones(num_envs, dtype=bool)
         steps = 0
-        for t in range(horizon):
+        for action in actions:
             steps += int(alive.sum())
-            _, _, terminated, truncated = env.step(actions[t])
+            _, _, terminated, truncated = env.step(action)
             alive &= ~(terminated | truncated)
         return steps
 
     return run
 
 
-def sampler_run(family, n: int, k: int) -> tuple[Callable[[], int], Sampler]:
+def sampler_run(family, n: int, k: int) -> tuple[Callable[[int], object], Sampler]:
     obs_dim, act_dim = family.observation_space.shape[0], family.action_space.shape[0]
     policy = GaussianMLPPolicy(obs_dim, act_dim, (64, 64), "tanh")
     theta = parameters_of(policy)
     phi = {name: p.expand(n, *p.shape).clone() for name, p in theta.items()}
     sampler = Sampler(family, policy, k)
     tasks = family.sample_tasks(n, np.random.default_rng(0))
-    seeds = iter(range(10**6))
 
-    def run() -> int:
-        return sampler.sample(phi, tasks, seed=next(seeds), per_task=True).num_steps
+    def run(seed: int) -> object:
+        return sampler.sample(phi, tasks, seed=seed, per_task=True)
 
     return run, sampler
 
@@ -207,21 +230,25 @@ def main() -> None:
     for name in args.envs:
         family = make_family(name, {"max_episode_steps": horizon})
         print(f"{name} ({type(family).__name__}, frame_skip {family.make_kwargs['frame_skip']})")
-        physics = Physics(family, num_envs, seed=0)
+        sample, sampler = sampler_run(family, args.n, args.k)
+        qpos, qvel, actions, controls = record(family, sample, num_envs, seed=0)
+        physics = Physics(family, qpos, qvel, controls)
         runs: dict[str, Callable[[], int]] = {
-            f"limit: mj_step in {threads} threads": physics.threads(horizon, threads),
-            f"limit: mujoco.rollout, {threads} threads": physics.rollout(horizon, threads),
+            f"limit: mj_step in {threads} threads": physics.threads(threads),
+            f"limit: mujoco.rollout, {threads} threads": physics.rollout(threads),
         }
         if mujoco_batch is not None:
-            runs[f"limit: mujoco.batch, {threads} threads"] = physics.batch(horizon, threads)
+            runs[f"limit: mujoco.batch, {threads} threads"] = physics.batch(threads)
+        post_label = f"mj_step + mj_rnePostConstraint, {threads} threads"
+        if family.contact_forces:
+            runs[post_label] = physics.threads(threads, post_constraint=True)
         for stepper in ("batch", "threads"):
-            env_run = native_env(family, num_envs, horizon, stepper, threads)
-            runs[f"native env, stepper {stepper}, random actions"] = env_run
-        sample, sampler = sampler_run(family, args.n, args.k)
-        sample()  # builds the environments
+            env_run = native_env(family, num_envs, actions, stepper, threads)
+            runs[f"native env, stepper {stepper}, policy actions"] = env_run
+        seeds = iter(range(1, 10**6))
         stepper = resolve_stepper("auto", family.contact_forces)
         sampler_label = f"Sampler.sample (auto: {stepper}), policy 64x64"
-        runs[sampler_label] = sample
+        runs[sampler_label] = lambda sample=sample, seeds=seeds: sample(next(seeds)).num_steps
         if not args.no_sync:
             runs["gymnasium SyncVectorEnv, random actions"] = sync_vector_env(
                 family, num_envs, min(horizon, 20)
@@ -249,6 +276,13 @@ def main() -> None:
                 f"{sampled_cpu / sync_cpu:.2f} per CPU-s"
             )
         print(line, flush=True)
+        if family.contact_forces:
+            post_wall, post_cpu = best[post_label]
+            print(
+                f"  sampler / (mj_step + mj_rnePostConstraint) = {sampled_wall / post_wall:.2f} "
+                f"wall, {sampled_cpu / post_cpu:.2f} per CPU-s",
+                flush=True,
+            )
 
 
 if __name__ == "__main__":

@@ -64,7 +64,8 @@ class Config:
     cg_damping: float = 1e-5
     """Damping added to Hessian-vector products: (H + damping I) v."""
     hvp: str = "finite_difference"
-    """Hessian-vector products: finite_difference (the paper's) or exact (double backward)."""
+    """Hessian-vector products: finite_difference (the paper's), exact (double backward through
+    the adaptation) or gauss_newton (J^T F J, equal to exact at the current point, cheaper)."""
     hvp_subsample: float = 1.0
     """Fraction of the meta-batch's tasks used for Hessian-vector products (rllab's subsampling)."""
     hvp_fd_eps: float | None = None
@@ -130,7 +131,7 @@ def _validate(cfg: Config) -> None:
         cfg.hvp_fd_eps is None or cfg.hvp_fd_eps > 0, "hvp_fd_eps", "must be > 0", cfg.hvp_fd_eps
     )
     choices = {
-        "hvp": ("finite_difference", "exact"),
+        "hvp": ("finite_difference", "exact", "gauss_newton"),
         "learn_step_size": ("none", "scalar", "per_parameter"),
         "nonlinearity": ("tanh", "relu", "elu", "gelu", "silu"),
         "dtype": ("float32", "float64"),

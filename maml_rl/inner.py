@@ -41,7 +41,8 @@ def init_step_size(theta: Params, mode: str, value: float) -> Params:
     raise ValueError(f"unknown step-size mode {mode!r}")
 
 
-def _alpha(step_size: StepSize, name: str) -> float | Tensor:
+def alpha_of(step_size: StepSize, name: str) -> float | Tensor:
+    """The step size of parameter `name`: a float, a 0-dim tensor or a param-shaped tensor."""
     if isinstance(step_size, float | int):
         return float(step_size)
     if SCALAR_STEP_SIZE in step_size:
@@ -84,7 +85,7 @@ def policy_gradients(
 
 def apply_step(params: Params, grads: Params, step_size: StepSize) -> Params:
     """phi' = phi - alpha ⊙ grad, for every parameter (alpha broadcast over tasks)."""
-    return {name: p - _alpha(step_size, name) * grads[name] for name, p in params.items()}
+    return {name: p - alpha_of(step_size, name) * grads[name] for name, p in params.items()}
 
 
 def inner_step(

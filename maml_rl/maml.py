@@ -25,6 +25,7 @@ from torch import Tensor, nn
 
 from maml_rl.baseline import advantages as compute_advantages
 from maml_rl.config import Config
+from maml_rl.curvature import GaussNewtonHVP
 from maml_rl.inner import StepSize, adapt, first_order_gradients, inner_step
 from maml_rl.policy import Distribution, detach, forward, kl, log_prob
 from maml_rl.returns import masked_mean
@@ -230,9 +231,9 @@ def meta_step(
     """One TRPO step on the meta-objective; returns new (theta, step sizes) and diagnostics.
 
     g = ∇L(x); d = CG(H + damping I, g); β = sqrt(2 max_kl / dᵀHd); backtrack on x - β d.
-    H is the Hessian of KL(x) at x, by finite differences of ∇KL or by double backward, on the
-    first ceil(hvp_subsample · N) tasks. If the line search finds no admissible step, theta and
-    step sizes are returned unchanged.
+    H is the Hessian of KL(x) at x, by finite differences of ∇KL, by double backward, or in its
+    Gauss-Newton form (exact at x, curvature.py), on the first ceil(hvp_subsample · N) tasks.
+    If the line search finds no admissible step, theta and step sizes are returned unchanged.
     """
     clock = time.perf_counter()
     timings: dict[str, float] = {}
@@ -271,10 +272,14 @@ def meta_step(
     hvp_frozen = None if frozen is None else [{n: g[:num_hvp_tasks] for n, g in f.items()}
                                               for f in frozen]  # fmt: skip
 
-    def hvp_kl(y: Tensor) -> Tensor:
-        return meta_objective(policy, layout, y, hvp_data, hvp_old, cfg, hvp_frozen)[1]
+    if cfg.hvp == "gauss_newton":
+        hvp = _gauss_newton_hvp(policy, layout, x0, hvp_data, hvp_old, cfg, hvp_frozen)
+    else:
 
-    hvp = _make_hvp(hvp_kl, x, kl_before if reuse_graph else None, cfg)
+        def hvp_kl(y: Tensor) -> Tensor:
+            return meta_objective(policy, layout, y, hvp_data, hvp_old, cfg, hvp_frozen)[1]
+
+        hvp = _make_hvp(hvp_kl, x, kl_before if reuse_graph else None, cfg)
     direction = conjugate_gradient(hvp, grad, iters=cfg.cg_iters)
     beta = max_step_length(direction, hvp(direction), cfg.max_kl)
     lap("cg_s")
@@ -335,6 +340,29 @@ def _make_hvp(
     return finite_difference_hvp(
         kl_gradient, x.detach(), damping=cfg.cg_damping, eps=cfg.hvp_fd_eps
     )
+
+
+def _gauss_newton_hvp(
+    policy: nn.Module,
+    layout: MetaParams,
+    x0: Tensor,
+    data: TaskData,
+    old_dist: Distribution,
+    cfg: Config,
+    frozen_grads: Sequence[Params] | None,
+) -> Callable[[Tensor], Tensor]:
+    """Damped products with the meta-KL Hessian at x0 in its Gauss-Newton form (curvature.py)."""
+    theta, step_size = layout.unflatten(x0)
+    steps: list[StepSize] = [step_size or cfg.fast_lr] * len(data.inner)
+    product = GaussNewtonHVP(policy, theta, steps, data.inner, data.post, old_dist, frozen_grads)
+
+    def hvp(v: Tensor) -> Tensor:
+        with torch.no_grad():
+            v_theta, v_step = layout.unflatten(v.detach())
+        h_theta, h_step = product(v_theta, v_step)
+        return layout.flatten(h_theta, h_step).detach() + cfg.cg_damping * v
+
+    return hvp
 
 
 def draw_seeds(rng: np.random.Generator, count: int) -> list[int]:

@@ -1,0 +1,144 @@
+"""The meta-KL Hessian at the current meta-parameters in Gauss-Newton form (``hvp: gauss_newton``).
+
+With x = (theta, step sizes alpha), the adaptation of task n in S inner steps
+
+    phi_{n,0}   = theta
+    phi_{n,s+1} = phi_{n,s} - alpha ⊙ g_{n,s},    g_{n,s} = ∇L_{n,s}(phi_{n,s})   (inner.py)
+
+and the meta-KL  KL(x) = (1/N) Σ_n KL_n(phi_{n,S}(x)),  KL_n(phi) = mean_{t,k} KL(π_old ‖ π_phi),
+the chain rule gives
+
+    ∇²KL(x) = (1/N) Σ_n J_nᵀ F_n J_n  +  (1/N) Σ_n Σ_i ∂KL_n/∂phi_i · ∇²phi_{n,i}(x)
+
+with J_n = ∂phi_{n,S}/∂x and F_n = ∇²_phi KL_n. At the point x0 where π_old was collected,
+∂KL_n/∂phi = 0 (KL(p ‖ q) is minimal at q = p), so the second sum vanishes and
+
+    H v = (1/N) Σ_n J_nᵀ F_n J_n v       exactly, at x0.
+
+J_n is applied without ever forming it. Forward (tangent t_s = ∂phi_s/∂x · v):
+
+    t_0 = v_theta,   t_{s+1} = t_s - alpha ⊙ (H_{n,s} t_s) - v_alpha ⊙ g_{n,s}
+
+and backward (adjoint w_s, with H_{n,s} = ∇²L_{n,s}(phi_{n,s}) symmetric):
+
+    w_S = F_n t_S / N,   w_s = w_{s+1} - H_{n,s} (alpha ⊙ w_{s+1}),
+    (H v)_theta = Σ_n w_{n,0},   (H v)_alpha = -Σ_n Σ_s g_{n,s} ⊙ w_{n,s+1}  (to alpha's shape)
+
+First-order MAML differentiates phi = theta - Σ_s alpha ⊙ g_s with g_s held fixed (inner.py),
+so there H_{n,s} = 0. Every product is a double-backward through a *first-order* graph (the
+inner-loss gradient at phi_s, the KL gradient at phi_S), built once per meta-step and reused by
+every CG iteration, instead of differentiating the whole adaptation twice (``exact``) or
+recomputing it twice per product (``finite_difference``). Tensors are per task, [N, *shape].
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor, nn
+
+from maml_rl.inner import SCALAR_STEP_SIZE, StepSize, alpha_of, apply_step, reinforce_loss
+from maml_rl.policy import Distribution, forward, kl
+from maml_rl.returns import masked_mean
+from maml_rl.types import Batch, Params
+
+
+class _SecondOrder:
+    """∇f at leaf params p [N, *shape] with its graph; products H_n t_n = ∇²f_n(p_n) t_n."""
+
+    def __init__(self, params: Params, losses: Tensor) -> None:
+        self.params = params
+        self.names = list(params)
+        grads = torch.autograd.grad(
+            losses.sum(), [params[n] for n in self.names], create_graph=True
+        )
+        self.grads = dict(zip(self.names, grads, strict=True))
+
+    def product(self, t: Params) -> Params:
+        """Per-task Hessian products [N, *shape] (f = Σ_n f_n, f_n depends on p_n only)."""
+        out = torch.autograd.grad(
+            [self.grads[n] for n in self.names],
+            [self.params[n] for n in self.names],
+            grad_outputs=[t[n] for n in self.names],
+            retain_graph=True,
+        )
+        return dict(zip(self.names, out, strict=True))
+
+
+def _leaf(params: Params) -> Params:
+    return {n: p.detach().clone().requires_grad_(True) for n, p in params.items()}
+
+
+def _scale(alpha: StepSize, t: Params) -> Params:
+    return {n: alpha_of(alpha, n) * v for n, v in t.items()}
+
+
+def _axpy(y: Params, a: float, x: Params) -> Params:
+    return {n: y[n] + a * x[n] for n in y}
+
+
+class GaussNewtonHVP:
+    """H v = (1/N) Σ_n J_nᵀ F_n J_n v of the meta-KL at x0 (see the module docstring).
+
+    theta: [*shape] at x0; step_sizes: the S step sizes at x0 (floats or learnable dicts, all
+    treated as constants); inner_data: per step (batch [T, N, K, ...], advantages [T, N, K]);
+    post: the post-update batch; old_dist: the post-update policy at x0 on post [N, T, K, A];
+    frozen_grads: the first-order inner gradients (first-order MAML), else None.
+    """
+
+    def __init__(
+        self,
+        policy: nn.Module,
+        theta: Params,
+        step_sizes: Sequence[StepSize],
+        inner_data: Sequence[tuple[Batch, Tensor]],
+        post: Batch,
+        old_dist: Distribution,
+        frozen_grads: Sequence[Params] | None,
+    ) -> None:
+        self.num_tasks = post.num_tasks
+        self.step_sizes = [
+            {n: a.detach() for n, a in s.items()} if isinstance(s, dict) else s for s in step_sizes
+        ]
+        phi = {n: p.detach().expand(self.num_tasks, *p.shape) for n, p in theta.items()}
+        self.inner: list[_SecondOrder | None] = []
+        self.inner_grads: list[Params] = []
+        with torch.enable_grad():
+            for s, (batch, advantages) in enumerate(inner_data):
+                if frozen_grads is not None:
+                    self.inner.append(None)
+                    self.inner_grads.append({n: g.detach() for n, g in frozen_grads[s].items()})
+                else:
+                    leaf = _leaf(phi)
+                    second = _SecondOrder(leaf, reinforce_loss(policy, leaf, batch, advantages))
+                    self.inner.append(second)
+                    self.inner_grads.append({n: g.detach() for n, g in second.grads.items()})
+                phi = apply_step(phi, self.inner_grads[-1], self.step_sizes[s])
+            leaf = _leaf(phi)
+            dist = forward(policy, leaf, post.observations.movedim(1, 0), per_task=True)
+            kls = masked_mean(kl(old_dist, dist), post.mask.movedim(1, 0), dim=(1, 2))
+            self.fisher = _SecondOrder(leaf, kls)
+
+    def __call__(self, v_theta: Params, v_step: Params) -> tuple[Params, Params]:
+        """(H v)_theta [*shape] and (H v)_alpha (step-size shapes) for v = (v_theta, v_step)."""
+        n = self.num_tasks
+        t = {k: v.expand(n, *v.shape) for k, v in v_theta.items()}
+        for s, second in enumerate(self.inner):
+            alpha, g = self.step_sizes[s], self.inner_grads[s]
+            if second is not None:
+                t = _axpy(t, -1.0, _scale(alpha, second.product(t)))
+            if v_step:
+                t = _axpy(t, -1.0, _scale(v_step, g))
+        w = {k: u / n for k, u in self.fisher.product(t).items()}
+        out_step = {k: torch.zeros_like(v) for k, v in v_step.items()}
+        for s in reversed(range(len(self.inner))):
+            alpha, g, second = self.step_sizes[s], self.inner_grads[s], self.inner[s]
+            for k in out_step:
+                if k == SCALAR_STEP_SIZE:
+                    out_step[k] = out_step[k] - sum((g[m] * w[m]).sum() for m in w)
+                else:
+                    out_step[k] = out_step[k] - (g[k] * w[k]).sum(0)
+            if second is not None:
+                w = _axpy(w, -1.0, second.product(_scale(alpha, w)))
+        return {k: u.sum(0) for k, u in w.items()}, out_step
