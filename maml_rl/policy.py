@@ -16,6 +16,7 @@ from itertools import pairwise
 from typing import NamedTuple
 
 import gymnasium as gym
+import numpy as np
 import torch
 from torch import Tensor, nn
 from torch.func import functional_call, vmap
@@ -198,15 +199,44 @@ def kl(p: Distribution, q: Distribution) -> Tensor:
     raise TypeError(f"kl between {type(p).__name__} and {type(q).__name__}")
 
 
-def sample(dist: Distribution, generator: torch.Generator | None) -> Tensor:
-    """Draw one action per row with an explicit generator (no global RNG)."""
+def sample(dist: Distribution, noise: Tensor) -> Tensor:
+    """Actions from pre-drawn noise (`action_noise`), shaped like the distribution's parameters.
+
+    Normal: a = mean + exp(log_std) · ε, ε ~ N(0, 1) [*, A]. Categorical (Gumbel-max):
+    a = argmax(logits + g), g ~ Gumbel(0, 1) [*, A], giving integer actions [*].
+    """
     if isinstance(dist, Normal):
-        noise = torch.randn(
-            dist.mean.shape, generator=generator, dtype=dist.mean.dtype, device=dist.mean.device
-        )
         return dist.mean + noise * dist.log_std.exp()
-    probs = torch.softmax(dist.logits, dim=-1).reshape(-1, dist.logits.shape[-1])
-    return torch.multinomial(probs, 1, generator=generator).reshape(dist.logits.shape[:-1])
+    return torch.argmax(dist.logits + noise, dim=-1)
+
+
+def action_noise(
+    dist_type: type[Normal] | type[Categorical],
+    shape: tuple[int, ...],
+    seed: int,
+    first_task: int,
+    num_tasks: int,
+    dtype: torch.dtype = torch.float32,
+) -> Tensor:
+    """Noise for `sample` of `num_tasks` tasks, [S0, num_tasks, *shape] with shape = (S1, ...).
+
+    Task n's noise comes from its own stream, seeded by (seed, first_task + n) through
+    ``numpy.random.SeedSequence``: the same task index gets the same noise whichever process
+    (or Ray actor) samples it and whatever other tasks it samples alongside. shape: (T, K, A)
+    -> noise [T, N, K, A], standard normal for `Normal`, standard Gumbel for `Categorical`.
+    """
+    draws = []
+    for n in range(first_task, first_task + num_tasks):
+        state = np.random.SeedSequence([seed, n]).generate_state(2, dtype=np.uint32)
+        generator = torch.Generator().manual_seed(int(state[0]) << 32 | int(state[1]))
+        if dist_type is Normal:
+            draws.append(torch.randn(shape, generator=generator, dtype=dtype))
+        else:
+            uniform = torch.rand(shape, generator=generator, dtype=torch.float64)
+            tiny = torch.finfo(torch.float64).tiny
+            gumbel = -torch.log(-torch.log(uniform.clamp(tiny, 1.0 - 1e-16)))
+            draws.append(gumbel.to(dtype))
+    return torch.stack(draws, dim=1)
 
 
 def detach(dist: Distribution) -> Distribution:

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from maml_rl.policy import forward, sample
+from maml_rl.policy import Categorical, Normal, action_noise, forward, sample
 from maml_rl.tasks import BatchEnv, Task, TaskFamily
 from maml_rl.types import Batch, Params
 from maml_rl.vector import BACKENDS, make_batch_env
@@ -66,28 +66,46 @@ class Sampler:
         return self._envs[num_envs]
 
     @torch.no_grad()
-    def sample(self, params: Params, tasks: Sequence[Task], seed: int, per_task: bool) -> Batch:
+    def sample(
+        self,
+        params: Params,
+        tasks: Sequence[Task],
+        seed: int,
+        per_task: bool,
+        first_task: int = 0,
+    ) -> Batch:
         """Run K episodes for each task; returns a Batch [T, N, K, ...] on the policy device.
 
         params: shared theta (per_task=False) or stacked per-task phi [N, *shape] (per_task=True).
-        seed: seeds the environments (env i gets seed + i) and the action noise.
+        seed: seeds the environments and the action noise. first_task: the index of tasks[0]
+        in the whole meta-batch (when a distributed sampler gives this one a slice): trajectory
+        k of task n runs in an environment reset with seed + (first_task + n)·K + k and draws
+        its action noise from task first_task + n's stream (`policy.action_noise`), so a task
+        yields the same trajectories whichever sampler runs it. Steps after an episode ended
+        hold zeros (mask 0); T is the longest episode.
         """
         with _torch_threads(self.policy_threads):
-            return self._sample(params, tasks, seed, per_task)
+            return self._sample(params, tasks, seed, per_task, first_task)
 
-    def _sample(self, params: Params, tasks: Sequence[Task], seed: int, per_task: bool) -> Batch:
+    def _sample(
+        self, params: Params, tasks: Sequence[Task], seed: int, per_task: bool, first_task: int
+    ) -> Batch:
         num_tasks, k = len(tasks), self.trajectories_per_task
         num_envs = num_tasks * k
         env = self._env(num_envs)
         discrete = isinstance(env.action_space, gym.spaces.Discrete)
         horizon = env.max_episode_steps
-        generator = torch.Generator(device=self.device).manual_seed(seed)
+        act_shape = () if discrete else env.action_space.shape
+        noise_dims = (int(env.action_space.n),) if discrete else act_shape
+        dist_type = Categorical if discrete else Normal
+        noise = action_noise(
+            dist_type, (horizon, k, *noise_dims), seed, first_task, num_tasks, self.dtype
+        ).to(self.device)
 
-        obs = env.reset([task for task in tasks for _ in range(k)], seed=seed)
+        obs = env.reset([task for task in tasks for _ in range(k)], seed=seed + first_task * k)
         # observations are kept at the precision the policy sees them
         obs_dtype = np.float64 if self.dtype == torch.float64 else np.float32
         obs_buf = np.zeros((horizon, num_envs, obs.shape[-1]), dtype=obs_dtype)
-        act_shape = () if discrete else env.action_space.shape
         act_buf = np.zeros((horizon, num_envs, *act_shape), dtype=np.float64)
         rew_buf = np.zeros((horizon, num_envs), dtype=np.float64)
         mask_buf = np.zeros((horizon, num_envs), dtype=np.float32)
@@ -97,11 +115,13 @@ class Sampler:
             obs_t = torch.as_tensor(obs, dtype=self.dtype, device=self.device)
             if per_task:
                 dist = forward(self.policy, params, obs_t.view(num_tasks, k, -1), per_task=True)
+                actions_t = sample(dist, noise[t])
             else:
                 dist = forward(self.policy, params, obs_t)
-            actions = sample(dist, generator).reshape(num_envs, *act_shape).cpu().numpy()
+                actions_t = sample(dist, noise[t].reshape(num_envs, *noise_dims))
+            actions = actions_t.reshape(num_envs, *act_shape).cpu().numpy()
             next_obs, reward, terminated, truncated = env.step(actions)
-            obs_buf[t], act_buf[t], mask_buf[t] = obs, actions, alive
+            obs_buf[t][alive], act_buf[t][alive], mask_buf[t] = obs[alive], actions[alive], alive
             rew_buf[t] = np.where(alive, reward, 0.0)
             alive = alive & ~(np.asarray(terminated) | np.asarray(truncated))
             obs = next_obs

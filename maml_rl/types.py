@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, fields
 
 import torch
@@ -24,6 +25,8 @@ class Batch:
         actions:      [T, N, K, act_dim] (continuous) or [T, N, K] (discrete)
         rewards:      [T, N, K]
         mask:         [T, N, K], 1.0 where the step happened, 0.0 after the episode ended
+
+    Steps after an episode ended hold zeros in every field.
 
     A step t is valid when the episode had not terminated or been truncated before t;
     the reward of the terminating step is included.
@@ -68,6 +71,22 @@ class Batch:
     def first_tasks(self, count: int) -> Batch:
         """The trajectories of tasks 0..count-1: [T, count, K, ...]."""
         return Batch(**{f.name: getattr(self, f.name)[:, :count] for f in fields(self)})
+
+    @classmethod
+    def concat_tasks(cls, batches: Sequence[Batch]) -> Batch:
+        """Batches of consecutive task slices as one [T, ΣN, K, ...], T the longest, shorter
+        ones padded with zeros (mask 0: steps after every episode of the slice ended)."""
+        horizon = max(b.rewards.shape[0] for b in batches)
+
+        def pad(x: Tensor) -> Tensor:
+            return torch.cat([x, x.new_zeros(horizon - x.shape[0], *x.shape[1:])])
+
+        return cls(
+            **{
+                f.name: torch.cat([pad(getattr(b, f.name)) for b in batches], dim=1)
+                for f in fields(cls)
+            }
+        )
 
     def to(self, device: torch.device | str) -> Batch:
         return Batch(**{f.name: getattr(self, f.name).to(device) for f in fields(self)})

@@ -15,6 +15,7 @@ from maml_rl.policy import (
     CategoricalMLPPolicy,
     GaussianMLPPolicy,
     Normal,
+    action_noise,
     build_policy,
     forward,
     kl,
@@ -126,16 +127,30 @@ def test_per_task_forward_uses_each_tasks_parameters() -> None:
         torch.testing.assert_close(dist.mean[n], forward(policy, theta, obs[n]).mean)
 
 
-def test_sample_is_deterministic_per_generator_and_has_right_moments() -> None:
+def test_sample_from_noise_has_right_moments() -> None:
     dist = Normal(torch.full((20000, 1), 2.0), torch.full((20000, 1), math.log(0.5)))
-    a, b = sample(dist, gen(3)), sample(dist, gen(3))
-    assert torch.equal(a, b)
+    noise = action_noise(Normal, (20000, 1), 3, 0, 1, dtype=torch.float64)[:, 0]
+    a = sample(dist, noise)
+    torch.testing.assert_close(a, 2.0 + 0.5 * noise)
     assert a.mean().item() == pytest.approx(2.0, abs=0.02)
     assert a.std().item() == pytest.approx(0.5, abs=0.02)
-    cat = Categorical(torch.log(torch.tensor([[0.2, 0.8]])).expand(20000, 2))
-    draws = sample(cat, gen(4))
-    assert draws.shape == (20000,)
-    assert draws.double().mean().item() == pytest.approx(0.8, abs=0.02)
+    cat = Categorical(torch.log(torch.tensor([[0.2, 0.3, 0.5]])).expand(40000, 3))
+    gumbel = action_noise(Categorical, (40000, 3), seed=4, first_task=0, num_tasks=1)[:, 0]
+    draws = sample(cat, gumbel)
+    assert draws.shape == (40000,)
+    frequencies = torch.bincount(draws, minlength=3).double() / len(draws)
+    torch.testing.assert_close(
+        frequencies, torch.tensor([0.2, 0.3, 0.5]).double(), atol=0.01, rtol=0
+    )
+
+
+def test_action_noise_is_per_task_and_independent_of_the_slice() -> None:
+    whole = action_noise(Normal, (5, 4, 2), seed=7, first_task=0, num_tasks=6)
+    assert whole.shape == (5, 6, 4, 2)
+    part = action_noise(Normal, (5, 4, 2), seed=7, first_task=2, num_tasks=3)
+    assert torch.equal(part, whole[:, 2:5])
+    assert not torch.equal(whole[:, 0], whole[:, 1])
+    assert not torch.equal(action_noise(Normal, (5, 4, 2), 8, 0, 6), whole)
 
 
 def test_build_policy_picks_by_action_space_and_rejects_others() -> None:

@@ -214,6 +214,34 @@ def test_previous_tasks_do_not_leak_into_next_sample() -> None:
         assert torch.equal(getattr(b1, name), getattr(b2, name)), name
 
 
+@pytest.mark.parametrize("per_task", [False, True])
+def test_task_slices_with_first_task_give_the_whole_batch(per_task: bool) -> None:
+    """What a distributed sampler relies on: sampling tasks 0..1 and 2..4 separately (with
+    first_task) and concatenating gives the batch of all five, terminations included."""
+    family = Navigation2D(max_episode_steps=30)
+    policy, _ = make_policy(3)
+    theta = constant_params(policy, (0.05, 0.0), log_std=-6.0)  # std 0.0025: noise still shows
+    near = [NavigationTask(goal=(0.05, 0.0))] * 2
+    tasks = near + family.sample_tasks(3, np.random.default_rng(2))
+    params = stack([theta] * 5) if per_task else theta
+    sampler = make_sampler(family, policy, k=3)
+    whole = sampler.sample(params, tasks, seed=5, per_task=per_task)
+    parts = []
+    for start, stop in ((0, 2), (2, 5)):
+        part_params = {n: p[start:stop] for n, p in params.items()} if per_task else params
+        part = make_sampler(family, policy, k=3).sample(
+            part_params, tasks[start:stop], seed=5, per_task=per_task, first_task=start
+        )
+        parts.append(part)
+    assert parts[0].rewards.shape[0] == 1 < whole.rewards.shape[0]  # padded: goal reached at once
+    joined = Batch.concat_tasks(parts)
+    for name in ("observations", "actions", "rewards", "mask"):
+        assert torch.equal(getattr(joined, name), getattr(whole, name)), name
+    # zeros after the end of every episode
+    ended = (whole.mask == 0)[..., None]
+    assert (whole.observations * ended == 0).all() and (whole.actions * ended == 0).all()
+
+
 # ----------------------------------------------------------------------------- per-task
 
 
