@@ -28,7 +28,7 @@ dt 0.02, i.e. ``frame_skip=2``, ``action_scale=1``).
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any, TypedDict, Unpack
+from typing import TYPE_CHECKING, Any, TypedDict
 
 import numpy as np
 
@@ -42,6 +42,9 @@ from envs.mujoco_base import (
     sample_velocities,
 )
 from envs.mujoco_batch import Simulations, control_reward
+
+if TYPE_CHECKING:
+    from typing import Unpack  # Python >= 3.11; annotations are not evaluated at run time
 
 MAIN_BODY = 1
 """Gymnasium's Ant-v5 ``main_body``: the torso, whose xy velocity is ``x_velocity``."""

@@ -15,7 +15,7 @@ used 200 steps of rllab's cheetah with dt 0.01, i.e. ``frame_skip=1``, ``action_
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any, TypedDict, Unpack
+from typing import TYPE_CHECKING, Any, TypedDict
 
 import numpy as np
 
@@ -28,6 +28,9 @@ from envs.mujoco_base import (
     sample_velocities,
 )
 from envs.mujoco_batch import Simulations, control_reward
+
+if TYPE_CHECKING:
+    from typing import Unpack  # Python >= 3.11; annotations are not evaluated at run time
 
 
 class HalfCheetahOptions(TypedDict, total=False):

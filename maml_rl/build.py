@@ -5,6 +5,7 @@ Shared by training and evaluation so both construct exactly the same objects.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -14,7 +15,7 @@ import torch
 from maml_rl.config import Config, ConfigError
 from maml_rl.oracle import OracleFamily
 from maml_rl.policy import Policy, build_policy
-from maml_rl.sampler import Sampler
+from maml_rl.sampler import Sampler, TrajectorySampler
 from maml_rl.tasks import TaskFamily, TaskFamilyError, make_family
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
@@ -59,8 +60,15 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def build(cfg: Config, generator: torch.Generator | None) -> tuple[TaskFamily, Policy, Sampler]:
-    """The task family, the policy (initialised from `generator`) and the sampler of a config."""
+def build(
+    cfg: Config,
+    generator: torch.Generator | None,
+    on_event: Callable[[str], None] | None = None,
+) -> tuple[TaskFamily, Policy, TrajectorySampler]:
+    """The task family, the policy (initialised from `generator`) and the sampler of a config.
+
+    on_event: where a distributed sampler reports faults it recovered from (one line each).
+    """
     family = make_family(cfg.env, cfg.env_kwargs)
     if cfg.algo == "oracle":
         family = OracleFamily(family)
@@ -80,5 +88,21 @@ def build(cfg: Config, generator: torch.Generator | None) -> tuple[TaskFamily, P
         raise TaskFamilyError(f"task family '{cfg.env}': {error}") from error
     device, dtype = resolve_device(cfg.device), DTYPES[cfg.dtype]
     policy = policy.to(device=device, dtype=dtype)
-    sampler = Sampler(family, policy, cfg.fast_batch_size, device, dtype, backend=cfg.sampler)
+    if cfg.sampler == "ray":
+        from maml_rl.ray_sampler import RaySampler  # optional dependency
+
+        sampler: TrajectorySampler = RaySampler(
+            family,
+            policy,
+            cfg.fast_batch_size,
+            device,
+            dtype,
+            num_actors=cfg.ray_num_actors,
+            actor_cpus=cfg.ray_actor_cpus,
+            address=cfg.ray_address,
+            timeout_s=cfg.ray_timeout_s,
+            on_event=on_event,
+        )
+    else:
+        sampler = Sampler(family, policy, cfg.fast_batch_size, device, dtype, backend=cfg.sampler)
     return family, policy, sampler

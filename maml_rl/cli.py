@@ -12,10 +12,11 @@ from typing import Any
 from maml_rl import config as config_module
 from maml_rl.checkpoint import CheckpointError
 from maml_rl.config import Config, ConfigError
+from maml_rl.ray_sampler import RaySamplerError
 from maml_rl.tasks import TaskFamilyError, available_families, make_family
 from maml_rl.train import RunStopped
 
-USER_ERRORS = (ConfigError, CheckpointError, TaskFamilyError, RunStopped)
+USER_ERRORS = (ConfigError, CheckpointError, TaskFamilyError, RunStopped, RaySamplerError)
 EXPERIMENTS = Path(__file__).resolve().parent.parent / "experiments"
 
 

@@ -82,7 +82,17 @@ class Config:
     """Normalise advantages per task (masked mean 0, std 1)."""
     sampler: str = "auto"
     """Environment backend: auto (native batch env if the family has one, else sync), native,
-    threads (MuJoCo families, threaded mj_step), sync or async (Gymnasium vector envs)."""
+    threads (MuJoCo families, threaded mj_step), sync or async (Gymnasium vector envs), or ray
+    (tasks split over Ray actors, each sampling its share on the auto backend)."""
+    ray_address: str | None = None
+    """sampler ray: the cluster to join (HOST:PORT from `ray start --head`); null starts a
+    local Ray instance."""
+    ray_num_actors: int = 2
+    """sampler ray: actors, each sampling a contiguous share of the meta-batch's tasks."""
+    ray_actor_cpus: int = 1
+    """sampler ray: CPUs reserved per actor (and threads of its MuJoCo batch)."""
+    ray_timeout_s: float = 600.0
+    """sampler ray: the longest one sampling phase may take before the run stops."""
     seed: int = 0
     """Master seed; split into independent streams (tasks, evaluation tasks, envs, torch)."""
     device: str = "cpu"
@@ -110,7 +120,15 @@ def _check(ok: bool, key: str, message: str, value: Any) -> None:
 
 
 def _validate(cfg: Config) -> None:
-    positive_ints = ("num_steps", "fast_batch_size", "meta_batch_size", "num_batches", "cg_iters")
+    positive_ints = (
+        "num_steps",
+        "fast_batch_size",
+        "meta_batch_size",
+        "num_batches",
+        "cg_iters",
+        "ray_num_actors",
+        "ray_actor_cpus",
+    )
     for key in positive_ints:
         _check(getattr(cfg, key) >= 1, key, "must be >= 1", getattr(cfg, key))
     _check(cfg.ls_max_steps >= 1, "ls_max_steps", "must be >= 1", cfg.ls_max_steps)
@@ -119,6 +137,7 @@ def _validate(cfg: Config) -> None:
         _check(getattr(cfg, key) > 0, key, "must be > 0", getattr(cfg, key))
     _check(0 < cfg.hvp_subsample <= 1, "hvp_subsample", "must be in (0, 1]", cfg.hvp_subsample)
     _check(cfg.cg_damping >= 0, "cg_damping", "must be >= 0", cfg.cg_damping)
+    _check(cfg.ray_timeout_s > 0, "ray_timeout_s", "must be > 0", cfg.ray_timeout_s)
     _check(0 < cfg.gamma <= 1, "gamma", "must be in (0, 1]", cfg.gamma)
     _check(0 <= cfg.gae_lambda <= 1, "gae_lambda", "must be in [0, 1]", cfg.gae_lambda)
     _check(
@@ -136,7 +155,7 @@ def _validate(cfg: Config) -> None:
         "nonlinearity": ("tanh", "relu", "elu", "gelu", "silu"),
         "dtype": ("float32", "float64"),
         "algo": ("maml", "pretrained", "oracle"),
-        "sampler": ("auto", "native", "threads", "sync", "async"),
+        "sampler": ("auto", "native", "threads", "sync", "async", "ray"),
     }
     for key, allowed in choices.items():
         _check(

@@ -32,7 +32,7 @@ from maml_rl.inner import StepSize
 from maml_rl.maml import collect, draw_seeds
 from maml_rl.plot import plot_adaptation
 from maml_rl.policy import parameters_of
-from maml_rl.sampler import Sampler
+from maml_rl.sampler import TrajectorySampler
 from maml_rl.tasks import Task, make_family
 from maml_rl.types import Params
 
@@ -57,7 +57,7 @@ COLUMNS = tuple(f.name for f in fields(SummaryRow))
 
 
 def adaptation_returns(
-    sampler: Sampler,
+    sampler: TrajectorySampler,
     theta: Params,
     tasks: Sequence[Task],
     step_sizes: Sequence[StepSize],

@@ -29,7 +29,7 @@ from maml_rl.curvature import GaussNewtonHVP
 from maml_rl.inner import StepSize, adapt, first_order_gradients, inner_step
 from maml_rl.policy import Distribution, detach, forward, kl, log_prob
 from maml_rl.returns import masked_mean
-from maml_rl.sampler import Sampler
+from maml_rl.sampler import TrajectorySampler
 from maml_rl.tasks import Task
 from maml_rl.trpo import (
     backtracking_line_search,
@@ -125,7 +125,7 @@ def check_finite(batch: Batch, tasks: Sequence[Task], phase: str) -> None:
 
 
 def collect(
-    sampler: Sampler,
+    sampler: TrajectorySampler,
     theta: Params,
     tasks: Sequence[Task],
     step_sizes: Sequence[StepSize],

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from typing import Protocol
 
 import gymnasium as gym
 import numpy as np
@@ -25,6 +26,25 @@ from maml_rl.policy import Categorical, Normal, action_noise, forward, sample
 from maml_rl.tasks import BatchEnv, Task, TaskFamily
 from maml_rl.types import Batch, Params
 from maml_rl.vector import BACKENDS, make_batch_env
+
+
+class TrajectorySampler(Protocol):
+    """What training and evaluation need of a sampler: `Sampler` here, `RaySampler` on Ray."""
+
+    policy: nn.Module
+    device: torch.device
+    dtype: torch.dtype
+
+    def sample(
+        self,
+        params: Params,
+        tasks: Sequence[Task],
+        seed: int,
+        per_task: bool,
+        first_task: int = 0,
+    ) -> Batch: ...
+
+    def close(self) -> None: ...
 
 
 class Sampler:
@@ -40,6 +60,7 @@ class Sampler:
             the policy is small and the environments' threads need the cores; torch's OpenMP
             workers spin after each op and, oversubscribed, slowed sampling 2x in tests on 2
             cores. None leaves torch's setting alone.
+        env_threads: threads of a native MuJoCo batch (None: all CPUs of this process).
     """
 
     def __init__(
@@ -51,18 +72,21 @@ class Sampler:
         dtype: torch.dtype = torch.float32,
         backend: str = "auto",
         policy_threads: int | None = 1,
+        env_threads: int | None = None,
     ) -> None:
         if backend not in BACKENDS:
             raise ValueError(f"unknown sampler backend {backend!r}; choose one of {BACKENDS}")
         self.family, self.policy, self.backend = family, policy, backend
         self.trajectories_per_task = trajectories_per_task
         self.device, self.dtype = torch.device(device), dtype
-        self.policy_threads = policy_threads
+        self.policy_threads, self.env_threads = policy_threads, env_threads
         self._envs: dict[int, BatchEnv] = {}
 
     def _env(self, num_envs: int) -> BatchEnv:
         if num_envs not in self._envs:
-            self._envs[num_envs] = make_batch_env(self.family, num_envs, self.backend)
+            self._envs[num_envs] = make_batch_env(
+                self.family, num_envs, self.backend, self.env_threads
+            )
         return self._envs[num_envs]
 
     @torch.no_grad()

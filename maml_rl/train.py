@@ -70,7 +70,10 @@ def train(
     streams = Streams.from_seed(cfg.seed)
 
     # --- build: task family, policy, sampler, meta-parameters ---
-    family, policy, sampler = build(cfg, streams.policy_init)
+    def report(message: str) -> None:  # faults a distributed sampler recovered from
+        logger.message(message)
+
+    family, policy, sampler = build(cfg, streams.policy_init, on_event=report)
     if check:
         check_family(family, seed=cfg.seed)  # a broken family fails here, in one line
     theta: Params = parameters_of(policy)
@@ -107,6 +110,8 @@ def train(
             tasks = family.sample_tasks(cfg.meta_batch_size, streams.tasks)
             seeds = draw_seeds(streams.environments, cfg.inner_steps + 1)
             step_sizes = [step_size or cfg.fast_lr] * cfg.inner_steps
+            traffic = getattr(sampler, "traffic", None)  # Ray: bytes through the object store
+            sent, received = (traffic.total_sent, traffic.total_received) if traffic else (0, 0)
             try:
                 data, _ = collect(sampler, theta, tasks, step_sizes, seeds, cfg)
             except NonFiniteError as error:  # skip the iteration; theta and checkpoints untouched
@@ -140,6 +145,9 @@ def train(
                 "time/optimization_s": t2 - t1,
                 "env_steps": float(env_steps),
             }
+            if traffic:
+                metrics["sampler/bytes_sent"] = float(traffic.total_sent - sent)
+                metrics["sampler/bytes_received"] = float(traffic.total_received - received)
             logger.log(iteration, metrics)
             rows.append(metrics)
 

@@ -198,32 +198,43 @@ def _horizon(family: TaskFamily) -> int:
     return int(horizon)
 
 
-def native_batch_env(family: TaskFamily, num_envs: int, stepper: str | None = None) -> BatchEnv:
-    """The family's own ``make_batch_env(num_envs)``, with ``stepper=...`` when given."""
+def native_batch_env(
+    family: TaskFamily, num_envs: int, stepper: str | None = None, num_threads: int | None = None
+) -> BatchEnv:
+    """The family's own ``make_batch_env(num_envs)``, with ``stepper=...`` when given and
+    ``num_threads=...`` when given and the family takes it."""
     native = getattr(family, "make_batch_env", None)
     if not callable(native):
         raise TaskFamilyError(
             f"task family {family!r} has no native make_batch_env; use backend 'sync' or 'async'"
         )
-    if stepper is None:
-        return native(num_envs)
-    if "stepper" not in inspect.signature(native).parameters:
-        raise TaskFamilyError(
-            f"task family {family!r}: make_batch_env takes no stepper, so backend "
-            f"'{stepper}' is not available (it is for the MuJoCo families)"
-        )
-    return native(num_envs, stepper=stepper)
+    parameters = inspect.signature(native).parameters
+    kwargs: dict[str, Any] = {}
+    if stepper is not None:
+        if "stepper" not in parameters:
+            raise TaskFamilyError(
+                f"task family {family!r}: make_batch_env takes no stepper, so backend "
+                f"'{stepper}' is not available (it is for the MuJoCo families)"
+            )
+        kwargs["stepper"] = stepper
+    if num_threads is not None and "num_threads" in parameters:
+        kwargs["num_threads"] = num_threads
+    return native(num_envs, **kwargs)
 
 
-def make_batch_env(family: TaskFamily, num_envs: int, backend: str = "auto") -> BatchEnv:
-    """A `BatchEnv` of `num_envs` environments of `family` on `backend` (see the module doc)."""
+def make_batch_env(
+    family: TaskFamily, num_envs: int, backend: str = "auto", num_threads: int | None = None
+) -> BatchEnv:
+    """A `BatchEnv` of `num_envs` environments of `family` on `backend` (see the module doc).
+
+    num_threads: threads of a native MuJoCo batch (default: all CPUs of this process)."""
     if backend not in BACKENDS:
         raise TaskFamilyError(f"unknown sampler backend {backend!r}; choose one of {BACKENDS}")
     has_native = callable(getattr(family, "make_batch_env", None))
     if backend == "native" or (backend == "auto" and has_native):
-        return native_batch_env(family, num_envs)
+        return native_batch_env(family, num_envs, num_threads=num_threads)
     if backend == "threads":
-        return native_batch_env(family, num_envs, stepper="threads")
+        return native_batch_env(family, num_envs, stepper="threads", num_threads=num_threads)
     if backend == "async":
         return AsyncGymBatchEnv(family.make_env, num_envs, _horizon(family))
     return GymBatchEnv(family.make_env, num_envs, _horizon(family))

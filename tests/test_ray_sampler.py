@@ -1,0 +1,150 @@
+"""`maml_rl.ray_sampler.RaySampler` on a local Ray instance with 2 CPUs: the same batches as
+the local sampler, actors killed mid-phase, unreachable clusters. Skipped, with the reason
+printed, when Ray is not installed; CI installs it (the `ray` extra)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+
+ray = pytest.importorskip("ray", reason="Ray is not installed: pip install -e '.[ray]'")
+
+from maml_rl.policy import GaussianMLPPolicy, parameters_of  # noqa: E402
+from maml_rl.ray_sampler import RaySampler, RaySamplerError, _actor_environment  # noqa: E402
+from maml_rl.sampler import Sampler  # noqa: E402
+from maml_rl.tasks import make_family  # noqa: E402
+from maml_rl.types import Batch  # noqa: E402
+
+FIELDS = ("observations", "actions", "rewards", "mask")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def local_ray() -> Iterator[None]:
+    ray.init(
+        num_cpus=2,
+        include_dashboard=False,
+        log_to_driver=False,
+        runtime_env={"env_vars": _actor_environment()},
+    )
+    yield
+    ray.shutdown()
+
+
+def setup(name: str, horizon: int = 20) -> tuple[Any, GaussianMLPPolicy, dict, list]:
+    family = make_family(name, {"max_episode_steps": horizon})
+    obs_dim, act_dim = family.observation_space.shape[0], family.action_space.shape[0]
+    policy = GaussianMLPPolicy(
+        obs_dim, act_dim, (16, 16), "tanh", generator=torch.Generator().manual_seed(0)
+    )
+    tasks = family.sample_tasks(5, np.random.default_rng(0))
+    return family, policy, parameters_of(policy), tasks
+
+
+def per_task_params(theta: dict, num_tasks: int) -> dict:
+    """Different parameters per task (theta plus task-dependent offsets)."""
+    return {n: torch.stack([p + 0.01 * i for i in range(num_tasks)]) for n, p in theta.items()}
+
+
+def assert_same(a: Batch, b: Batch) -> None:
+    for name in FIELDS:
+        assert torch.equal(getattr(a, name), getattr(b, name)), name
+
+
+@pytest.mark.parametrize("name", ["navigation", "halfcheetah-vel"])
+def test_same_seed_same_batches_as_the_local_sampler(name: str) -> None:
+    family, policy, theta, tasks = setup(name)
+    local = Sampler(family, policy, 3)
+    remote = RaySampler(family, policy, 3, num_actors=2)
+    try:
+        for per_task, params in ((False, theta), (True, per_task_params(theta, len(tasks)))):
+            expected = local.sample(params, tasks, seed=7, per_task=per_task)
+            got = remote.sample(params, tasks, seed=7, per_task=per_task)
+            assert_same(got, expected)
+            assert remote.traffic.received == sum(getattr(got, f).numpy().nbytes for f in FIELDS)
+        # shared theta goes out once; per-task phi in slices: together one copy of phi
+        phi_bytes = sum(p.numpy().nbytes for p in per_task_params(theta, len(tasks)).values())
+        assert remote.traffic.sent == phi_bytes
+    finally:
+        remote.close()
+        local.close()
+
+
+def test_an_actor_killed_mid_phase_is_replaced_and_its_tasks_retried(monkeypatch) -> None:
+    family, policy, theta, tasks = setup("navigation", horizon=50)
+    expected = Sampler(family, policy, 4).sample(theta, tasks, seed=3, per_task=False)
+    events: list[str] = []
+    remote = RaySampler(family, policy, 4, num_actors=2, on_event=events.append)
+    killed: list[Any] = []
+    submit = RaySampler._submit
+
+    def submit_then_kill(self, actor, *args):  # the first share's actor dies in flight
+        ref = submit(self, actor, *args)
+        if not killed:
+            killed.append(actor)
+            ray.kill(actor, no_restart=True)
+        return ref
+
+    monkeypatch.setattr(RaySampler, "_submit", submit_then_kill)
+    try:
+        got = remote.sample(theta, tasks, seed=3, per_task=False)
+        assert_same(got, expected)
+        assert len(events) == 1 and "died while sampling tasks 0..1" in events[0]
+        assert killed[0] not in remote.actors  # replaced for the next phases
+        monkeypatch.setattr(RaySampler, "_submit", submit)
+        assert_same(remote.sample(theta, tasks, seed=3, per_task=False), expected)
+    finally:
+        remote.close()
+
+
+def test_actors_dying_twice_stop_with_one_line(monkeypatch) -> None:
+    family, policy, theta, tasks = setup("navigation")
+    remote = RaySampler(family, policy, 2, num_actors=2)
+    submit = RaySampler._submit
+
+    def submit_then_kill(self, actor, *args):  # every actor dies
+        ref = submit(self, actor, *args)
+        ray.kill(actor, no_restart=True)
+        return ref
+
+    monkeypatch.setattr(RaySampler, "_submit", submit_then_kill)
+    try:
+        with pytest.raises(RaySamplerError, match="died twice while sampling tasks") as error:
+            remote.sample(theta, tasks, seed=0, per_task=False)
+        assert "\n" not in str(error.value)
+    finally:
+        remote.close()
+
+
+def test_a_phase_past_its_timeout_stops_with_one_line(monkeypatch) -> None:
+    family, policy, theta, tasks = setup("navigation")
+    remote = RaySampler(family, policy, 2, num_actors=1, timeout_s=0.5)
+
+    @ray.remote
+    def never() -> None:
+        import time
+
+        time.sleep(60)
+
+    monkeypatch.setattr(RaySampler, "_submit", lambda self, *args: never.remote())
+    try:
+        with pytest.raises(RaySamplerError, match=r"no batch within 0\.5 s"):
+            remote.sample(theta, tasks, seed=0, per_task=False)
+    finally:
+        remote.close()
+
+
+def test_unreachable_cluster_is_a_one_line_cli_error(tmp_path) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "maml_rl.cli", "train", "navigation", "--out", str(tmp_path / "r"),
+         "--set", "sampler=ray", "--set", "ray_address=127.0.0.1:9", "--no-progress"],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "cannot reach the Ray cluster at 127.0.0.1:9" in lines[0]
