@@ -2,6 +2,7 @@
 
     python benchmarks/sampler.py [--envs halfcheetah-vel ant-vel] [--n 40] [--k 20]
                                  [--horizon 100] [--repeats 3] [--threads CPUS] [--no-sync]
+                                 [--sampler local|ray]
 
 For each family, with B = N·K environments and H steps, all figures in env steps per second
 (one env step = frame_skip MuJoCo steps), best of --repeats with the spread (min..max), and
@@ -21,6 +22,11 @@ that spin while waiting count against it):
 * sampler: ``Sampler.sample`` on the ``auto`` backend with that policy, counting valid steps;
 * SyncVectorEnv: ``gymnasium.vector.SyncVectorEnv`` of B ``family.make_env()`` with random
   actions (min(H, 20) steps; building B Gymnasium envs takes a while).
+
+With ``--sampler ray``: the local sampler beside `RaySampler` on a local Ray instance of
+--threads CPUs with 1 actor (all CPUs) and with 2 actors (half each), sampling the post-update
+phase (per-task parameters); prints throughput, ratios to the local sampler, the bytes sent
+and received per phase (per-task phi, and shared theta) and the time Ray adds per phase.
 
 The repeats go round-robin over all measurements, so that a change of machine load (other
 processes) affects them alike; the ratios use the best of each.
@@ -59,11 +65,13 @@ def timed(run: Callable[[], int]) -> tuple[float, float]:
     return steps / (time.perf_counter() - wall), steps / (time.process_time() - cpu)
 
 
-def report(label: str, rates: list[tuple[float, float]]) -> tuple[float, float]:
-    """Prints and returns the best wall and CPU rates; the spread is of the wall rates."""
+def report(label: str, rates: list[tuple[float, float]], cpu: bool = True) -> tuple[float, float]:
+    """Prints and returns the best wall and CPU rates; the spread is of the wall rates.
+    cpu=False leaves the CPU figure out of the line (work done in other processes)."""
     walls, cpus = [wall for wall, _ in rates], [cpu for _, cpu in rates]
     spread = f"{min(walls):6.0f} .. {max(walls):6.0f}"
-    print(f"  {label:<46s} {max(walls):7.0f} ({spread}) {max(cpus):8.0f}", flush=True)
+    per_cpu = f"{max(cpus):8.0f}" if cpu else ""
+    print(f"  {label:<46s} {max(walls):7.0f} ({spread}) {per_cpu}", flush=True)
     return max(walls), max(cpus)
 
 
@@ -221,7 +229,11 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=default_num_threads())
     parser.add_argument("--no-sync", action="store_true", help="skip SyncVectorEnv")
+    parser.add_argument("--sampler", choices=["local", "ray"], default="local")
     args = parser.parse_args()
+    if args.sampler == "ray":
+        ray_comparison(args)
+        return
     num_envs, threads, horizon = args.n * args.k, args.threads, args.horizon
     print(
         f"N={args.n} K={args.k} H={horizon}: {num_envs} envs, {threads} threads, "
@@ -283,6 +295,83 @@ def main() -> None:
                 f"wall, {sampled_cpu / post_cpu:.2f} per CPU-s",
                 flush=True,
             )
+
+
+def phase_run(sampler, params: dict, tasks: list) -> Callable[[], int]:
+    """One post-update phase (per-task parameters) per call, a new seed each time."""
+    seeds = iter(range(10**6))
+
+    def run() -> int:
+        return sampler.sample(params, tasks, seed=next(seeds), per_task=True).num_steps
+
+    return run
+
+
+def ray_comparison(args: argparse.Namespace) -> None:
+    """Local sampler vs RaySampler with 1 and 2 actors, side by side (see the module doc)."""
+    import ray
+
+    from maml_rl.ray_sampler import RaySampler, _actor_environment
+
+    threads = args.threads
+    ray.init(  # logical CPUs for both configurations' actors at once (round-robin timing)
+        num_cpus=2 * threads,
+        include_dashboard=False,
+        log_to_driver=False,
+        runtime_env={"env_vars": _actor_environment()},
+    )
+    print(f"N={args.n} K={args.k} H={args.horizon}: local Ray instance on {threads} CPUs")
+    for name in args.envs:
+        family = make_family(name, {"max_episode_steps": args.horizon})
+        print(f"{name} ({type(family).__name__})")
+        obs_dim, act_dim = family.observation_space.shape[0], family.action_space.shape[0]
+        policy = GaussianMLPPolicy(obs_dim, act_dim, (64, 64), "tanh")
+        theta = parameters_of(policy)
+        phi = {n: p.expand(args.n, *p.shape).clone() for n, p in theta.items()}
+        tasks = family.sample_tasks(args.n, np.random.default_rng(0))
+        half = max(1, threads // 2)
+        samplers = {
+            "local Sampler (auto backend)": Sampler(family, policy, args.k),
+            f"ray, 1 actor x {threads} CPUs": RaySampler(
+                family, policy, args.k, num_actors=1, actor_cpus=threads
+            ),
+            f"ray, 2 actors x {half} CPUs": RaySampler(
+                family, policy, args.k, num_actors=2, actor_cpus=half
+            ),
+        }
+        runs = {label: phase_run(s, phi, tasks) for label, s in samplers.items()}
+        for run in runs.values():  # warm-up: actors start, environments are built
+            run()
+        rates: dict[str, list[tuple[float, float]]] = {label: [] for label in runs}
+        walls: dict[str, list[float]] = {label: [] for label in runs}
+        for _ in range(args.repeats):
+            for label, run in runs.items():
+                start = time.perf_counter()
+                rates[label].append(timed(run))
+                walls[label].append(time.perf_counter() - start)
+        print(f"  {'env steps/s':<46s} {'wall, best (spread)':>26s}")
+        best = {label: report(label, values, cpu=False) for label, values in rates.items()}
+        local_label = next(iter(runs))
+        for label in list(runs)[1:]:
+            extra = min(walls[label]) - min(walls[local_label])
+            print(
+                f"  {label} / local = {best[label][0] / best[local_label][0]:.2f} wall; "
+                f"phase {min(walls[label]):.2f} s vs {min(walls[local_label]):.2f} s "
+                f"(Ray adds {extra:+.2f} s)"
+            )
+        remote = samplers[f"ray, 2 actors x {half} CPUs"]
+        remote.sample(phi, tasks, seed=0, per_task=True)
+        per_task_traffic = (remote.traffic.sent, remote.traffic.received)
+        remote.sample(theta, tasks, seed=0, per_task=False)
+        print(
+            f"  bytes per phase: per-task phi {per_task_traffic[0] / 1e6:.2f} MB out, "
+            f"shared theta {remote.traffic.sent / 1e6:.3f} MB out (once, read by every actor), "
+            f"batch {per_task_traffic[1] / 1e6:.2f} MB back",
+            flush=True,
+        )
+        for sampler in samplers.values():
+            sampler.close()
+    ray.shutdown()
 
 
 if __name__ == "__main__":
