@@ -66,7 +66,6 @@ class SamplerActor:
         backend: str,
         num_threads: int,
     ) -> None:
-        os.environ.setdefault("OMP_NUM_THREADS", str(num_threads))
         torch.set_num_threads(num_threads)
         self.sampler = Sampler(
             family,
@@ -89,9 +88,6 @@ class SamplerActor:
         torch_params = {n: torch.from_numpy(np.array(p)) for n, p in params.items()}  # copies
         batch = self.sampler.sample(torch_params, tasks, seed, per_task, first_task)
         return {f.name: getattr(batch, f.name).numpy() for f in fields(batch)}
-
-    def pid(self) -> int:
-        return os.getpid()
 
 
 @dataclass
