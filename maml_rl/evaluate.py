@@ -277,12 +277,55 @@ def write_csv(rows: Sequence[SummaryRow], path: str | Path) -> None:
         writer.writerows(astuple(row) for row in rows)
 
 
+TASK_COLUMNS = ("method", "step", "task", "mean_return")
+
+
+def write_task_returns(returns: dict[str, np.ndarray], path: str | Path) -> None:
+    """`path` with one line per (method, step, task): the per-task returns ([S + 1, N] per
+    method) that the summary rows average, so evaluations of several seeds can be pooled."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(TASK_COLUMNS)
+        for method, values in returns.items():
+            for (step, task), value in np.ndenumerate(values):
+                writer.writerow((method, step, task, repr(float(value))))
+
+
+def read_task_returns(path: str | Path) -> dict[str, np.ndarray]:
+    """The per-task returns written by `write_task_returns`: method -> [S + 1, N] (float64)."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"no per-task returns at {path}; run `maml-rl evaluate` first")
+    cells: dict[str, dict[tuple[int, int], float]] = {}
+    with path.open(newline="") as handle:
+        reader = csv.DictReader(handle)
+        if tuple(reader.fieldnames or ()) != TASK_COLUMNS:
+            raise CheckpointError(f"{path} is not a per-task returns file (columns {TASK_COLUMNS})")
+        for line in reader:
+            step, task = int(line["step"]), int(line["task"])
+            cells.setdefault(line["method"], {})[step, task] = float(line["mean_return"])
+    returns = {}
+    for method, values in cells.items():
+        shape = (1 + max(s for s, _ in values), 1 + max(t for _, t in values))
+        if len(values) != shape[0] * shape[1]:
+            raise CheckpointError(f"{path}: the {method} rows do not fill steps x tasks")
+        array = np.empty(shape)
+        for index, value in values.items():
+            array[index] = value
+        returns[method] = array
+    return returns
+
+
 def save(evaluation: Evaluation, out_dir: str | Path) -> tuple[Path, Path]:
-    """Write `adaptation.csv` and `adaptation.png` into `out_dir`; returns their paths."""
+    """Write `adaptation.csv` (summary rows), `adaptation_tasks.csv` (per-task returns) and
+    `adaptation.png` into `out_dir`; returns the paths of the summary and the figure."""
     out_dir = Path(out_dir)
     csv_path, png_path = out_dir / "adaptation.csv", out_dir / "adaptation.png"
     rows = evaluation.rows
     write_csv(rows, csv_path)
+    write_task_returns(evaluation.returns, out_dir / "adaptation_tasks.csv")
     num_tasks = rows[0].num_tasks
     title = f"{evaluation.env}: adaptation on {num_tasks} held-out tasks"
     plot_adaptation(rows, png_path, title)
