@@ -4,10 +4,17 @@ from __future__ import annotations
 
 import shutil
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import torch
+
+try:
+    import fcntl
+except ImportError:  # Windows: runs are not locked
+    fcntl = None  # type: ignore[assignment]
 
 from maml_rl import checkpoint
 from maml_rl.build import Streams, build
@@ -28,21 +35,38 @@ class RunStopped(RuntimeError):
     """A run that cannot go on (repeated non-finite data); the message is one line."""
 
 
-def prepare_run_dir(run_dir: Path, resume: bool, overwrite: bool) -> None:
-    """Refuse to clobber an existing run unless asked to resume or overwrite it."""
-    has_run = (run_dir / LATEST).exists() or (run_dir / "metrics.jsonl").exists()
-    if resume:
-        if not (run_dir / LATEST).exists():
-            raise CheckpointError(f"nothing to resume: {run_dir / LATEST} does not exist")
-        return
-    if has_run and not overwrite:
-        raise CheckpointError(
-            f"run directory {run_dir} already holds a run; pass --resume to continue it "
-            "or --overwrite to replace it"
-        )
-    if has_run and overwrite:
-        shutil.rmtree(run_dir)
+LOCK = ".lock"
+
+
+@contextmanager
+def hold_run_dir(run_dir: Path, resume: bool, overwrite: bool) -> Iterator[None]:
+    """Own `run_dir` while training: refuse to clobber an existing run unless asked to resume
+    or overwrite it, and hold an exclusive lock on `DIR/.lock` so that a second process
+    training into the same directory (a rerun while the first is still going) stops at once
+    with a one-line error instead of interleaving checkpoints. The lock is released when the
+    block ends or the process dies (POSIX `flock`; not taken where `fcntl` is missing)."""
+    if resume and not (run_dir / LATEST).exists():
+        raise CheckpointError(f"nothing to resume: {run_dir / LATEST} does not exist")
     run_dir.mkdir(parents=True, exist_ok=True)
+    with (run_dir / LOCK).open("a") as lock:
+        if fcntl is not None:
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise CheckpointError(
+                    f"another process is training in {run_dir}; wait for it to finish or stop it"
+                ) from None
+        has_run = (run_dir / LATEST).exists() or (run_dir / "metrics.jsonl").exists()
+        if has_run and not (resume or overwrite):
+            raise CheckpointError(
+                f"run directory {run_dir} already holds a run; pass --resume to continue it "
+                "or --overwrite to replace it"
+            )
+        if has_run and overwrite and not resume:
+            for path in run_dir.iterdir():  # everything but the lock we hold
+                if path.name != LOCK:
+                    shutil.rmtree(path) if path.is_dir() else path.unlink()
+        yield
 
 
 def load_resume_config(run_dir: Path, overrides: dict[str, Any]) -> Config:
@@ -62,9 +86,21 @@ def train(
     tensorboard: bool = True,
     check: bool = True,
 ) -> list[dict[str, float]]:
-    """Meta-train with MAML-TRPO; returns the metrics rows written by this call."""
+    """Meta-train with MAML-TRPO into `run_dir` (held by `hold_run_dir`); returns the
+    metrics rows written by this call."""
     run_dir = Path(run_dir)
-    prepare_run_dir(run_dir, resume, overwrite)
+    with hold_run_dir(run_dir, resume, overwrite):
+        return _train(cfg, run_dir, resume, progress, tensorboard, check)
+
+
+def _train(
+    cfg: Config,
+    run_dir: Path,
+    resume: bool,
+    progress: bool,
+    tensorboard: bool,
+    check: bool,
+) -> list[dict[str, float]]:
 
     # --- seeding: one seed, independent streams, no global RNG ---
     streams = Streams.from_seed(cfg.seed)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import pytest
@@ -69,6 +70,30 @@ def test_existing_run_directory_is_refused_without_resume_or_overwrite(
     err = capsys.readouterr().err.strip()
     assert "already holds a run" in err and "\n" not in err
     assert train(tmp_path / "run", "--overwrite") == 0
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="runs are locked with POSIX flock")
+def test_a_directory_another_trainer_holds_is_refused_and_left_intact(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import fcntl
+
+    run = tmp_path / "run"
+    assert train(run) == 0
+    before = (run / "metrics.jsonl").read_text()
+    resume = ["train", "--resume", str(run), "--set", "num_batches=3", "--no-progress"]
+    capsys.readouterr()
+    with (run / ".lock").open("a") as other:  # a second open file: as another process would
+        fcntl.flock(other, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        assert main(resume) == 2
+        err = capsys.readouterr().err.strip()
+        expected = f"another process is training in {run}; wait for it to finish or stop it"
+        assert err == f"maml-rl: error: {expected}"
+        assert train(run, "--overwrite") == 2  # not even --overwrite clobbers a run in use
+        assert "another process is training" in capsys.readouterr().err
+        assert (run / "metrics.jsonl").read_text() == before
+    assert main(resume) == 0  # the lock died with its holder
+    assert [r["iteration"] for r in read_metrics(run)] == [0, 1, 2]
 
 
 @pytest.mark.parametrize(
