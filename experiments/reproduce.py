@@ -12,8 +12,8 @@ resume: finished steps are skipped and interrupted runs continue from their last
     python experiments/reproduce.py --stage table        # only rebuild the tables and figures
 
 Layout: OUT/TASK/seedS (MAML run), OUT/TASK/seedS/baselines/{pretrained,oracle}, and
-OUT/TASK/seedS/eval/adaptation_tasks.csv; OUT/TASK/adaptation.{csv,png} (seeds pooled) and
-OUT/RESULTS.md.
+OUT/TASK/seedS/eval/adaptation_tasks.csv; OUT/TASK/adaptation.{csv,png} (seeds pooled),
+OUT/TASK/training.png (the seeds' training curves) and OUT/RESULTS.md.
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ from pathlib import Path
 
 from maml_rl import checkpoint
 from maml_rl.evaluate import load_run, read_task_returns, step_size_schedule, write_csv
-from maml_rl.plot import plot_adaptation
+from maml_rl.plot import plot_adaptation, plot_training
 from maml_rl.results import markdown_table, pooled_rows, run_cost
 
 HERE = Path(__file__).resolve().parent
@@ -190,6 +190,7 @@ def task_section(out: Path, task: str) -> str | None:
     num_tasks = rows[0].num_tasks
     title = f"{task}: {len(seeds)} seed(s), {num_tasks} held-out tasks in all"
     plot_adaptation(rows, out / task / "adaptation.png", title)
+    plot_training(seeds, out / task / "training.png")
     cfg = load_run(seeds[0]).cfg
     schedule = step_size_schedule(cfg.fast_lr, rows[-1].step)
     lines = [

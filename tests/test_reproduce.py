@@ -57,7 +57,7 @@ def test_reproduce_trains_evaluates_pools_and_resumes(
         rows = list(csv.DictReader(handle))
     assert {r["method"] for r in rows} == {"maml", "pretrained", "random", "oracle"}
     assert {int(r["num_tasks"]) for r in rows} == {2 * 3}  # pooled over both seeds
-    assert (task / "adaptation.png").stat().st_size > 0
+    assert (task / "adaptation.png").stat().st_size > 0 and (task / "training.png").exists()
     results = (tmp_path / "RESULTS.md").read_text()
     assert (
         "### navigation" in results
