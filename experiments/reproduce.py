@@ -33,7 +33,7 @@ from pathlib import Path
 from maml_rl import checkpoint
 from maml_rl.evaluate import load_run, read_task_returns, step_size_schedule, write_csv
 from maml_rl.plot import plot_adaptation, plot_training
-from maml_rl.results import markdown_table, pooled_rows, run_cost
+from maml_rl.results import RunCost, markdown_table, pooled_rows, run_cost
 
 HERE = Path(__file__).resolve().parent
 # iterations of MAML and of each baseline per task: what fitted this repository's 2-core
@@ -174,8 +174,14 @@ def record_evaluation(job: Job, wall: float) -> None:
     job.record.write_text(json.dumps({**job.info, "wall_s": round(wall, 1)}, indent=1) + "\n")
 
 
-def minutes(seconds: float) -> str:
+def duration(seconds: float) -> str:
+    if seconds < 90:
+        return f"{seconds:.0f} s"
     return f"{seconds / 60:.0f} min" if seconds < 5400 else f"{seconds / 3600:.1f} h"
+
+
+def cost_cells(cost: RunCost) -> str:
+    return f"{cost.iterations} | {cost.env_steps / 1e6:.1f} M | {duration(cost.wall_s)}"
 
 
 def task_section(out: Path, task: str) -> str | None:
@@ -196,7 +202,8 @@ def task_section(out: Path, task: str) -> str | None:
     lines = [
         f"### {task}",
         "",
-        f"Config `experiments/{task}.yaml`; {len(seeds)} seed(s) x {num_tasks // len(seeds)} "
+        f"Config `experiments/{task}.yaml`; {len(seeds)} seed{'s' * (len(seeds) > 1)} x "
+        f"{num_tasks // len(seeds)} "
         f"held-out tasks; K = {cfg.fast_batch_size} trajectories per step, "
         f"H = {cfg.env_kwargs.get('max_episode_steps', 'default')}; step sizes "
         + ", ".join(f"{a:g}" for a in schedule)
@@ -205,21 +212,20 @@ def task_section(out: Path, task: str) -> str | None:
         markdown_table(task, rows),
         "",
     ]
+    lines += ["| run | iterations | env steps | wall time |", "|---|---|---|---|"]
+    baseline_seeds: list[int] = []
     for seed_dir in seeds:
         cost = run_cost(seed_dir)
         info = json.loads((seed_dir / "eval" / "reproduce.json").read_text())
-        base = out / task / f"seed{info['seed']}" / "baselines"
-        costs = {b: run_cost(base / b) for b in BASELINES}
-        baseline_text = ", ".join(
-            f"{b} {c.iterations} it / {c.env_steps / 1e6:.1f} M steps / {minutes(c.wall_s)}"
-            for b, c in costs.items()
-        )
-        lines.append(
-            f"- {seed_dir.name}: MAML {cost.iterations} iterations, "
-            f"{cost.env_steps / 1e6:.1f} M env steps, {minutes(cost.wall_s)}; "
-            f"baselines (seed {info['seed']}): {baseline_text}; "
-            f"evaluation {minutes(info['wall_s'])}"
-        )
+        lines.append(f"| MAML, {seed_dir.name} | {cost_cells(cost)} |")
+        if info["seed"] not in baseline_seeds:
+            baseline_seeds.append(info["seed"])
+    for seed in baseline_seeds:
+        for b in BASELINES:
+            cost = run_cost(out / task / f"seed{seed}" / "baselines" / b)
+            lines.append(f"| {b}, seed{seed} | {cost_cells(cost)} |")
+    walls = [json.loads((d / "eval" / "reproduce.json").read_text())["wall_s"] for d in seeds]
+    lines.append(f"| evaluation, per seed | | | {duration(min(walls))} to {duration(max(walls))} |")
     lines.append("")
     return "\n".join(lines)
 

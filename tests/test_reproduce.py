@@ -60,9 +60,7 @@ def test_reproduce_trains_evaluates_pools_and_resumes(
     assert (task / "adaptation.png").stat().st_size > 0 and (task / "training.png").exists()
     results = (tmp_path / "RESULTS.md").read_text()
     assert (
-        "### navigation" in results
-        and "| maml |" in results
-        and "seed1: MAML 1 iterations" in results
+        "### navigation" in results and "| maml |" in results and "| MAML, seed1 | 1 |" in results
     )
     record = json.loads((task / "seed1" / "eval" / "reproduce.json").read_text())
     assert (record["iteration"], record["baseline_iterations"], record["seed"]) == (0, 1, 0)
