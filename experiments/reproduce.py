@@ -33,7 +33,7 @@ from pathlib import Path
 from maml_rl import checkpoint
 from maml_rl.evaluate import load_run, read_task_returns, step_size_schedule, write_csv
 from maml_rl.plot import plot_adaptation, plot_training
-from maml_rl.results import RunCost, markdown_table, pooled_rows, run_cost
+from maml_rl.results import RunCost, markdown_table, paired_rows, pooled_rows, run_cost
 
 HERE = Path(__file__).resolve().parent
 # iterations of MAML and of each baseline per task: what fitted this repository's 2-core
@@ -191,7 +191,8 @@ def task_section(out: Path, task: str) -> str | None:
     )
     if not seeds:
         return None
-    rows = pooled_rows([read_task_returns(s / "eval" / "adaptation_tasks.csv") for s in seeds])
+    evaluations = [read_task_returns(s / "eval" / "adaptation_tasks.csv") for s in seeds]
+    rows = pooled_rows(evaluations)
     write_csv(rows, out / task / "adaptation.csv")
     num_tasks = rows[0].num_tasks
     title = f"{task}: {len(seeds)} seed(s), {num_tasks} held-out tasks in all"
@@ -209,7 +210,7 @@ def task_section(out: Path, task: str) -> str | None:
         + ", ".join(f"{a:g}" for a in schedule)
         + ".",
         "",
-        markdown_table(task, rows),
+        markdown_table(task, rows + paired_rows(evaluations)),
         "",
     ]
     lines += ["| run | iterations | env steps | wall time |", "|---|---|---|---|"]
@@ -237,7 +238,8 @@ def write_tables(out: Path) -> Path:
         "# Reproduction results\n\nWritten by `experiments/reproduce.py`. Cells: mean return "
         "± half-width of the 95% Student-t interval over all held-out tasks of all seeds. "
         "`maml`, `pretrained` (TRPO on the task distribution) and `random` (a fresh policy) "
-        "are adapted by the same gradient steps; `oracle` sees the task and is not adapted. "
+        "are adapted by the same gradient steps; `oracle` sees the task and is not adapted; "
+        "`maml − pretrained` is the paired difference on the same tasks and seeds. "
         "Paper values: approximate, read off Fig. 5 (H = 200, rllab physics).\n\n"
     )
     path = out / "RESULTS.md"

@@ -64,6 +64,22 @@ def pooled_rows(evaluations: Sequence[Mapping[str, np.ndarray]]) -> list[Summary
     return [row for method, r in pool(evaluations).items() for row in summarize(r, method)]
 
 
+def paired_rows(
+    evaluations: Sequence[Mapping[str, np.ndarray]], method: str = "maml", other: str = "pretrained"
+) -> list[SummaryRow]:
+    """Summary rows of the per-task differences `method − other`, pooled over evaluations.
+
+    Every method of an evaluation sees the same tasks and environment seeds, so the difference
+    on each task removes the task-to-task spread that dominates each method's own interval:
+    mean(d) ± t_{0.975, M-1} · std(d) / sqrt(M), d = R_method − R_other per (seed, task).
+    Empty if either method is missing.
+    """
+    pooled = pool(evaluations)
+    if method not in pooled or other not in pooled:
+        return []
+    return summarize(pooled[method] - pooled[other], f"{method} − {other}")
+
+
 @dataclass(frozen=True)
 class RunCost:
     """What a training run used, from its metrics.jsonl: iterations, environment steps, and

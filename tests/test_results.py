@@ -13,7 +13,7 @@ from scipy import stats
 
 from maml_rl.checkpoint import CheckpointError
 from maml_rl.evaluate import read_task_returns, write_task_returns
-from maml_rl.results import markdown_table, pool, pooled_rows, run_cost
+from maml_rl.results import markdown_table, paired_rows, pool, pooled_rows, run_cost
 
 
 def test_per_task_returns_round_trip_exactly(tmp_path: Path) -> None:
@@ -96,3 +96,16 @@ def test_run_cost_sums_sampling_and_optimisation_time(tmp_path: Path) -> None:
     assert (cost.iterations, cost.env_steps, cost.wall_s) == (3, 300, pytest.approx(10.5))
     with pytest.raises(CheckpointError, match="no metrics"):
         run_cost(tmp_path / "empty")
+
+
+def test_paired_rows_are_the_t_interval_of_per_task_differences() -> None:
+    seed_a = {"maml": np.array([[1.0, 5.0]]), "pretrained": np.array([[0.0, 3.0]])}
+    seed_b = {"maml": np.array([[10.0]]), "pretrained": np.array([[6.0]])}
+    (row,) = paired_rows([seed_a, seed_b])
+    differences = [1.0, 2.0, 4.0]
+    mean = sum(differences) / 3
+    half = stats.t.ppf(0.975, 2) * np.std(differences, ddof=1) / math.sqrt(3)
+    assert row.method == "maml − pretrained" and row.num_tasks == 3
+    assert row.mean_return == pytest.approx(mean, rel=1e-12)
+    assert row.ci95_high - row.mean_return == pytest.approx(half, rel=1e-12)
+    assert paired_rows([seed_a, seed_b], other="oracle") == []
