@@ -31,9 +31,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from maml_rl import checkpoint
+from maml_rl.checkpoint import CheckpointError
+from maml_rl.config import ConfigError
 from maml_rl.evaluate import load_run, read_task_returns, step_size_schedule, write_csv
 from maml_rl.plot import plot_adaptation, plot_training
 from maml_rl.results import RunCost, markdown_table, paired_rows, pooled_rows, run_cost
+from maml_rl.train import LATEST
 
 HERE = Path(__file__).resolve().parent
 # iterations of MAML and of each baseline per task: what fitted this repository's 2-core
@@ -48,7 +51,6 @@ PLAN = {
 }
 DEFAULT_TASKS = ("navigation", "halfcheetah-vel", "halfcheetah-dir", "ant-vel")
 BASELINES = ("pretrained", "oracle")
-LATEST = "checkpoint_latest.pt"
 
 
 class ReproduceError(Exception):
@@ -195,7 +197,7 @@ def task_section(out: Path, task: str) -> str | None:
     rows = pooled_rows(evaluations)
     write_csv(rows, out / task / "adaptation.csv")
     num_tasks = rows[0].num_tasks
-    title = f"{task}: {len(seeds)} seed(s), {num_tasks} held-out tasks in all"
+    title = f"{task}: {len(seeds)} seed{'s' * (len(seeds) > 1)}, {num_tasks} held-out tasks"
     plot_adaptation(rows, out / task / "adaptation.png", title)
     plot_training(seeds, out / task / "training.png")
     cfg = load_run(seeds[0]).cfg
@@ -234,6 +236,8 @@ def task_section(out: Path, task: str) -> str | None:
 def write_tables(out: Path) -> Path:
     """OUT/RESULTS.md with a section per task of PLAN that has an evaluated seed."""
     sections = [s for task in PLAN if (s := task_section(out, task)) is not None]
+    if not sections:
+        raise ReproduceError(f"nothing has been evaluated under {out} yet")
     header = (
         "# Reproduction results\n\nWritten by `experiments/reproduce.py`. Cells: mean return "
         "± half-width of the 95% Student-t interval over all held-out tasks of all seeds. "
@@ -295,13 +299,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.stage == "all":
             run_jobs(plan_jobs(args), args.jobs, args.out / "logs")
-    except ReproduceError as error:
+        print(f"wrote {write_tables(args.out)}")
+    except (ReproduceError, CheckpointError, ConfigError) as error:  # a run or file is wrong
         print(f"error: {error}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("interrupted: run the same command again to resume", file=sys.stderr)
         return 130
-    print(f"wrote {write_tables(args.out)}")
     return 0
 
 

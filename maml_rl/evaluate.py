@@ -303,9 +303,13 @@ def read_task_returns(path: str | Path) -> dict[str, np.ndarray]:
         reader = csv.DictReader(handle)
         if tuple(reader.fieldnames or ()) != TASK_COLUMNS:
             raise CheckpointError(f"{path} is not a per-task returns file (columns {TASK_COLUMNS})")
-        for line in reader:
-            step, task = int(line["step"]), int(line["task"])
-            cells.setdefault(line["method"], {})[step, task] = float(line["mean_return"])
+        for number, line in enumerate(reader, start=2):
+            try:
+                step, task = int(line["step"]), int(line["task"])
+                value = float(line["mean_return"])
+            except (TypeError, ValueError):
+                raise CheckpointError(f"{path}, line {number}: malformed row {line}") from None
+            cells.setdefault(line["method"], {})[step, task] = value
     returns = {}
     for method, values in cells.items():
         shape = (1 + max(s for s, _ in values), 1 + max(t for _, t in values))

@@ -92,3 +92,19 @@ def test_bad_iterations_are_a_usage_error(capsys: pytest.CaptureFixture[str]) ->
         reproduce.main(["--iterations", "navigation=lots"])
     assert stop.value.code == 2
     assert "--iterations expects TASK=N" in capsys.readouterr().err
+
+
+def test_a_corrupt_checkpoint_or_nothing_to_tabulate_is_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    reproduce = load_script()
+    assert reproduce.main(["--stage", "table", "--out", str(tmp_path)]) == 1
+    assert (
+        capsys.readouterr().err.strip() == f"error: nothing has been evaluated under {tmp_path} yet"
+    )
+    run = tmp_path / "navigation" / "seed0"
+    run.mkdir(parents=True)
+    (run / "checkpoint_latest.pt").write_bytes(b"not a checkpoint")
+    assert reproduce.main(["--tasks", "navigation", "--seeds", "0", "--out", str(tmp_path)]) == 1
+    error = capsys.readouterr().err.strip()
+    assert error.startswith("error: ") and "checkpoint_latest.pt" in error and "\n" not in error

@@ -32,6 +32,9 @@ def test_reading_a_missing_or_foreign_file_is_a_one_line_error(tmp_path: Path) -
     (tmp_path / "other.csv").write_text("method,step,mean_return\nmaml,0,1.0\n")
     with pytest.raises(CheckpointError, match="not a per-task returns file"):
         read_task_returns(tmp_path / "other.csv")
+    (tmp_path / "bad.csv").write_text("method,step,task,mean_return\nmaml,0,0,abc\n")
+    with pytest.raises(CheckpointError, match="line 2: malformed row"):
+        read_task_returns(tmp_path / "bad.csv")
     (tmp_path / "holes.csv").write_text("method,step,task,mean_return\nmaml,1,1,1.0\n")
     with pytest.raises(CheckpointError, match="do not fill"):
         read_task_returns(tmp_path / "holes.csv")
