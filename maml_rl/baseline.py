@@ -180,11 +180,16 @@ def advantages(
     gamma: float,
     gae_lambda: float,
     normalize: bool = True,
+    statistics_weights: Tensor | None = None,
 ) -> Tensor:
     """GAE advantages with a freshly fitted linear baseline, per task; no autograd.
 
     R = discounted_returns(r, m, γ);   w = fit(obs, R, m);   V = predict(obs, w, m)
-    A = gae(r, V, m, γ, λ);   if normalize: A = masked_normalize(A, m, dim=(0, 2)) (per task)
+    A = gae(r, V, m, γ, λ);   if normalize: A = masked_normalize(A, u, dim=(0, 2)) (per task)
+
+    with u the weights of the normalisation statistics: the mask (every valid step alike) or,
+    e.g., `returns.episode_weights(m)` (mean and variance as means of per-episode means, as
+    pytorch-maml-rl's ``weighted_normalize``).
 
     Args:
         batch_observations: ``[T, N, K, D]``.
@@ -193,6 +198,8 @@ def advantages(
         gamma: discount γ.
         gae_lambda: GAE parameter λ.
         normalize: standardise advantages per task over its valid steps.
+        statistics_weights: ``[T, N, K]`` weights u of the normalisation's mean and variance,
+            non-zero exactly where the mask is; None means the mask.
 
     Returns:
         ``[T, N, K]`` advantages (detached; 0 at masked steps), dtype of ``rewards``.
@@ -206,5 +213,6 @@ def advantages(
         values = predict(obs, weights, m).to(rew.dtype)
         adv = gae(rew, values, m, gamma, gae_lambda)
         if normalize:
-            adv = masked_normalize(adv, m, dim=(0, 2))
+            u = m if statistics_weights is None else statistics_weights.detach()
+            adv = masked_normalize(adv, u, dim=(0, 2))
     return adv

@@ -80,6 +80,17 @@ class Config:
     """GAE lambda (1.0: Monte-Carlo returns minus the baseline)."""
     normalize_advantages: bool = True
     """Normalise advantages per task (masked mean 0, std 1)."""
+    advantage_statistics: str = "steps"
+    """Statistics of that normalisation: steps (over a task's valid steps, every step alike) or
+    episodes (means of per-episode means, pytorch-maml-rl's convention)."""
+    loss_weighting: str = "steps"
+    """How the inner loss, the surrogate and the KL average a task's steps: steps (every valid
+    step alike) or episodes (each episode over its own length, then over episodes, as
+    pytorch-maml-rl): an episode that ends early then weighs more per step."""
+    kl_direction: str = "old_new"
+    """The trust-region KL: old_new is KL(π_old ‖ π) (rllab, the paper's code), new_old is
+    KL(π ‖ π_old) (pytorch-maml-rl). Same curvature at the current point; the line search
+    differs at third order."""
     sampler: str = "auto"
     """Environment backend: auto (native batch env if the family has one, else sync), native,
     threads (MuJoCo families, threaded mj_step), sync or async (Gymnasium vector envs), or ray
@@ -156,6 +167,9 @@ def _validate(cfg: Config) -> None:
         "dtype": ("float32", "float64"),
         "algo": ("maml", "pretrained", "oracle"),
         "sampler": ("auto", "native", "threads", "sync", "async", "ray"),
+        "advantage_statistics": ("steps", "episodes"),
+        "loss_weighting": ("steps", "episodes"),
+        "kl_direction": ("old_new", "new_old"),
     }
     for key, allowed in choices.items():
         _check(

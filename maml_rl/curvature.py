@@ -15,6 +15,9 @@ with J_n = ∂phi_{n,S}/∂x and F_n = ∇²_phi KL_n. At the point x0 where π_
 
     H v = (1/N) Σ_n J_nᵀ F_n J_n v       exactly, at x0.
 
+KL(π ‖ π_old) has the same Hessian at π = π_old (the Fisher), so this is also the curvature of
+``kl_direction: new_old``. The means over steps use the post batch's step weights.
+
 J_n is applied without ever forming it. Forward (tangent t_s = ∂phi_s/∂x · v):
 
     t_0 = v_theta,   t_{s+1} = t_s - alpha ⊙ (H_{n,s} t_s) - v_alpha ⊙ g_{n,s}
@@ -117,7 +120,7 @@ class GaussNewtonHVP:
                 phi = apply_step(phi, self.inner_grads[-1], self.step_sizes[s])
             leaf = _leaf(phi)
             dist = forward(policy, leaf, post.observations.movedim(1, 0), per_task=True)
-            kls = masked_mean(kl(old_dist, dist), post.mask.movedim(1, 0), dim=(1, 2))
+            kls = masked_mean(kl(old_dist, dist), post.step_weights.movedim(1, 0), dim=(1, 2))
             self.fisher = _SecondOrder(leaf, kls)
 
     def __call__(self, v_theta: Params, v_step: Params) -> tuple[Params, Params]:

@@ -2,12 +2,13 @@
 
 For N tasks at once, with per-task parameters stacked along a leading dimension:
 
-    L_n(phi_n) = -(1 / Σ m) Σ_{t,k} m_{t,n,k} · log π_{phi_n}(a_{t,n,k} | s_{t,n,k}) · A_{t,n,k}
+    L_n(phi_n) = -(1 / Σ w) Σ_{t,k} w_{t,n,k} · log π_{phi_n}(a_{t,n,k} | s_{t,n,k}) · A_{t,n,k}
     phi_n'     = phi_n - alpha ⊙ ∇_{phi_n} L_n(phi_n)                    (Finn et al. 2017, Alg. 3)
 
 The gradient keeps its graph (`create_graph=True`) for second-order MAML, or is detached for
 first-order MAML. alpha is a fixed float, a learnable scalar, or learnable per parameter
 (Meta-SGD, Li et al. 2017); learnable step sizes live in a `Params` dict trained by the outer step.
+w are the batch's step weights (`Batch.step_weights`): the mask, or per-episode weights.
 """
 
 from __future__ import annotations
@@ -63,7 +64,7 @@ def reinforce_loss(policy: nn.Module, params: Params, batch: Batch, advantages: 
     dist = forward(policy, params, batch.observations.movedim(1, 0), per_task=True)
     logp = log_prob(dist, batch.actions.movedim(1, 0))  # [N, T, K]
     weighted = logp * advantages.detach().movedim(1, 0)
-    return -masked_mean(weighted, batch.mask.movedim(1, 0), dim=(1, 2))
+    return -masked_mean(weighted, batch.step_weights.movedim(1, 0), dim=(1, 2))
 
 
 def policy_gradients(

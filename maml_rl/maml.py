@@ -8,6 +8,9 @@ Alg. 3, with TRPO as in their experiments):
     L(x)       = -(1/N) Σ_n mean_{t,k} exp(log π_{phi_n(x)}(a|s) - log π_old(a|s)) · A_post
     KL(x)      =  (1/N) Σ_n mean_{t,k} KL(π_old(·|s) ‖ π_{phi_n(x)}(·|s))
 
+(mean_{t,k}: weighted by the batch's step weights, `cfg.loss_weighting`; the KL reversed with
+`kl_direction: new_old`.)
+
 minimised subject to KL(x) ≤ max_kl, where π_old is the post-update policy that collected
 post_batch. Everything after sampling is a pure function of x and the collected data.
 """
@@ -28,7 +31,7 @@ from maml_rl.config import Config
 from maml_rl.curvature import GaussNewtonHVP
 from maml_rl.inner import StepSize, adapt, first_order_gradients, inner_step
 from maml_rl.policy import Distribution, detach, forward, kl, log_prob
-from maml_rl.returns import masked_mean
+from maml_rl.returns import loss_weights, masked_mean
 from maml_rl.sampler import TrajectorySampler
 from maml_rl.tasks import Task
 from maml_rl.trpo import (
@@ -95,7 +98,8 @@ class TaskData:
 
 
 def batch_advantages(batch: Batch, cfg: Config) -> Tensor:
-    """Advantages of a batch: discounted returns, per-task linear baseline, GAE, normalisation."""
+    """Advantages of a batch: discounted returns, per-task linear baseline, GAE, normalisation
+    (its statistics weighted by `cfg.advantage_statistics`)."""
     return compute_advantages(
         batch.observations,
         batch.rewards,
@@ -103,7 +107,20 @@ def batch_advantages(batch: Batch, cfg: Config) -> Tensor:
         cfg.gamma,
         cfg.gae_lambda,
         normalize=cfg.normalize_advantages,
+        statistics_weights=loss_weights(batch.mask, cfg.advantage_statistics),
     )
+
+
+def weighted(batch: Batch, cfg: Config) -> Batch:
+    """The batch with the step weights of `cfg.loss_weighting` (returns.loss_weights)."""
+    if cfg.loss_weighting == "steps":
+        return batch.with_weights(None)
+    return batch.with_weights(loss_weights(batch.mask, cfg.loss_weighting))
+
+
+def trust_region_kl(old: Distribution, new: Distribution, direction: str) -> Tensor:
+    """Per-sample KL of the trust region [*]: KL(old ‖ new) (old_new) or KL(new ‖ old)."""
+    return kl(old, new) if direction == "old_new" else kl(new, old)
 
 
 class NonFiniteError(RuntimeError):
@@ -144,6 +161,7 @@ def collect(
     for step, step_size in enumerate(step_sizes):
         batch = sampler.sample(params, tasks, seed=seeds[step], per_task=step > 0)
         check_finite(batch, tasks, f"inner step {step}")
+        batch = weighted(batch, cfg)
         advantages = batch_advantages(batch, cfg)
         inner.append((batch, advantages))
         if step == 0:
@@ -153,6 +171,7 @@ def collect(
         adapted.append(params)
     post = sampler.sample(params, tasks, seed=seeds[len(step_sizes)], per_task=bool(step_sizes))
     check_finite(post, tasks, "post-update")
+    post = weighted(post, cfg)
     return TaskData(tuple(inner), post, batch_advantages(post, cfg)), adapted
 
 
@@ -187,11 +206,12 @@ def meta_objective(
     """
     dist = _post_distribution(policy, layout, x, data, cfg, frozen_grads)
     post = data.post
-    actions, mask = post.actions.movedim(1, 0), post.mask.movedim(1, 0)
+    actions, weights = post.actions.movedim(1, 0), post.step_weights.movedim(1, 0)
     ratio = torch.exp(log_prob(dist, actions) - log_prob(old_dist, actions))
     advantages = data.post_advantages.movedim(1, 0)
-    loss = -masked_mean(ratio * advantages, mask, dim=(1, 2)).mean()
-    mean_kl = masked_mean(kl(old_dist, dist), mask, dim=(1, 2)).mean()
+    loss = -masked_mean(ratio * advantages, weights, dim=(1, 2)).mean()
+    divergence = trust_region_kl(old_dist, dist, cfg.kl_direction)
+    mean_kl = masked_mean(divergence, weights, dim=(1, 2)).mean()
     return loss, mean_kl
 
 

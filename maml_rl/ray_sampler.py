@@ -87,7 +87,8 @@ class SamplerActor:
     ) -> dict[str, np.ndarray]:
         torch_params = {n: torch.from_numpy(np.array(p)) for n, p in params.items()}  # copies
         batch = self.sampler.sample(torch_params, tasks, seed, per_task, first_task)
-        return {f.name: getattr(batch, f.name).numpy() for f in fields(batch)}
+        values = {f.name: getattr(batch, f.name) for f in fields(batch)}
+        return {name: value.numpy() for name, value in values.items() if value is not None}
 
 
 @dataclass

@@ -21,7 +21,16 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-__all__ = ["discounted_returns", "gae", "masked_mean", "masked_normalize", "td_errors"]
+__all__ = [
+    "WEIGHTINGS",
+    "discounted_returns",
+    "episode_weights",
+    "gae",
+    "loss_weights",
+    "masked_mean",
+    "masked_normalize",
+    "td_errors",
+]
 
 Dims = int | tuple[int, ...] | None
 
@@ -192,3 +201,40 @@ def masked_normalize(
     positive = var > 0
     std = torch.where(positive, torch.sqrt(torch.where(positive, var, torch.ones_like(var))), 0.0)
     return _zero_masked(centred / (std + eps), m_b)
+
+
+WEIGHTINGS = ("steps", "episodes")
+"""How a mean over a task's steps weighs them: every valid step alike (``steps``) or every
+episode alike, each averaged over its own length (``episodes``, pytorch-maml-rl's convention)."""
+
+
+def episode_weights(mask: Tensor) -> Tensor:
+    """Step weights that turn a masked mean over time and trajectories into a mean of
+    per-episode means.
+
+    w_{t,b} = m_{t,b} / L_b,   L_b = Σ_t m_{t,b}   (w = 0 for an empty episode)
+
+    so that  Σ_{t,b} w x / Σ_{t,b} w = (1/B') Σ_b (1/L_b) Σ_t m_{t,b} x_{t,b}  over the B'
+    non-empty episodes: an episode that ends early weighs as much as a full one.
+
+    Args:
+        mask: ``[T, *B]`` validity (time major).
+
+    Returns:
+        ``[T, *B]`` weights in the dtype of ``mask``.
+    """
+    if mask.dim() < 1:
+        raise ValueError("mask must have a time dimension (dim 0), got a scalar")
+    lengths = mask.sum(dim=0, keepdim=True)
+    safe = torch.where(lengths > 0, lengths, torch.ones_like(lengths))
+    return torch.where(lengths > 0, mask / safe, torch.zeros_like(mask))
+
+
+def loss_weights(mask: Tensor, weighting: str) -> Tensor:
+    """The step weights of a weighting in ``WEIGHTINGS``: the mask (``steps``) or
+    `episode_weights` (``episodes``); ``[T, *B] -> [T, *B]``."""
+    if weighting == "steps":
+        return mask
+    if weighting == "episodes":
+        return episode_weights(mask)
+    raise ValueError(f"unknown weighting {weighting!r}; choose one of {list(WEIGHTINGS)}")

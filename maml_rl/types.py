@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass, fields
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, fields, replace
 
 import torch
 from torch import Tensor
@@ -25,6 +25,9 @@ class Batch:
         actions:      [T, N, K, act_dim] (continuous) or [T, N, K] (discrete)
         rewards:      [T, N, K]
         mask:         [T, N, K], 1.0 where the step happened, 0.0 after the episode ended
+        weights:      [T, N, K] or None, the weight of each step in every mean over a task's
+                      steps (inner loss, surrogate, KL); None means the mask (every valid step
+                      of a task weighs the same). See `returns.loss_weights`.
 
     Steps after an episode ended hold zeros in every field.
 
@@ -36,6 +39,7 @@ class Batch:
     actions: Tensor
     rewards: Tensor
     mask: Tensor
+    weights: Tensor | None = None
 
     def __post_init__(self) -> None:
         lead = tuple(self.rewards.shape)
@@ -53,6 +57,21 @@ class Batch:
                 f"actions must be [T, N, K] or [T, N, K, act_dim] with [T, N, K] = {lead}, "
                 f"got {tuple(self.actions.shape)}"
             )
+        if self.weights is not None and tuple(self.weights.shape) != lead:
+            raise ValueError(f"weights shape {tuple(self.weights.shape)} != rewards shape {lead}")
+
+    @property
+    def step_weights(self) -> Tensor:
+        """Weights of the steps in a task's means, [T, N, K]: `weights`, or the mask if None."""
+        return self.mask if self.weights is None else self.weights
+
+    def with_weights(self, weights: Tensor | None) -> Batch:
+        """The same trajectories with other step weights (None: the mask)."""
+        return replace(self, weights=weights)
+
+    def _map(self, fn: Callable[[Tensor], Tensor]) -> Batch:
+        values = {f.name: getattr(self, f.name) for f in fields(self)}
+        return Batch(**{k: None if v is None else fn(v) for k, v in values.items()})
 
     @property
     def num_tasks(self) -> int:
@@ -70,7 +89,7 @@ class Batch:
 
     def first_tasks(self, count: int) -> Batch:
         """The trajectories of tasks 0..count-1: [T, count, K, ...]."""
-        return Batch(**{f.name: getattr(self, f.name)[:, :count] for f in fields(self)})
+        return self._map(lambda x: x[:, :count])
 
     @classmethod
     def concat_tasks(cls, batches: Sequence[Batch]) -> Batch:
@@ -81,12 +100,15 @@ class Batch:
         def pad(x: Tensor) -> Tensor:
             return torch.cat([x, x.new_zeros(horizon - x.shape[0], *x.shape[1:])])
 
-        return cls(
-            **{
-                f.name: torch.cat([pad(getattr(b, f.name)) for b in batches], dim=1)
-                for f in fields(cls)
-            }
-        )
+        def joined(name: str) -> Tensor | None:
+            parts = [getattr(b, name) for b in batches]
+            if all(p is None for p in parts):
+                return None
+            if any(p is None for p in parts):
+                raise ValueError(f"cannot concatenate batches with and without {name}")
+            return torch.cat([pad(p) for p in parts], dim=1)
+
+        return cls(**{f.name: joined(f.name) for f in fields(cls)})
 
     def to(self, device: torch.device | str) -> Batch:
-        return Batch(**{f.name: getattr(self, f.name).to(device) for f in fields(self)})
+        return self._map(lambda x: x.to(device))
