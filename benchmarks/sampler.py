@@ -46,15 +46,15 @@ import mujoco.rollout
 import numpy as np
 import torch
 
-from envs.mujoco_batch import (
+from maml_rl.policy import GaussianMLPPolicy, parameters_of
+from maml_rl.sampler import Sampler
+from maml_rl.tasks import make_family
+from maml_rl_envs.mujoco_batch import (
     CHUNKS_PER_THREAD,
     default_num_threads,
     mujoco_batch,
     resolve_stepper,
 )
-from maml_rl.policy import GaussianMLPPolicy, parameters_of
-from maml_rl.sampler import Sampler
-from maml_rl.tasks import make_family
 
 
 def timed(run: Callable[[], int]) -> tuple[float, float]:

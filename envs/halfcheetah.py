@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any, TypedDict
 
 import numpy as np
 
-from envs.mujoco_base import (
+from .mujoco_base import (
     DirectionTask,
     MujocoFamily,
     VelocityTask,
@@ -27,7 +27,7 @@ from envs.mujoco_base import (
     sample_directions,
     sample_velocities,
 )
-from envs.mujoco_batch import Simulations, control_reward
+from .mujoco_batch import Simulations, control_reward
 
 if TYPE_CHECKING:
     from typing import Unpack  # Python >= 3.11; annotations are not evaluated at run time

@@ -32,8 +32,9 @@ import gymnasium as gym
 import mujoco
 import numpy as np
 
-from envs.mujoco_batch import MujocoBatchEnv
 from maml_rl.tasks import Task
+
+from .mujoco_batch import MujocoBatchEnv
 
 
 @dataclass(frozen=True)

@@ -12,12 +12,10 @@ from typing import Any
 
 import torch
 
+from maml_rl.errors import CheckpointError
+
 FORMAT_VERSION = 1
 REQUIRED_KEYS = ("format", "iteration", "theta", "step_size", "rng", "config")
-
-
-class CheckpointError(ValueError):
-    """A checkpoint or run directory that cannot be used; the message is one line."""
 
 
 def save_atomic(state: dict[str, Any], path: str | Path) -> None:

@@ -4,20 +4,30 @@ line, exit 2."""
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from maml_rl import config as config_module
-from maml_rl.checkpoint import CheckpointError
 from maml_rl.config import Config, ConfigError
-from maml_rl.ray_sampler import RaySamplerError
-from maml_rl.tasks import TaskFamilyError, available_families, make_family
-from maml_rl.train import RunStopped
+from maml_rl.errors import CheckpointError, RaySamplerError, RunStopped, TaskFamilyError
+
+# Commands import torch, Gymnasium and the task families inside their functions: `--help` and
+# argument errors answer at once.
 
 USER_ERRORS = (ConfigError, CheckpointError, TaskFamilyError, RunStopped, RaySamplerError)
-EXPERIMENTS = Path(__file__).resolve().parent.parent / "experiments"
+
+
+def shipped_configs() -> Path:
+    """The folder of the shipped YAML configs: the `maml_rl_experiments` package (the
+    repository's experiments/ folder, installed as package data), found without importing
+    anything heavy; falls back to the checkout's experiments/ beside `maml_rl`."""
+    spec = importlib.util.find_spec("maml_rl_experiments")
+    if spec is not None and spec.submodule_search_locations:
+        return Path(next(iter(spec.submodule_search_locations)))
+    return Path(__file__).resolve().parent.parent / "experiments"
 
 
 def find_config(name: str) -> Path:
@@ -25,16 +35,17 @@ def find_config(name: str) -> Path:
     path = Path(name)
     if path.suffix in (".yaml", ".yml") or path.exists():
         return path
-    for folder in (Path.cwd() / "experiments", EXPERIMENTS):
+    for folder in (Path.cwd() / "experiments", shipped_configs()):
         candidate = folder / f"{name}.yaml"
         if candidate.is_file():
             return candidate
-    shipped = sorted(p.stem for p in EXPERIMENTS.glob("*.yaml"))
+    shipped = sorted(p.stem for p in shipped_configs().glob("*.yaml"))
     raise ConfigError(f"no config named '{name}'; shipped configs: {', '.join(shipped) or 'none'}")
 
 
 def _overrides(args: argparse.Namespace) -> dict[str, Any]:
-    values = dict(config_module.parse_override(item) for item in args.set or [])
+    items = [item for group in args.set or [] for item in group]
+    values = dict(config_module.parse_override(item) for item in items)
     if args.seed is not None:
         values["seed"] = args.seed
     if args.device is not None:
@@ -55,7 +66,10 @@ def cmd_train(args: argparse.Namespace) -> int:
         if args.config is None or args.out is None:
             raise ConfigError("train needs CONFIG and --out DIR (or --resume DIR)")
         run_dir = Path(args.out)
-        cfg = config_module.load(find_config(args.config), overrides)
+        notes: list[str] = []
+        cfg = config_module.load(find_config(args.config), overrides, notes=notes)
+        for note in notes:
+            print(note)
     train(
         cfg,
         run_dir,
@@ -164,6 +178,8 @@ def cmd_plot(args: argparse.Namespace) -> int:
 
 
 def cmd_envs(args: argparse.Namespace) -> int:
+    from maml_rl.tasks import available_families, make_family
+
     for name, target in sorted(available_families().items()):
         try:
             description = repr(make_family(name))
@@ -190,7 +206,13 @@ def parser() -> argparse.ArgumentParser:
         choices=("maml", "pretrained", "oracle"),
         help="maml (default), or a baseline trained by plain TRPO: pretrained, oracle",
     )
-    train.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config key")
+    train.add_argument(
+        "--set",
+        action="append",
+        nargs="+",
+        metavar="KEY=VALUE",
+        help="override config keys: --set fast_lr=0.05 num_batches=100 (or one --set per pair)",
+    )
     train.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     train.set_defaults(func=cmd_train)
 

@@ -25,6 +25,42 @@ class ConfigError(ValueError):
 
 ALIASES = {"env_name": "env"}  # pytorch-maml-rl's `env-name`
 
+PYTORCH_MAML_RL_ENVS = {
+    "2DNavigation-v0": "navigation",
+    "HalfCheetahVel-v2": "halfcheetah-vel",
+    "HalfCheetahDir-v2": "halfcheetah-dir",
+    "AntVel-v2": "ant-vel",
+    "AntDir-v2": "ant-dir",
+    "AntPos-v1": "ant-goal",
+}
+"""pytorch-maml-rl's environment ids (configs/maml/*.yaml) -> our task families."""
+
+PYTORCH_MAML_RL_ENV_KWARGS = {"normalization_scale": "action_scale"}
+"""Its env kwargs -> ours: NormalizedActionWrapper(scale) sends clip(a, -s, s) / s to the
+robot, which is our MuJoCo families' action_scale."""
+
+
+def _translate_pytorch_maml_rl(values: dict[str, Any], notes: list[str] | None) -> dict[str, Any]:
+    """Map a pytorch-maml-rl environment id and its env kwargs to ours, noting each mapping."""
+    env_key = next((k for k in values if normalize_key(k) == "env"), None)
+    env = values.get(env_key) if env_key is not None else None
+    if not isinstance(env, str) or env not in PYTORCH_MAML_RL_ENVS:
+        return values
+    out = dict(values)
+    out[env_key] = PYTORCH_MAML_RL_ENVS[env]
+    said = [f"pytorch-maml-rl environment {env} runs as task family '{out[env_key]}'"]
+    kwargs_key = next((k for k in values if normalize_key(k) == "env_kwargs"), None)
+    kwargs = values.get(kwargs_key) if kwargs_key is not None else None
+    if isinstance(kwargs, dict):
+        renamed = {PYTORCH_MAML_RL_ENV_KWARGS.get(k, k): v for k, v in kwargs.items()}
+        said += [
+            f"env kwarg {k} as {v}" for k, v in PYTORCH_MAML_RL_ENV_KWARGS.items() if k in kwargs
+        ]
+        out[kwargs_key] = renamed
+    if notes is not None:
+        notes.append("; ".join(said))
+    return out
+
 
 @dataclass(frozen=True)
 class Config:
@@ -234,8 +270,15 @@ def _coerce(key: str, value: Any, annotation: Any) -> Any:
     raise TypeError(f"no coercion for {annotation}")  # pragma: no cover - programming error
 
 
-def from_dict(values: dict[str, Any], base: Config | None = None) -> Config:
-    """Build a Config from a mapping, on top of `base` (defaults if None). Strict."""
+def from_dict(
+    values: dict[str, Any], base: Config | None = None, notes: list[str] | None = None
+) -> Config:
+    """Build a Config from a mapping, on top of `base` (defaults if None). Strict.
+
+    A pytorch-maml-rl environment id (`PYTORCH_MAML_RL_ENVS`) and its env kwargs are mapped to
+    ours; `notes`, if given, receives one line saying what was mapped.
+    """
+    values = _translate_pytorch_maml_rl(values, notes)
     updates: dict[str, Any] = {}
     for raw_key, value in values.items():
         key = normalize_key(raw_key)
@@ -247,8 +290,11 @@ def from_dict(values: dict[str, Any], base: Config | None = None) -> Config:
     return dataclasses.replace(base or Config(), **updates)
 
 
-def load(path: str | Path, overrides: dict[str, Any] | None = None) -> Config:
-    """Load a YAML config file and apply `overrides` (already parsed values)."""
+def load(
+    path: str | Path, overrides: dict[str, Any] | None = None, notes: list[str] | None = None
+) -> Config:
+    """Load a YAML config file and apply `overrides` (already parsed values); `notes` receives
+    what `from_dict` mapped from pytorch-maml-rl's conventions."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"config file not found: {path}")
@@ -260,13 +306,13 @@ def load(path: str | Path, overrides: dict[str, Any] | None = None) -> Config:
         raise ConfigError(f"malformed YAML in {path}{where}") from error
     if not isinstance(data, dict):
         raise ConfigError(f"config file {path} must be a mapping of key: value")
-    return from_dict({**data, **(overrides or {})})
+    return from_dict({**data, **(overrides or {})}, notes=notes)
 
 
 def parse_override(item: str) -> tuple[str, Any]:
     """Parse one `--set key=value` item; the value is read as YAML (`1e-3`, `[32, 32]`, `true`)."""
     if "=" not in item:
-        raise ConfigError(f"--set expects key=value, got {item!r}")
+        raise ConfigError(f"--set expects key=value, got {item!r} (give the config before --set)")
     key, text = item.split("=", 1)
     try:
         value = yaml.safe_load(text) if text else ""

@@ -35,13 +35,10 @@ import numpy as np
 import torch
 from torch import nn
 
+from maml_rl.errors import RaySamplerError
 from maml_rl.sampler import Sampler
 from maml_rl.tasks import Task, TaskFamily
 from maml_rl.types import Batch, Params
-
-
-class RaySamplerError(RuntimeError):
-    """Sampling on Ray failed (no Ray, no cluster, actors dead twice, timeout); one line."""
 
 
 def _ray() -> Any:

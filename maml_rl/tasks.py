@@ -28,14 +28,12 @@ from typing import Any, Protocol, runtime_checkable
 import gymnasium as gym
 import numpy as np
 
+from maml_rl.errors import TaskFamilyError
+
 ENTRY_POINT_GROUP = "maml_rl.task_families"
 
 Task = Any
 """A task: an instance of the family's frozen dataclass."""
-
-
-class TaskFamilyError(ValueError):
-    """A task family that cannot be found, built or used; the message is one line."""
 
 
 @runtime_checkable

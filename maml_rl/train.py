@@ -11,6 +11,8 @@ from typing import Any
 
 import torch
 
+from maml_rl.errors import RunStopped
+
 try:
     import fcntl
 except ImportError:  # Windows: runs are not locked
@@ -29,10 +31,6 @@ from maml_rl.types import Params
 
 LATEST, BEST = "checkpoint_latest.pt", "checkpoint_best.pt"
 MAX_CONSECUTIVE_SKIPS = 3
-
-
-class RunStopped(RuntimeError):
-    """A run that cannot go on (repeated non-finite data); the message is one line."""
 
 
 LOCK = ".lock"

@@ -17,24 +17,30 @@ import numpy as np
 import pytest
 import torch
 
-from envs.mujoco_batch import MujocoBatchEnv, stack_tasks
-from envs.navigation import Navigation2D, Navigation2DEnv, NavigationTask
 from maml_rl.oracle import OracleBatchEnv, OracleFamily
 from maml_rl.policy import GaussianMLPPolicy, parameters_of
 from maml_rl.sampler import Sampler
 from maml_rl.tasks import TaskFamily, TaskFamilyError, available_families, make_family
 from maml_rl.vector import AsyncGymBatchEnv, GymBatchEnv, WorkerDiedError, make_batch_env
+from maml_rl_envs import mujoco_batch as mujoco_batch_module
+from maml_rl_envs.mujoco_batch import MujocoBatchEnv, stack_tasks
+from maml_rl_envs.navigation import Navigation2D, Navigation2DEnv, NavigationTask
 
 NATIVE = sorted(
     name
     for name in available_families()
     if callable(getattr(make_family(name), "make_batch_env", None))
 )
+# mujoco >= 4.0 has mujoco.batch; with an older MuJoCo the tests follow the "threads" fallback
+# (and test_fallback_without_mujoco_batch checks the fallback on any version)
+HAS_BATCH = mujoco_batch_module.mujoco_batch is not None
+STEPPERS = ("batch", "threads") if HAS_BATCH else ("threads",)
+AUTO = "batch" if HAS_BATCH else "threads"
 NATIVE_CASES = [
     (name, stepper)
     for name in NATIVE
     for stepper in (
-        ("batch", "threads")
+        STEPPERS
         if "stepper" in inspect.signature(make_family(name).make_batch_env).parameters
         else (None,)
     )
@@ -108,7 +114,7 @@ def test_native_batch_env_equals_gymnasium(name: str, stepper: str | None) -> No
     assert lengths == [NUM_STEPS] * NUM_ENVS
 
 
-@pytest.mark.parametrize("stepper", ["batch", "threads"])
+@pytest.mark.parametrize("stepper", STEPPERS)
 def test_ant_terminations_are_gymnasiums(stepper: str) -> None:
     family = make_family("ant-vel", ANT_FALLS)
     lengths = assert_batch_env_equals_gymnasium(family, stepper)
@@ -138,7 +144,7 @@ def test_reset_without_seed_continues_each_envs_generator() -> None:
 
 
 def test_auto_stepper_and_unknown_stepper() -> None:
-    assert make_family("halfcheetah-dir").make_batch_env(2).stepper == "batch"
+    assert make_family("halfcheetah-dir").make_batch_env(2).stepper == AUTO
     assert make_family("ant-goal").make_batch_env(2).stepper == "threads"  # needs cfrc_ext
     with pytest.raises(ValueError, match="stepper"):
         make_family("halfcheetah-dir").make_batch_env(2, stepper="rollout")
@@ -177,10 +183,21 @@ class GenericOnly:
         return self._family.make_env()
 
 
+def test_fallback_without_mujoco_batch(monkeypatch: pytest.MonkeyPatch) -> None:
+    """MuJoCo < 4.0 has no mujoco.batch: "auto" steps with threads, "batch" is refused in one
+    line, and the threads stepper still reproduces Gymnasium."""
+    monkeypatch.setattr(mujoco_batch_module, "mujoco_batch", None)
+    family = make_family("halfcheetah-dir", {"max_episode_steps": 5})
+    assert family.make_batch_env(2).stepper == "threads"
+    with pytest.raises(ValueError, match=r"stepper .batch. needs mujoco >= 4\.0"):
+        family.make_batch_env(2, stepper="batch")
+    assert assert_batch_env_equals_gymnasium(family, None, num_steps=5) == [5] * NUM_ENVS
+
+
 def test_factory_backends() -> None:
     cheetah = make_family("halfcheetah-vel", {"max_episode_steps": 3})
     native = make_batch_env(cheetah, 2)
-    assert isinstance(native, MujocoBatchEnv) and native.stepper == "batch"
+    assert isinstance(native, MujocoBatchEnv) and native.stepper == AUTO
     threads = make_batch_env(cheetah, 2, "threads")
     assert isinstance(threads, MujocoBatchEnv) and threads.stepper == "threads"
     sync = make_batch_env(cheetah, 2, "sync")

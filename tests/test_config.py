@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from maml_rl.config import (
     FIELD_NAMES,
@@ -123,8 +124,8 @@ def test_pytorch_maml_rl_hyphenated_keys_are_accepted() -> None:
 
 
 def test_env_name_alias_maps_to_env() -> None:
-    assert from_dict({"env_name": "envs.navigation:Navigation2D"}).env == (
-        "envs.navigation:Navigation2D"
+    assert from_dict({"env_name": "maml_rl_envs.navigation:Navigation2D"}).env == (
+        "maml_rl_envs.navigation:Navigation2D"
     )
 
 
@@ -356,9 +357,9 @@ def test_parse_override_bool_and_int_and_string() -> None:
     assert parse_override("first_order=true") == ("first_order", True)
     assert parse_override("first_order=false") == ("first_order", False)
     assert parse_override("num_steps=3") == ("num_steps", 3)
-    assert parse_override("env=envs.navigation:Navigation2D") == (
+    assert parse_override("env=maml_rl_envs.navigation:Navigation2D") == (
         "env",
-        "envs.navigation:Navigation2D",
+        "maml_rl_envs.navigation:Navigation2D",
     )
 
 
@@ -398,7 +399,7 @@ def test_save_load_round_trip_non_defaults(tmp_path: Path) -> None:
     cfg = from_dict(
         {
             "algo": "oracle",
-            "env": "envs.navigation:Navigation2D",
+            "env": "maml_rl_envs.navigation:Navigation2D",
             "env_kwargs": {"low": -0.25, "high": 0.75, "max_episode_steps": 50},
             "hidden_sizes": [16, 8, 4],
             "nonlinearity": "relu",
@@ -465,3 +466,76 @@ def test_shipped_config_loads(path: Path, tmp_path: Path) -> None:
     copy = tmp_path / path.name
     save(cfg, copy)
     assert load(copy) == cfg
+
+
+PYTORCH_MAML_RL_CONFIGS = {  # env-name and env-kwargs of its configs/maml/*.yaml (21d4ba1)
+    "2DNavigation-v0": ("navigation", {"low": -0.5, "high": 0.5}),
+    "HalfCheetahVel-v2": (
+        "halfcheetah-vel",
+        {"low": 0.0, "high": 2.0, "normalization_scale": 10.0, "max_episode_steps": 100},
+    ),
+    "HalfCheetahDir-v2": (
+        "halfcheetah-dir",
+        {"normalization_scale": 10.0, "max_episode_steps": 100},
+    ),
+    "AntVel-v2": (
+        "ant-vel",
+        {"low": 0.0, "high": 3.0, "normalization_scale": 10.0, "max_episode_steps": 100},
+    ),
+    "AntDir-v2": ("ant-dir", {"normalization_scale": 10.0, "max_episode_steps": 100}),
+    "AntPos-v1": (
+        "ant-goal",
+        {"low": -3.0, "high": 3.0, "normalization_scale": 10.0, "max_episode_steps": 100},
+    ),
+}
+
+
+@pytest.mark.parametrize("env_id", sorted(PYTORCH_MAML_RL_CONFIGS))
+def test_pytorch_maml_rl_config_runs_unchanged(tmp_path: Path, env_id: str) -> None:
+    """Its YAML (hyphenated keys, its env ids and normalization_scale) loads as our family with
+    action_scale, one note says so, and the family builds with those kwargs."""
+    from maml_rl.tasks import make_family
+
+    family_name, kwargs = PYTORCH_MAML_RL_CONFIGS[env_id]
+    path = tmp_path / "config.yaml"
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "env-name": env_id,
+                "env-kwargs": kwargs,
+                "gamma": 0.99,
+                "gae-lambda": 1.0,
+                "first-order": False,
+                "hidden-sizes": [64, 64],
+                "nonlinearity": "tanh",
+                "fast-batch-size": 20,
+                "num-steps": 1,
+                "fast-lr": 0.1,
+                "num-batches": 500,
+                "meta-batch-size": 40,
+                "max-kl": 1.0e-2,
+                "cg-iters": 10,
+                "cg-damping": 1.0e-5,
+                "ls-max-steps": 15,
+                "ls-backtrack-ratio": 0.8,
+            }
+        )
+    )
+    notes: list[str] = []
+    cfg = load(path, notes=notes)
+    assert cfg.env == family_name
+    assert "normalization_scale" not in cfg.env_kwargs
+    if "normalization_scale" in kwargs:
+        assert cfg.env_kwargs["action_scale"] == 10.0
+        assert notes == [
+            f"pytorch-maml-rl environment {env_id} runs as task family '{family_name}'; "
+            "env kwarg normalization_scale as action_scale"
+        ]
+    else:
+        assert notes == [
+            f"pytorch-maml-rl environment {env_id} runs as task family '{family_name}'"
+        ]
+    make_family(cfg.env, cfg.env_kwargs)  # the mapped kwargs are ones the family takes
+    # our own names pass through without a note
+    again: list[str] = []
+    assert from_dict(cfg.to_dict(), notes=again) == cfg and again == []

@@ -19,7 +19,9 @@ from maml_rl.tasks import TaskFamily, TaskFamilyError, available_families, make_
 from maml_rl.vector import make_batch_env
 
 FAMILIES = sorted(available_families())
-BUILT_IN = {name for name, target in available_families().items() if target.startswith("envs.")}
+BUILT_IN = {
+    name for name, target in available_families().items() if target.startswith("maml_rl_envs.")
+}
 MUJOCO = [name for name in FAMILIES if name.startswith(("halfcheetah-", "ant-"))]
 
 

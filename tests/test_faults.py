@@ -16,7 +16,6 @@ import pytest
 import torch
 from conftest import make_batch, make_policy
 
-from envs.navigation import Navigation2D, Navigation2DBatch
 from maml_rl import checkpoint
 from maml_rl.checkpoint import CheckpointError
 from maml_rl.cli import main
@@ -25,6 +24,7 @@ from maml_rl.logger import read_metrics
 from maml_rl.maml import NonFiniteError, TaskData, check_finite, meta_step
 from maml_rl.train import LATEST, RunStopped, train
 from maml_rl.types import Batch
+from maml_rl_envs.navigation import Navigation2D, Navigation2DBatch
 
 TINY = {
     "meta_batch_size": 2,

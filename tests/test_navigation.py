@@ -11,14 +11,14 @@ import numpy as np
 import pytest
 from gymnasium.utils.env_checker import check_env
 
-from envs.navigation import (
+from maml_rl.tasks import BatchEnv, TaskFamily, TaskFamilyError, available_families, make_family
+from maml_rl_envs.navigation import (
     Navigation2D,
     Navigation2DBatch,
     Navigation2DEnv,
     NavigationTask,
     navigation_step,
 )
-from maml_rl.tasks import BatchEnv, TaskFamily, TaskFamilyError, available_families, make_family
 
 
 def _step(position, action, goal, max_action: float = 0.1, tolerance: float = 0.01):
@@ -345,7 +345,7 @@ def test_batch_reset_needs_one_task_per_env() -> None:
 
 
 def test_navigation_is_registered() -> None:
-    assert available_families()["navigation"] == "envs.navigation:Navigation2D"
+    assert available_families()["navigation"] == "maml_rl_envs.navigation:Navigation2D"
 
 
 def test_make_family_by_name_with_kwargs() -> None:
@@ -365,7 +365,7 @@ def test_make_family_defaults() -> None:
 
 
 def test_make_family_by_import_path() -> None:
-    family = make_family("envs.navigation:Navigation2D", {"max_episode_steps": 11})
+    family = make_family("maml_rl_envs.navigation:Navigation2D", {"max_episode_steps": 11})
     assert isinstance(family, Navigation2D)
     assert family.max_episode_steps == 11
     assert isinstance(family.make_env(), gym.Env)
@@ -384,9 +384,9 @@ def test_unknown_family_lists_registered() -> None:
     "path",
     [
         "no_such_module_for_maml_rl_tests:Family",
-        "envs.no_such_module:Family",
-        "envs.navigation:NoSuchFamily",
-        "envs.navigation:",
+        "maml_rl_envs.no_such_module:Family",
+        "maml_rl_envs.navigation:NoSuchFamily",
+        "maml_rl_envs.navigation:",
         ":Navigation2D",
     ],
 )

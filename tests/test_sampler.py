@@ -8,12 +8,12 @@ import numpy as np
 import pytest
 import torch
 
-from envs.navigation import Navigation2D, Navigation2DBatch, NavigationTask
 from maml_rl.policy import GaussianMLPPolicy, parameters_of
 from maml_rl.sampler import Sampler, make_batch_env
 from maml_rl.tasks import TaskFamilyError
 from maml_rl.types import Batch, Params
 from maml_rl.vector import GymBatchEnv
+from maml_rl_envs.navigation import Navigation2D, Navigation2DBatch, NavigationTask
 
 DTYPE = torch.float64
 TINY_LOG_STD = -10.0  # std ≈ 4.5e-5: actions are the mean up to ~1e-4

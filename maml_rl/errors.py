@@ -1,0 +1,20 @@
+"""The errors that reach the user as one line (no traceback), in a module that imports nothing,
+so that the CLI can name them before it imports torch, Gymnasium or Ray."""
+
+from __future__ import annotations
+
+
+class CheckpointError(ValueError):
+    """A checkpoint or run directory that cannot be used; the message is one line."""
+
+
+class RaySamplerError(RuntimeError):
+    """Sampling on Ray failed (no Ray, no cluster, actors dead twice, timeout); one line."""
+
+
+class TaskFamilyError(ValueError):
+    """A task family that cannot be found, built or used; the message is one line."""
+
+
+class RunStopped(RuntimeError):
+    """A run that cannot go on (repeated non-finite data); the message is one line."""

@@ -1,0 +1,79 @@
+"""The command line as a user meets it: answers before heavy imports, several `--set` pairs per
+flag, pytorch-maml-rl configs run unchanged (with one line saying what was mapped)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from maml_rl.cli import _overrides, main, parser
+
+PROBE = """
+import sys
+from maml_rl.cli import main
+for argv in (["--help"], ["train", "--help"], ["train", "--nonsense"]):
+    try:
+        main(argv)
+    except SystemExit:
+        pass
+print(sorted(m for m in ("torch", "gymnasium", "mujoco", "ray") if m in sys.modules))
+"""
+
+
+def test_help_and_argument_errors_import_no_heavy_module() -> None:
+    """`--help` and a bad argument must not wait for torch (about 4 s to import here)."""
+    done = subprocess.run(
+        [sys.executable, "-c", PROBE], capture_output=True, text=True, timeout=120, check=True
+    )
+    assert done.stdout.strip().splitlines()[-1] == "[]", done.stdout
+
+
+def test_set_takes_several_pairs_per_flag() -> None:
+    argv = ["train", "navigation", "--out", "x", "--set", "fast_lr=0.05", "num_batches=3"]
+    args = parser().parse_args([*argv, "--set", "seed=4", "--seed", "5"])
+    assert _overrides(args) == {"fast_lr": 0.05, "num_batches": 3, "seed": 5}
+    train_help = parser()._subparsers._group_actions[0].choices["train"].format_help()
+    assert "--set fast_lr=0.05 num_batches=100" in " ".join(train_help.split())
+
+
+def test_set_swallowing_the_config_says_how_to_fix_it(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["train", "--out", "x", "--set", "num_batches=1", "navigation"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == (
+        "maml-rl: error: --set expects key=value, got 'navigation' (give the config before --set)"
+    )
+
+
+def test_a_pytorch_maml_rl_config_trains_unchanged(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = {
+        "env-name": "2DNavigation-v0",
+        "env-kwargs": {"low": -0.5, "high": 0.5, "max_episode_steps": 8},
+        "gamma": 0.99,
+        "gae-lambda": 1.0,
+        "first-order": False,
+        "hidden-sizes": [8],
+        "nonlinearity": "tanh",
+        "fast-batch-size": 2,
+        "num-steps": 1,
+        "fast-lr": 0.1,
+        "num-batches": 1,
+        "meta-batch-size": 2,
+        "max-kl": 1.0e-2,
+        "cg-iters": 2,
+        "cg-damping": 1.0e-5,
+        "ls-max-steps": 15,
+        "ls-backtrack-ratio": 0.8,
+    }
+    path = tmp_path / "2d-navigation.yaml"
+    path.write_text(yaml.safe_dump(config))
+    assert main(["train", str(path), "--out", str(tmp_path / "run"), "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert out.count("pytorch-maml-rl environment 2DNavigation-v0 runs as task family") == 1
+    saved = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())
+    assert saved["env"] == "navigation" and saved["env_kwargs"]["max_episode_steps"] == 8
