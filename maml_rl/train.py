@@ -27,7 +27,9 @@ from maml_rl.inner import init_step_size
 from maml_rl.logger import RunLogger, truncate_metrics
 from maml_rl.maml import NonFiniteError, collect, draw_seeds, meta_step
 from maml_rl.policy import parameters_of
+from maml_rl.tasks import TaskFamily
 from maml_rl.types import Params
+from maml_rl.vector import resolved_backend
 
 LATEST, BEST = "checkpoint_latest.pt", "checkpoint_best.pt"
 MAX_CONSECUTIVE_SKIPS = 3
@@ -65,6 +67,27 @@ def hold_run_dir(run_dir: Path, resume: bool, overwrite: bool) -> Iterator[None]
                 if path.name != LOCK:
                     shutil.rmtree(path) if path.is_dir() else path.unlink()
         yield
+
+
+def exploration_metrics(theta: Params) -> dict[str, float]:
+    """The policy's exploration after the step: mean, min and max of a Gaussian policy's
+    state-independent log-std (`policy/log_std_*`); nothing for other policies."""
+    log_std = theta.get("log_std")
+    if log_std is None:
+        return {}
+    return {
+        "policy/log_std_mean": float(log_std.mean()),
+        "policy/log_std_min": float(log_std.min()),
+        "policy/log_std_max": float(log_std.max()),
+    }
+
+
+def describe_sampler(family: TaskFamily, cfg: Config) -> str:
+    """The environment backend a run samples on, for its start-up line."""
+    if cfg.sampler == "ray":
+        return f"ray ({cfg.ray_num_actors} actors x {cfg.ray_actor_cpus} CPUs)"
+    backend = resolved_backend(family, cfg.sampler)
+    return backend if backend == cfg.sampler else f"{backend} (auto)"
 
 
 def load_resume_config(run_dir: Path, overrides: dict[str, Any]) -> Config:
@@ -134,7 +157,23 @@ def _train(
         truncate_metrics(run_dir, state["iteration"])
     save(cfg, run_dir / "config.yaml")
 
-    logger = RunLogger(run_dir, cfg.num_batches, start, cfg.to_dict(), progress, tensorboard)
+    logger = RunLogger(
+        run_dir,
+        cfg.num_batches,
+        start,
+        cfg.to_dict(),
+        progress,
+        tensorboard,
+        adapts=cfg.inner_steps > 0,
+    )
+    logger.message(
+        f"{'resuming' if resume else 'training'} {cfg.algo} on {family!r} in {run_dir}: "
+        f"iterations {start + 1}-{cfg.num_batches} of {cfg.num_batches}, "
+        f"{cfg.meta_batch_size} tasks x {cfg.fast_batch_size} trajectories, "
+        f"family check {'passed' if check else 'skipped'}, "
+        f"sampler {describe_sampler(family, cfg)}, "
+        f"torch threads {torch.get_num_threads()}"
+    )
     rows: list[dict[str, float]] = []
     skipped = 0
     try:
@@ -178,6 +217,7 @@ def _train(
                 "time/sampling_s": t1 - t0,
                 "time/optimization_s": t2 - t1,
                 "env_steps": float(env_steps),
+                **exploration_metrics(theta),
             }
             if traffic:
                 metrics["sampler/bytes_sent"] = float(traffic.total_sent - sent)
@@ -199,10 +239,12 @@ def _train(
                 "env_steps": env_steps,
                 "best_return": max(best_return, metrics["returns/post_update"]),
             }
-            checkpoint.save_atomic(state, run_dir / LATEST)
+            # the best first: the latest records best_return, so a crash between the two writes
+            # must leave the latest behind (the iteration is redone), never the best
             if metrics["returns/post_update"] > best_return:
-                best_return = metrics["returns/post_update"]
                 checkpoint.save_atomic(state, run_dir / BEST)
+                best_return = metrics["returns/post_update"]
+            checkpoint.save_atomic(state, run_dir / LATEST)
     except KeyboardInterrupt:
         logger.message(f"interrupted; resume with: maml-rl train --resume {run_dir}")
     finally:

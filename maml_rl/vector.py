@@ -222,6 +222,14 @@ def native_batch_env(
     return native(num_envs, **kwargs)
 
 
+def resolved_backend(family: TaskFamily, backend: str) -> str:
+    """The backend `make_batch_env` uses for `backend` ("auto": native if the family has a
+    native batch environment, else sync)."""
+    if backend != "auto":
+        return backend
+    return "native" if callable(getattr(family, "make_batch_env", None)) else "sync"
+
+
 def make_batch_env(
     family: TaskFamily, num_envs: int, backend: str = "auto", num_threads: int | None = None
 ) -> BatchEnv:

@@ -77,3 +77,28 @@ def test_a_pytorch_maml_rl_config_trains_unchanged(
     assert out.count("pytorch-maml-rl environment 2DNavigation-v0 runs as task family") == 1
     saved = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())
     assert saved["env"] == "navigation" and saved["env_kwargs"]["max_episode_steps"] == 8
+
+
+TINY = ["num_batches=2", "meta_batch_size=2", "fast_batch_size=2", "hidden_sizes=[8]"]
+
+
+@pytest.mark.parametrize("algo", ["maml", "pretrained"])
+def test_without_a_terminal_a_start_line_then_one_line_per_iteration(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], algo: str
+) -> None:
+    """No terminal (pytest captures stderr) or --no-progress: a start-up line naming the run,
+    then one line per iteration; baselines show their one return, not pre/post."""
+    argv = ["train", "navigation", "--out", str(tmp_path / algo), "--algo", algo, "--set", *TINY]
+    assert main(argv) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    start = lines[0]
+    assert start.startswith(f"training {algo} on Navigation2D(")
+    for part in (str(tmp_path / algo), "iterations 1-2 of 2", "2 tasks x 2 trajectories"):
+        assert part in start
+    assert "family check passed" in start and "sampler native (auto)" in start
+    rows = [line for line in lines if line.startswith("iteration ")]
+    assert [row.split()[1] for row in rows] == ["1/2", "2/2"]
+    if algo == "maml":
+        assert all("post-update" in row and "pre-update" in row for row in rows)
+    else:
+        assert all("  return " in row and "pre-update" not in row for row in rows)

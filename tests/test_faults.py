@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import signal
 import subprocess
@@ -199,3 +200,67 @@ def test_spaces_the_policy_cannot_handle_are_a_one_line_error(
     assert main(argv) == 2
     err = capsys.readouterr().err.strip()
     assert "flat Box observation space" in err and len(err.splitlines()) == 1
+
+
+def test_a_torn_metrics_line_is_dropped_on_resume_and_named_elsewhere(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A crash mid-write leaves half a line in metrics.jsonl: resume drops it (the checkpoint
+    says which rows are real; the torn row of iteration 2 is lost, its checkpoint is not), plot
+    names the file and line in one line (exit 2)."""
+    run = tmp_path / "run"
+    argv = ["train", "navigation", "--out", str(run), "--no-progress", "--set"]
+    tiny = ["meta_batch_size=2", "fast_batch_size=2", "hidden_sizes=[8]", "cg_iters=2"]
+    tiny += ["env_kwargs={max_episode_steps: 8}", "num_batches=3"]
+    assert main([*argv, *tiny]) == 0
+    metrics = run / "metrics.jsonl"
+    full = metrics.read_bytes()
+    metrics.write_bytes(full[:-100])  # as `truncate -s -100`
+    capsys.readouterr()
+    assert main(["plot", str(run), "--out", str(tmp_path / "p.png")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "metrics.jsonl line 3 is not a metrics row" in err and len(err.splitlines()) == 1
+    assert main(["train", "--resume", str(run), "--no-progress", "--set", "num_batches=4"]) == 0
+    assert [r["iteration"] for r in read_metrics(run)] == [0, 1, 3]
+
+
+class _Killed(BaseException):
+    """Stands for SIGKILL: nothing after it runs, no handler catches it."""
+
+
+def test_a_kill_between_the_two_checkpoint_writes_never_leaves_the_best_behind(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Dying after the first of an improving iteration's two writes (latest and best) must not
+    leave checkpoint_best.pt behind the best_return that checkpoint_latest.pt records."""
+    cfg = Config(num_batches=6, **TINY)
+    original = checkpoint.save_atomic
+    writes: dict[int, int] = {}
+    killed = []
+
+    def save_then_die(state: dict, path: Path) -> None:
+        writes[state["iteration"]] = writes.get(state["iteration"], 0) + 1
+        if state["iteration"] > 0 and writes[state["iteration"]] == 2 and not killed:
+            killed.append(state["iteration"])
+            raise _Killed
+        original(state, path)
+
+    monkeypatch.setattr(checkpoint, "save_atomic", save_then_die)
+    with pytest.raises(_Killed):
+        train(cfg, tmp_path, progress=False, tensorboard=False)
+    assert killed, "no iteration after the first improved the best return"
+    # the best never lags what the latest records (old order: latest written, then killed)
+    latest = checkpoint.load(tmp_path / LATEST)
+    best = checkpoint.load(tmp_path / "checkpoint_best.pt")
+    assert best["best_return"] >= latest["best_return"]
+    assert best["iteration"] >= latest["iteration"]
+    monkeypatch.setattr(checkpoint, "save_atomic", original)
+    # resume only up to the killed iteration: it is redone and nothing later can mask a lag
+    stop = dataclasses.replace(cfg, num_batches=killed[0] + 1)
+    train(stop, tmp_path, resume=True, progress=False, tensorboard=False)
+    latest = checkpoint.load(tmp_path / LATEST)
+    best = checkpoint.load(tmp_path / "checkpoint_best.pt")
+    rows = read_metrics(tmp_path)
+    assert (
+        best["best_return"] == latest["best_return"] == max(r["returns/post_update"] for r in rows)
+    )

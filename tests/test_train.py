@@ -44,6 +44,11 @@ def test_smoke_one_run_writes_config_metrics_and_checkpoints(tmp_path: Path) -> 
     assert config["meta_batch_size"] == 3 and config["env_kwargs"] == {"max_episode_steps": 15}
     state = checkpoint.load(run / "checkpoint_latest.pt")
     assert state["iteration"] == 1
+    # the exploration logged is that of the parameters the iteration ended with
+    log_std = state["theta"]["log_std"]
+    assert rows[-1]["policy/log_std_mean"] == pytest.approx(float(log_std.mean()))
+    assert rows[-1]["policy/log_std_min"] == pytest.approx(float(log_std.min()))
+    assert rows[0]["policy/log_std_mean"] != rows[1]["policy/log_std_mean"]
     assert (run / "checkpoint_best.pt").exists()
     assert any(p.name.startswith("events.out.tfevents") for p in (run / "tb").iterdir())
 
