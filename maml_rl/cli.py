@@ -135,6 +135,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from maml_rl.evaluate import check_request, evaluate_run, format_table, save
 
     run_dir = Path(args.run_dir)
+    if args.eval_seed is not None and args.eval_seed < 0:
+        raise ConfigError(f"--eval-seed must be >= 0, got {args.eval_seed}")
     step_sizes = _step_sizes(args.step_sizes)
     given = {"pretrained": args.pretrained, "oracle": args.oracle}
     names = _comma_list(args.baselines)
@@ -288,6 +290,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         print(f"maml-rl: error: {error}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt as error:  # Ctrl-C: say what was saved (RunInterrupted) and stop
+        if args.debug:
+            raise
+        print(f"maml-rl: {str(error) or 'interrupted'}", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":  # pragma: no cover

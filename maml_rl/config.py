@@ -179,6 +179,7 @@ def _validate(cfg: Config) -> None:
     for key in positive_ints:
         _check(getattr(cfg, key) >= 1, key, "must be >= 1", getattr(cfg, key))
     _check(cfg.ls_max_steps >= 1, "ls_max_steps", "must be >= 1", cfg.ls_max_steps)
+    _check(0 <= cfg.seed < 2**63, "seed", "must be in [0, 2**63)", cfg.seed)
     _check(all(h >= 1 for h in cfg.hidden_sizes), "hidden_sizes", "must be >= 1", cfg.hidden_sizes)
     for key in ("max_kl", "fast_lr", "init_std"):
         _check(getattr(cfg, key) > 0, key, "must be > 0", getattr(cfg, key))

@@ -18,3 +18,7 @@ class TaskFamilyError(ValueError):
 
 class RunStopped(RuntimeError):
     """A run that cannot go on (repeated non-finite data); the message is one line."""
+
+
+class RunInterrupted(KeyboardInterrupt):
+    """Ctrl-C during training; the message says what was saved. The CLI exits with 130."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import shutil
 import time
 from collections.abc import Iterator
@@ -11,7 +12,7 @@ from typing import Any
 
 import torch
 
-from maml_rl.errors import RunStopped
+from maml_rl.errors import RunInterrupted, RunStopped
 
 try:
     import fcntl
@@ -90,12 +91,34 @@ def describe_sampler(family: TaskFamily, cfg: Config) -> str:
     return backend if backend == cfg.sampler else f"{backend} (auto)"
 
 
+RESUMABLE_KEYS = frozenset(
+    {"num_batches", "sampler", "ray_address", "ray_num_actors", "ray_actor_cpus", "ray_timeout_s",
+     "device"}
+)  # fmt: skip
+"""Keys a resumed run may change: how long it runs and where it samples and computes. Every
+other key defines the experiment (what is learned, its shapes, dtype, data and estimator)."""
+
+
 def load_resume_config(run_dir: Path, overrides: dict[str, Any]) -> Config:
-    """The config a run was started with, plus the overrides allowed on resume (num_batches...)."""
+    """The config a run was started with, plus the overrides allowed on resume (num_batches,
+    sampler, device: `RESUMABLE_KEYS`); any other key given with a new value is refused in one
+    line that names it (overrides equal to the saved values are fine)."""
     if not (run_dir / LATEST).exists():
         raise CheckpointError(f"nothing to resume: {run_dir / LATEST} does not exist")
     state = checkpoint.load(run_dir / LATEST)
-    return from_dict(overrides, base=from_dict(state["config"]))
+    saved = from_dict(state["config"])
+    cfg = from_dict(overrides, base=saved)
+    changed = [
+        f"{f.name}={getattr(cfg, f.name)!r} (the run has {getattr(saved, f.name)!r})"
+        for f in dataclasses.fields(Config)
+        if f.name not in RESUMABLE_KEYS and getattr(cfg, f.name) != getattr(saved, f.name)
+    ]
+    if changed:
+        raise CheckpointError(
+            f"cannot change {', '.join(changed)} when resuming {run_dir}; only "
+            f"{', '.join(sorted(RESUMABLE_KEYS))} may change: start a new run with --out"
+        )
+    return cfg
 
 
 def train(
@@ -191,10 +214,8 @@ def _train(
                 skipped += 1
                 logger.message(f"iteration {iteration} skipped: {error}")
                 if skipped >= MAX_CONSECUTIVE_SKIPS:
-                    raise RunStopped(
-                        f"stopped after {skipped} consecutive iterations with non-finite data "
-                        f"(last: {error}); the last good checkpoint is in {run_dir / LATEST}"
-                    ) from error
+                    stop = f"stopped after {skipped} consecutive iterations with non-finite data"
+                    raise RunStopped(_saved(run_dir, f"{stop} (last: {error})")) from error
                 continue
             skipped = 0
             t1 = time.perf_counter()
@@ -246,8 +267,23 @@ def _train(
                 best_return = metrics["returns/post_update"]
             checkpoint.save_atomic(state, run_dir / LATEST)
     except KeyboardInterrupt:
-        logger.message(f"interrupted; resume with: maml-rl train --resume {run_dir}")
+        raise RunInterrupted(_saved(run_dir, "interrupted")) from None
     finally:
         logger.close()
         sampler.close()
+    if not (run_dir / LATEST).exists():  # every iteration was skipped
+        raise RunStopped(_saved(run_dir, f"all {len(range(start, cfg.num_batches))} iterations "
+                                         "skipped (non-finite data)"))  # fmt: skip
     return rows
+
+
+def _saved(run_dir: Path, what: str) -> str:
+    """`what`, and what the run directory holds: the last saved iteration and how to resume,
+    or that nothing was saved."""
+    if not (run_dir / LATEST).exists():
+        return f"{what} before any iteration completed; nothing was saved in {run_dir}"
+    done = checkpoint.load(run_dir / LATEST)["iteration"] + 1
+    return (
+        f"{what}; {done} iterations are saved in {run_dir / LATEST}; "
+        f"resume with: maml-rl train --resume {run_dir}"
+    )

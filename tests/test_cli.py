@@ -102,3 +102,46 @@ def test_without_a_terminal_a_start_line_then_one_line_per_iteration(
         assert all("post-update" in row and "pre-update" in row for row in rows)
     else:
         assert all("  return " in row and "pre-update" not in row for row in rows)
+
+
+def test_ctrl_c_during_start_up_is_one_line_and_exit_130(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import maml_rl.train
+
+    def interrupt(*args: object, **kwargs: object) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(maml_rl.train, "check_family", interrupt)
+    argv = ["train", "navigation", "--out", str(tmp_path / "run"), "--set", *TINY]
+    assert main(argv) == 130
+    err = capsys.readouterr().err.strip()
+    assert err == "maml-rl: interrupted" and "Traceback" not in err
+
+
+def test_resume_refuses_structural_keys_and_negative_seeds_are_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    run = tmp_path / "run"
+    assert main(["train", "navigation", "--out", str(run), "--set", *TINY]) == 0
+    capsys.readouterr()
+    cases = [
+        (["--set", "algo=oracle"], "cannot change algo='oracle' (the run has 'maml')"),
+        (["--set", "dtype=float64", "nonlinearity=relu"], "cannot change nonlinearity='relu'"),
+        (["--set", "loss_weighting=episodes"], "cannot change loss_weighting='episodes'"),
+        (["--seed", "3"], "cannot change seed=3 (the run has 0)"),
+    ]
+    for extra, expected in cases:
+        assert main(["train", "--resume", str(run), *extra]) == 2, extra
+        err = capsys.readouterr().err.strip()
+        assert expected in err and len(err.splitlines()) == 1, err
+    # unchanged values and the resumable keys are fine
+    assert main(["train", "--resume", str(run), "--set", "algo=maml", "num_batches=3"]) == 0
+    capsys.readouterr()
+    for argv in (
+        ["train", "navigation", "--out", str(tmp_path / "neg"), "--seed", "-5"],
+        ["evaluate", str(run), "--eval-seed", "-1"],
+    ):
+        assert main(argv) == 2
+        err = capsys.readouterr().err.strip()
+        assert "must be" in err and "seed" in err and len(err.splitlines()) == 1, err

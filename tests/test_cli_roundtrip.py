@@ -15,6 +15,7 @@ from maml_rl.cli import main
 from maml_rl.evaluate import COLUMNS
 from maml_rl.logger import read_metrics
 
+LATEST_NAME = "checkpoint_latest.pt"
 TINY = [
     "--set", "meta_batch_size=2",
     "--set", "fast_batch_size=2",
@@ -81,7 +82,7 @@ def test_train_evaluate_plot_round_trip(tmp_path: Path, capsys: pytest.CaptureFi
 
 
 def test_an_interrupted_run_leaves_a_loadable_checkpoint_and_resumes(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     original = maml_rl.train.meta_step
     calls = []
@@ -93,7 +94,12 @@ def test_an_interrupted_run_leaves_a_loadable_checkpoint_and_resumes(
         return original(*args, **kwargs)
 
     monkeypatch.setattr(maml_rl.train, "meta_step", interrupt_on_iteration_2)
-    assert train(tmp_path / "run", 3) == 0
+    assert train(tmp_path / "run", 3) == 130  # Ctrl-C: exit 130, saying what was saved
+    err = capsys.readouterr().err.strip()
+    assert err == (
+        f"maml-rl: interrupted; 2 iterations are saved in {tmp_path / 'run' / LATEST_NAME}"
+        f"; resume with: maml-rl train --resume {tmp_path / 'run'}"
+    )
     state = checkpoint.load(tmp_path / "run" / "checkpoint_latest.pt")
     assert state["iteration"] == 1
     assert [r["iteration"] for r in read_metrics(tmp_path / "run")] == [0, 1]
@@ -142,7 +148,10 @@ def test_bad_requests_get_one_line_and_exit_2(
 
     monkeypatch.setattr(maml_rl.train, "meta_step", interrupt)
     argv = ["evaluate", run, "--baselines", "pretrained", "--train-baselines", "2", "--no-progress"]
-    assert main(argv) == 2
+    assert main(argv) == 130
     err = capsys.readouterr().err.strip()
-    assert "stopped after 0 of 2 iterations; run the same command again" in err
+    baseline = trained_run / "baselines" / "pretrained"
+    assert err == (
+        f"maml-rl: interrupted before any iteration completed; nothing was saved in {baseline}"
+    )
     assert not (trained_run / "eval").exists()

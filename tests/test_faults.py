@@ -69,6 +69,13 @@ class NaNFromIteration2(Navigation2D):
         return _NaNBatch(self, num_envs, bad=set(range(5, 1000)))
 
 
+class NaNAlways(Navigation2D):
+    """Every sampling call is poisoned: no iteration can complete."""
+
+    def make_batch_env(self, num_envs: int) -> _NaNBatch:
+        return _NaNBatch(self, num_envs, bad=set(range(1000)))
+
+
 def config(env: str, **kw: object) -> Config:
     return Config(env=f"test_faults:{env}", **TINY, **kw)  # type: ignore[arg-type]
 
@@ -264,3 +271,18 @@ def test_a_kill_between_the_two_checkpoint_writes_never_leaves_the_best_behind(
     assert (
         best["best_return"] == latest["best_return"] == max(r["returns/post_update"] for r in rows)
     )
+
+
+@pytest.mark.parametrize("num_batches", [2, 5])
+def test_a_run_that_completes_no_iteration_says_nothing_was_saved(
+    tmp_path: Path, num_batches: int
+) -> None:
+    """Fewer iterations than the skip limit, all skipped: no "run saved"; three skips in a row:
+    no pointer to a checkpoint that was never written."""
+    with pytest.raises(RunStopped) as error:
+        train(config("NaNAlways", num_batches=num_batches), tmp_path / "run", progress=False,
+              tensorboard=False)  # fmt: skip
+    message = str(error.value)
+    assert "before any iteration completed; nothing was saved in" in message
+    assert "checkpoint_latest.pt" not in message and "\n" not in message
+    assert not (tmp_path / "run" / LATEST).exists()

@@ -1,4 +1,8 @@
-"""Learning test: the shipped 2D navigation config, a fixed seed, a few minutes on 2 CPU cores."""
+"""Learning test: the shipped 2D navigation config, a fixed seed, 30 meta-iterations.
+
+Cost: about 4 minutes on a quiet 2-core machine (7-8 s per iteration with one torch thread,
+most of it the 11 Hessian-vector products of the TRPO step); marked `slow`.
+"""
 
 from __future__ import annotations
 
@@ -24,4 +28,5 @@ def test_navigation_meta_learns_to_adapt(tmp_path: Path) -> None:
     assert post[-5:].mean() > pre[-5:].mean() + 5.0, (pre[-5:], post[-5:])
     # ... and meta-training helps: clearly above its own first iteration
     assert post[-5:].mean() > post[0] + 40.0, (post[0], post[-5:])
-    assert all(r["meta/kl_after"] <= cfg.max_kl for r in rows if r["meta/accepted"])
+    # ... by steps the line search takes: a wrong meta-gradient or curvature gets rejected
+    assert sum(r["meta/accepted"] for r in rows) >= 0.9 * ITERATIONS
