@@ -82,6 +82,26 @@ class Navigation2D:
     def make_env(self) -> Navigation2DEnv:
         return Navigation2DEnv(self)
 
+    def draw_trajectories(
+        self, ax: Any, task: NavigationTask, observations: np.ndarray, mask: np.ndarray
+    ) -> None:
+        """Draws K trajectories of one task on matplotlib axes `ax` (the drawing hook of
+        `maml-rl render`): observations [T, K, 2] are the positions before each step, mask
+        [T, K] their validity; the start is a dot, the goal a star, the task square dashed."""
+        for k in range(observations.shape[1]):
+            length = int(mask[:, k].sum())
+            ax.plot(observations[:length, k, 0], observations[:length, k, 1], lw=0.8, alpha=0.6)
+        ax.plot(0.0, 0.0, "ko", ms=4)
+        ax.plot(*task.goal, marker="*", ms=14, color="crimson", ls="none")
+        low, high = self.low, self.high
+        ax.plot([low, high, high, low, low], [low, low, high, high, low], "k--", lw=0.5)
+        valid = observations[mask > 0]
+        reach = float(np.abs(valid).max()) if valid.size else 0.0
+        extent = max(max(abs(low), abs(high)) + 0.25 * (high - low), reach + 0.05)
+        ax.set_xlim(-extent, extent)
+        ax.set_ylim(-extent, extent)
+        ax.set_aspect("equal")
+
     def make_batch_env(self, num_envs: int) -> Navigation2DBatch:
         return Navigation2DBatch(self, num_envs)
 

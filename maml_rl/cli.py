@@ -179,6 +179,31 @@ def cmd_plot(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_render(args: argparse.Namespace) -> int:
+    import os
+
+    if "DISPLAY" not in os.environ and "WAYLAND_DISPLAY" not in os.environ:
+        os.environ.setdefault("MUJOCO_GL", "egl")  # before anything imports mujoco
+    from maml_rl.render import adaptation_clips, default_suffix, render
+
+    if args.task is not None and args.num_tasks is not None:
+        raise ConfigError("give --task I or --num-tasks N, not both")
+    try:
+        steps = [int(s) for s in _comma_list(args.steps)]
+    except ValueError:
+        raise ConfigError(f"--steps expects numbers like 0,1,3, got {args.steps!r}") from None
+    first, count = (args.task, 1) if args.task is not None else (0, args.num_tasks or 1)
+    clips = adaptation_clips(
+        args.run_dir, steps, first, count, args.checkpoint, args.eval_seed, args.eval_tasks
+    )
+    out = Path(args.out) if args.out else (
+        Path(args.run_dir) / "render" / f"tasks{first}-{first + count - 1}"
+        f"_steps{'-'.join(map(str, clips.steps))}{default_suffix(clips.family)}"
+    )  # fmt: skip
+    print(f"wrote {render(clips, out, args.trajectory)}")
+    return 0
+
+
 def cmd_envs(args: argparse.Namespace) -> int:
     from maml_rl.tasks import available_families, make_family
 
@@ -275,6 +300,23 @@ def parser() -> argparse.ArgumentParser:
         help="PNG file (default DIR/training.png; required for several runs)",
     )
     plot.set_defaults(func=cmd_plot)
+
+    show = commands.add_parser(
+        "render",
+        help="watch adaptation: video (MuJoCo) or trajectory plot (navigation) per step",
+    )
+    show.add_argument("run_dir", metavar="DIR", help="a MAML run directory")
+    show.add_argument("--checkpoint", choices=("latest", "best"), default="latest")
+    show.add_argument("--task", type=int, metavar="I", help="held-out task I (default 0)")
+    show.add_argument("--num-tasks", type=int, metavar="N", help="held-out tasks 0..N-1")
+    show.add_argument("--steps", default="0,1,3", help="gradient steps to show (default 0,1,3)")
+    show.add_argument("--trajectory", type=int, default=0, help="which of the K trajectories")
+    show.add_argument("--out", metavar="FILE", help=".mp4 / .gif (MuJoCo) or .png (drawn)")
+    show.add_argument("--eval-seed", type=int, metavar="N", help="as in evaluate")
+    show.add_argument(
+        "--eval-tasks", type=int, default=40, metavar="N", help="held-out set size (evaluate's)"
+    )
+    show.set_defaults(func=cmd_render)
 
     envs = commands.add_parser("envs", help="list registered task families")
     envs.set_defaults(func=cmd_envs)

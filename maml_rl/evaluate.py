@@ -34,7 +34,7 @@ from maml_rl.plot import plot_adaptation
 from maml_rl.policy import parameters_of
 from maml_rl.sampler import TrajectorySampler
 from maml_rl.tasks import Task, make_family
-from maml_rl.types import Params
+from maml_rl.types import Batch, Params
 
 BASELINES = ("pretrained", "random", "oracle")
 CHECKPOINTS = {"best": "checkpoint_best.pt", "latest": "checkpoint_latest.pt"}
@@ -69,10 +69,40 @@ def adaptation_returns(
     Row i is the mean over the K trajectories of each task sampled with the parameters after
     i steps (`maml.collect`; S = len(step_sizes), seeds: S + 1 sampling seeds).
     """
-    data, _ = collect(sampler, theta, tasks, step_sizes, seeds, cfg)
-    batches = [batch for batch, _ in data.inner] + [data.post]
+    batches = adaptation_batches(sampler, theta, tasks, step_sizes, seeds, cfg)
     returns = torch.stack([batch.episode_returns.mean(dim=1) for batch in batches])
     return returns.double().cpu().numpy()
+
+
+def adaptation_batches(
+    sampler: TrajectorySampler,
+    theta: Params,
+    tasks: Sequence[Task],
+    step_sizes: Sequence[StepSize],
+    seeds: Sequence[int],
+    cfg: Config,
+) -> list[Batch]:
+    """The batches sampled after 0..S inner steps (`maml.collect`), each [T, N, K, ...]."""
+    data, _ = collect(sampler, theta, tasks, step_sizes, seeds, cfg)
+    return [batch for batch, _ in data.inner] + [data.post]
+
+
+@dataclass(frozen=True)
+class HeldOut:
+    """The held-out tasks of an evaluation and its S + 1 sampling seeds."""
+
+    eval_seed: int
+    tasks: list[Task]
+    seeds: list[int]
+
+
+def held_out(cfg: Config, num_tasks: int, num_steps: int, eval_seed: int | None) -> HeldOut:
+    """`num_tasks` tasks and `num_steps + 1` seeds from the evaluation stream of `eval_seed`
+    (default: the run's seed), separate from the training tasks' stream."""
+    seed = cfg.seed if eval_seed is None else eval_seed
+    rng = Streams.from_seed(seed).evaluation_tasks
+    tasks = make_family(cfg.env, cfg.env_kwargs).sample_tasks(num_tasks, rng)
+    return HeldOut(seed, list(tasks), draw_seeds(rng, num_steps + 1))
 
 
 def summarize(returns: np.ndarray, method: str = "") -> list[SummaryRow]:
@@ -173,6 +203,11 @@ def _check_compatible(name: str, run: LoadedRun, baseline: LoadedRun) -> None:
         )
 
 
+def maml_step_sizes(run: LoadedRun, schedule: Sequence[float]) -> list[StepSize]:
+    """The step sizes a MAML run adapts with: its meta-learned ones, else the schedule."""
+    return [run.step_size] * len(schedule) if run.step_size else list(schedule)
+
+
 def _method_returns(
     cfg: Config,
     theta: Params | None,
@@ -185,6 +220,29 @@ def _method_returns(
 ) -> np.ndarray:
     """Returns [len(step_sizes) + 1, N] of a policy built from `cfg` with parameters `theta`
     (None: its fresh initialisation from `init_seed`), K = num_trajectories per task."""
+    batches = method_batches(
+        cfg, theta, num_trajectories, evaluation, tasks, step_sizes, seeds, init_seed
+    )
+    returns = torch.stack([batch.episode_returns.mean(dim=1) for batch in batches])
+    return returns.double().cpu().numpy()
+
+
+def method_batches(
+    cfg: Config,
+    theta: Params | None,
+    num_trajectories: int,
+    evaluation: Config,
+    tasks: Sequence[Task],
+    step_sizes: Sequence[StepSize],
+    seeds: Sequence[int],
+    init_seed: int,
+    first_task: int = 0,
+) -> list[Batch]:
+    """The batches after 0..S steps of a policy built from `cfg` with parameters `theta`
+    (None: its fresh initialisation from `init_seed`), K = num_trajectories per task.
+
+    first_task: the index of tasks[0] among the held-out tasks, so that a slice of them
+    samples exactly the trajectories it gets within the whole set (`Sampler.sample`)."""
     generator = torch.Generator().manual_seed(init_seed)
     _, policy, sampler = build(replace(cfg, fast_batch_size=num_trajectories), generator)
     if theta is None:
@@ -194,10 +252,27 @@ def _method_returns(
         return {n: p.to(sampler.device, sampler.dtype) for n, p in params.items()}
 
     steps = [a if isinstance(a, float | int) else to_sampler(a) for a in step_sizes]
+    offset = _Offset(sampler, first_task) if first_task else sampler
     try:
-        return adaptation_returns(sampler, to_sampler(theta), tasks, steps, seeds, evaluation)
+        return adaptation_batches(offset, to_sampler(theta), tasks, steps, seeds, evaluation)
     finally:
         sampler.close()
+
+
+class _Offset:
+    """A sampler whose tasks are a slice starting at `first_task` of a larger set."""
+
+    def __init__(self, sampler: TrajectorySampler, first_task: int) -> None:
+        self._sampler, self._first = sampler, first_task
+        self.policy, self.device, self.dtype = sampler.policy, sampler.device, sampler.dtype
+
+    def sample(
+        self, params: Params, tasks: Sequence[Task], seed: int, per_task: bool, first_task: int = 0
+    ) -> Batch:
+        return self._sampler.sample(params, tasks, seed, per_task, self._first + first_task)
+
+    def close(self) -> None:
+        self._sampler.close()
 
 
 @dataclass(frozen=True)
@@ -242,11 +317,8 @@ def evaluate_run(
         _check_compatible(name, run, baseline)
 
     # --- the held-out tasks, the sampling seeds and the schedule, shared by every method ---
-    seed = cfg.seed if eval_seed is None else eval_seed
-    rng = Streams.from_seed(seed).evaluation_tasks
-    family = make_family(cfg.env, cfg.env_kwargs)
-    tasks = family.sample_tasks(num_tasks, rng)
-    seeds = draw_seeds(rng, num_steps + 1)
+    chosen = held_out(cfg, num_tasks, num_steps, eval_seed)
+    tasks, seeds, seed = chosen.tasks, chosen.seeds, chosen.eval_seed
     schedule = step_size_schedule(cfg.fast_lr, num_steps, step_sizes)
     k = cfg.fast_batch_size
 
@@ -254,7 +326,7 @@ def evaluate_run(
         return _method_returns(method_cfg, theta, k, cfg, tasks, steps, seeds, seed)
 
     learned = bool(run.step_size)
-    maml_steps: list[StepSize] = [run.step_size] * num_steps if learned else list(schedule)
+    maml_steps = maml_step_sizes(run, schedule)
     returns = {"maml": curve(cfg, run.theta, maml_steps)}
     for name in baselines:
         if name == "random":

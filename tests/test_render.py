@@ -1,0 +1,116 @@
+"""`maml-rl render`: the trajectories it shows are evaluate's (same tasks, seeds, sampler and
+adaptation), navigation draws them in the plane, MuJoCo replays them exactly and films them."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from pathlib import Path
+
+import matplotlib.image
+import numpy as np
+import pytest
+import torch
+
+from maml_rl.cli import main
+from maml_rl.errors import TaskFamilyError
+from maml_rl.evaluate import held_out, load_run, maml_step_sizes, method_batches, step_size_schedule
+from maml_rl.render import _replay, adaptation_clips, describe_task, render
+from maml_rl_envs.navigation import Navigation2D
+
+os.environ.setdefault("MUJOCO_GL", "egl")  # headless offscreen rendering (before mujoco renders)
+
+TINY = ["meta_batch_size=3", "fast_batch_size=3", "hidden_sizes=[8]", "cg_iters=2"]
+
+
+def trained(tmp_path: Path, config: str, *extra: str) -> Path:
+    run = tmp_path / config
+    argv = ["train", config, "--out", str(run), "--no-progress", "--set", "num_batches=1"]
+    assert main([*argv, *TINY, *extra]) == 0
+    return run
+
+
+def test_render_shows_exactly_the_trajectories_evaluate_samples(tmp_path: Path) -> None:
+    run_dir = trained(tmp_path, "navigation", "env_kwargs={max_episode_steps: 12}")
+    clips = adaptation_clips(run_dir, steps=(0, 2), first_task=3, num_tasks=2, num_eval_tasks=6)
+    # evaluate's batches for all 6 held-out tasks after 0..2 steps, sliced to tasks 3 and 4
+    run = load_run(run_dir)
+    chosen = held_out(run.cfg, 6, 2, None)
+    steps = maml_step_sizes(run, step_size_schedule(run.cfg.fast_lr, 2))
+    full = method_batches(run.cfg, run.theta, 3, run.cfg, chosen.tasks, steps, chosen.seeds,
+                          chosen.eval_seed)  # fmt: skip
+    assert clips.tasks == chosen.tasks[3:5]
+    for shown, step in zip(clips.batches, (0, 2), strict=True):
+        whole = full[step]
+        for name in ("observations", "actions", "rewards", "mask"):
+            torch.testing.assert_close(getattr(shown, name), getattr(whole, name)[:, 3:5])
+
+    out = render(clips, tmp_path / "nav.png")
+    image = matplotlib.image.imread(out)
+    assert image.shape[0] > 300 and image.shape[1] > 400 and image.std() > 0
+
+
+def test_mujoco_clips_replay_the_sampled_trajectory_and_are_filmed(tmp_path: Path) -> None:
+    run_dir = trained(tmp_path, "halfcheetah-vel", "env_kwargs={max_episode_steps: 6}")
+    clips = adaptation_clips(run_dir, steps=(0, 1), num_tasks=1, num_eval_tasks=2)
+    out = render(clips, tmp_path / "clip.gif", trajectory=1)
+    import imageio.v2 as imageio
+
+    frames = imageio.mimread(out)
+    assert len(frames) == 7  # 6 steps: a frame before each and one after the last
+    assert frames[0].shape == (240, 2 * 320, 3)
+    assert np.asarray(frames[3]).std() > 0
+    # a trajectory that is not the one sampled is caught, not filmed
+    batch = clips.batches[0]
+    wrong = dataclasses.replace(batch, actions=batch.actions + 5.0)
+    import mujoco
+
+    env = clips.family.make_env()
+    renderer = mujoco.Renderer(env.unwrapped.model, 24, 32)
+    try:
+        seed = clips.seeds[0] + 1
+        _replay(env, renderer, -1, clips.tasks[0], batch, 0, 1, seed)  # the true one replays
+        with pytest.raises(TaskFamilyError, match="diverged from the sampled trajectory"):
+            _replay(env, renderer, -1, clips.tasks[0], wrong, 0, 1, seed)
+    finally:
+        renderer.close()
+        env.close()
+
+
+class Undrawable(Navigation2D):
+    """A plug-in family with neither a MuJoCo model nor a drawing hook."""
+
+    draw_trajectories = None
+
+
+def test_a_family_that_cannot_render_and_bad_requests_are_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    run_dir = trained(tmp_path, "navigation", "env_kwargs={max_episode_steps: 5}")
+    clips = adaptation_clips(run_dir, steps=(0,), num_eval_tasks=2)
+    clips = dataclasses.replace(clips, family=Undrawable())
+    with pytest.raises(TaskFamilyError, match=r"no MuJoCo model .* no draw_trajectories"):
+        render(clips, tmp_path / "x.mp4")
+    run = str(run_dir)
+    cases = [
+        (["render", run, "--task", "1", "--num-tasks", "2"], "--task I or --num-tasks N"),
+        (["render", run, "--steps", "0,x"], "--steps expects numbers"),
+        (["render", run, "--steps", "-1"], "--steps must be numbers of gradient steps >= 0"),
+        (["render", run, "--task", "40"], "are not among the 40 held-out tasks"),
+        (["render", run, "--out", str(tmp_path / "a.mp4")], "give an --out FILE.png"),
+        (["render", run, "--trajectory", "7"], "--trajectory must be in 0..2"),
+    ]
+    capsys.readouterr()
+    for argv, expected in cases:
+        assert main(argv) == 2, argv
+        err = capsys.readouterr().err.strip()
+        assert expected in err and len(err.splitlines()) == 1, (argv, err)
+    assert main(["render", run, "--steps", "0,1"]) == 0
+    assert (run_dir / "render" / "tasks0-0_steps0-1.png").is_file()
+
+
+def test_describe_task() -> None:
+    from maml_rl_envs.mujoco_base import GoalTask, VelocityTask
+
+    assert describe_task(VelocityTask(1.23456)) == "velocity=1.23"
+    assert describe_task(GoalTask((1.0, -2.5))) == "goal=(1.00, -2.50)"
