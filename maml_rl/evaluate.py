@@ -69,7 +69,11 @@ def adaptation_returns(
     Row i is the mean over the K trajectories of each task sampled with the parameters after
     i steps (`maml.collect`; S = len(step_sizes), seeds: S + 1 sampling seeds).
     """
-    batches = adaptation_batches(sampler, theta, tasks, step_sizes, seeds, cfg)
+    return mean_returns(adaptation_batches(sampler, theta, tasks, step_sizes, seeds, cfg))
+
+
+def mean_returns(batches: Sequence[Batch]) -> np.ndarray:
+    """Per-task mean undiscounted return of each batch: [len(batches), N] float64."""
     returns = torch.stack([batch.episode_returns.mean(dim=1) for batch in batches])
     return returns.double().cpu().numpy()
 
@@ -208,25 +212,6 @@ def maml_step_sizes(run: LoadedRun, schedule: Sequence[float]) -> list[StepSize]
     return [run.step_size] * len(schedule) if run.step_size else list(schedule)
 
 
-def _method_returns(
-    cfg: Config,
-    theta: Params | None,
-    num_trajectories: int,
-    evaluation: Config,
-    tasks: Sequence[Task],
-    step_sizes: Sequence[StepSize],
-    seeds: Sequence[int],
-    init_seed: int,
-) -> np.ndarray:
-    """Returns [len(step_sizes) + 1, N] of a policy built from `cfg` with parameters `theta`
-    (None: its fresh initialisation from `init_seed`), K = num_trajectories per task."""
-    batches = method_batches(
-        cfg, theta, num_trajectories, evaluation, tasks, step_sizes, seeds, init_seed
-    )
-    returns = torch.stack([batch.episode_returns.mean(dim=1) for batch in batches])
-    return returns.double().cpu().numpy()
-
-
 def method_batches(
     cfg: Config,
     theta: Params | None,
@@ -323,7 +308,7 @@ def evaluate_run(
     k = cfg.fast_batch_size
 
     def curve(method_cfg: Config, theta: Params | None, steps: Sequence[StepSize]) -> np.ndarray:
-        return _method_returns(method_cfg, theta, k, cfg, tasks, steps, seeds, seed)
+        return mean_returns(method_batches(method_cfg, theta, k, cfg, tasks, steps, seeds, seed))
 
     learned = bool(run.step_size)
     maml_steps = maml_step_sizes(run, schedule)
