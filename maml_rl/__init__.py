@@ -10,3 +10,9 @@ import os
 os.environ.setdefault("MKL_CBWR", "AUTO,STRICT")
 
 __version__ = "0.1.0"
+
+# Offscreen MuJoCo rendering (`maml-rl render`): MuJoCo picks its OpenGL backend when it is
+# first imported, and its default (glfw) needs a display; without one, default to EGL. Set
+# here because the task families import maml_rl before mujoco. A value the user set is kept.
+if not (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")):
+    os.environ.setdefault("MUJOCO_GL", "egl")

@@ -180,10 +180,6 @@ def cmd_plot(args: argparse.Namespace) -> int:
 
 
 def cmd_render(args: argparse.Namespace) -> int:
-    import os
-
-    if "DISPLAY" not in os.environ and "WAYLAND_DISPLAY" not in os.environ:
-        os.environ.setdefault("MUJOCO_GL", "egl")  # before anything imports mujoco
     from maml_rl.render import adaptation_clips, default_suffix, render
 
     if args.task is not None and args.num_tasks is not None:

@@ -15,9 +15,9 @@ largest step listed). Nothing is sampled a second time:
   side by side, each labelled with its step, return and task, the camera following the robot
   (``track`` camera when the model has one); tasks play one after another.
 
-Offscreen rendering needs an OpenGL backend: ``MUJOCO_GL=egl`` (set by the CLI when there is
-no display) or ``osmesa``. Writing MP4 needs ``imageio-ffmpeg`` (``pip install maml-rl[render]``);
-GIF needs only pillow.
+Offscreen rendering needs an OpenGL backend: ``MUJOCO_GL=egl`` (the default `maml_rl` sets
+when there is no display, before MuJoCo is imported) or ``osmesa``. Writing MP4 needs
+``imageio-ffmpeg`` (``pip install maml-rl[render]``); GIF needs only pillow.
 """
 
 from __future__ import annotations

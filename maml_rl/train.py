@@ -19,7 +19,7 @@ try:
 except ImportError:  # Windows: runs are not locked
     fcntl = None  # type: ignore[assignment]
 
-from maml_rl import checkpoint
+from maml_rl import checkpoint, diagnostics
 from maml_rl.build import Streams, build
 from maml_rl.checker import check_family
 from maml_rl.checkpoint import CheckpointError
@@ -68,19 +68,6 @@ def hold_run_dir(run_dir: Path, resume: bool, overwrite: bool) -> Iterator[None]
                 if path.name != LOCK:
                     shutil.rmtree(path) if path.is_dir() else path.unlink()
         yield
-
-
-def exploration_metrics(theta: Params) -> dict[str, float]:
-    """The policy's exploration after the step: mean, min and max of a Gaussian policy's
-    state-independent log-std (`policy/log_std_*`); nothing for other policies."""
-    log_std = theta.get("log_std")
-    if log_std is None:
-        return {}
-    return {
-        "policy/log_std_mean": float(log_std.mean()),
-        "policy/log_std_min": float(log_std.min()),
-        "policy/log_std_max": float(log_std.max()),
-    }
 
 
 def describe_sampler(family: TaskFamily, cfg: Config) -> str:
@@ -209,7 +196,7 @@ def _train(
             traffic = getattr(sampler, "traffic", None)  # Ray: bytes through the object store
             sent, received = (traffic.total_sent, traffic.total_received) if traffic else (0, 0)
             try:
-                data, _ = collect(sampler, theta, tasks, step_sizes, seeds, cfg)
+                data, adapted = collect(sampler, theta, tasks, step_sizes, seeds, cfg)
             except NonFiniteError as error:  # skip the iteration; theta and checkpoints untouched
                 skipped += 1
                 logger.message(f"iteration {iteration} skipped: {error}")
@@ -219,6 +206,12 @@ def _train(
                 continue
             skipped = 0
             t1 = time.perf_counter()
+
+            adapt_metrics = (
+                diagnostics.adaptation(sampler.policy, theta, adapted[-1], data.post)
+                if adapted
+                else {}
+            )
 
             # --- outer step: TRPO on the post-adaptation surrogate ---
             theta, step_size, info = meta_step(policy, theta, step_size, data, cfg)
@@ -238,7 +231,8 @@ def _train(
                 "time/sampling_s": t1 - t0,
                 "time/optimization_s": t2 - t1,
                 "env_steps": float(env_steps),
-                **exploration_metrics(theta),
+                **diagnostics.exploration(theta),
+                **adapt_metrics,
             }
             if traffic:
                 metrics["sampler/bytes_sent"] = float(traffic.total_sent - sent)

@@ -25,3 +25,41 @@ def test_ci_runs_the_readme_test_command() -> None:
     ci = (ROOT / ".ci" / "run").read_text()
     assert test_command in ci.splitlines()
     assert 'python -c "import torch" 2>/dev/null || python -m pip install -q torch==2.13.0' in ci
+
+
+def test_the_readme_train_command_runs(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """The quick start's `maml-rl train ...` as written (its config name and flags), shortened
+    to one tiny iteration with --set, trains and leaves a checkpoint where it says."""
+    import shlex
+
+    from maml_rl.cli import main
+
+    command = next(c for c in readme_commands()[0].split("&&") if "maml-rl train" in c)
+    argv = shlex.split(command)[1:]  # drop "maml-rl"
+    out = argv.index("--out")
+    argv[out + 1] = str(tmp_path / argv[out + 1])
+    tiny = ["num_batches=1", "meta_batch_size=2", "fast_batch_size=2", "hidden_sizes=[8]"]
+    assert main([*argv, "--no-progress", "--set", *tiny]) == 0
+    assert (Path(argv[out + 1]) / "checkpoint_latest.pt").is_file()
+
+
+def test_a_built_wheel_ships_the_families_and_configs_under_project_names(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """`pip install .` must not install a top-level `envs` package (any envs/ folder in the
+    working directory would shadow it) and must carry the YAML configs."""
+    import subprocess
+    import sys
+    import zipfile
+
+    subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", str(ROOT), "--no-deps", "--no-build-isolation",
+         "-q", "-w", str(tmp_path)],
+        check=True, capture_output=True, timeout=300,
+    )  # fmt: skip
+    (wheel,) = tmp_path.glob("maml_rl-*.whl")
+    names = zipfile.ZipFile(wheel).namelist()
+    assert "maml_rl_envs/navigation.py" in names and "maml_rl_envs/ant.py" in names
+    assert {f"maml_rl_experiments/{c}.yaml" for c in ("navigation", "ant-vel")} <= set(names)
+    assert not any(name.startswith("envs/") for name in names)
+    entry_points = next(n for n in names if n.endswith("entry_points.txt"))
+    text = zipfile.ZipFile(wheel).read(entry_points).decode()
+    assert "navigation = maml_rl_envs.navigation:Navigation2D" in text

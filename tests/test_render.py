@@ -4,7 +4,6 @@ adaptation), navigation draws them in the plane, MuJoCo replays them exactly and
 from __future__ import annotations
 
 import dataclasses
-import os
 from pathlib import Path
 
 import matplotlib.image
@@ -17,8 +16,6 @@ from maml_rl.errors import TaskFamilyError
 from maml_rl.evaluate import held_out, load_run, maml_step_sizes, method_batches, step_size_schedule
 from maml_rl.render import _replay, adaptation_clips, describe_task, render
 from maml_rl_envs.navigation import Navigation2D
-
-os.environ.setdefault("MUJOCO_GL", "egl")  # headless offscreen rendering (before mujoco renders)
 
 TINY = ["meta_batch_size=3", "fast_batch_size=3", "hidden_sizes=[8]", "cg_iters=2"]
 

@@ -1,0 +1,54 @@
+"""What a run logs about its policy's exploration and its adaptation, every iteration.
+
+Pure functions of the meta-parameters, the adapted parameters and the post-update batch:
+
+    policy/log_std_mean, _min, _max   the Gaussian policy's state-independent log-std
+    policy/entropy                    H(π_θ) = Σ_i (log σ_i + ½ log 2πe)  (per state, nats)
+    adaptation/step_norm              mean_n ‖φ_n − θ‖₂ over all parameters (the inner update)
+    adaptation/kl_pre_post            mean_n mean_{t,k} KL(π_θ(·|s) ‖ π_φn(·|s)), s from the
+                                      post-update batch (how far adaptation moves the policy)
+
+so that a collapse of exploration or of the inner step is visible in any run.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from maml_rl.policy import forward, kl
+from maml_rl.returns import masked_mean
+from maml_rl.types import Batch, Params
+
+HALF_LOG_2_PI_E = 0.5 * math.log(2 * math.pi * math.e)
+
+
+def exploration(theta: Params) -> dict[str, float]:
+    """log-std statistics and entropy of a Gaussian policy's θ (nothing for other policies)."""
+    log_std = theta.get("log_std")
+    if log_std is None:
+        return {}
+    return {
+        "policy/log_std_mean": float(log_std.mean()),
+        "policy/log_std_min": float(log_std.min()),
+        "policy/log_std_max": float(log_std.max()),
+        "policy/entropy": float((log_std + HALF_LOG_2_PI_E).sum()),
+    }
+
+
+@torch.no_grad()
+def adaptation(policy: nn.Module, theta: Params, phi: Params, post: Batch) -> dict[str, float]:
+    """Size of the inner update: θ [*shape], φ [N, *shape], post batch [T, N, K, ...]."""
+    squares = sum(
+        (phi[name] - theta[name]).pow(2).flatten(start_dim=1).sum(dim=1) for name in theta
+    )
+    observations = post.observations.movedim(1, 0)  # [N, T, K, D]
+    pre = forward(policy, theta, observations)
+    adapted = forward(policy, phi, observations, per_task=True)
+    divergence = masked_mean(kl(pre, adapted), post.mask.movedim(1, 0), dim=(1, 2))
+    return {
+        "adaptation/step_norm": float(torch.as_tensor(squares).sqrt().mean()),
+        "adaptation/kl_pre_post": float(divergence.mean()),
+    }
