@@ -37,7 +37,7 @@ from torch import nn
 
 from maml_rl.errors import RaySamplerError
 from maml_rl.sampler import Sampler
-from maml_rl.tasks import Task, TaskFamily
+from maml_rl.tasks import Task, TaskFamily, TaskFamilyError
 from maml_rl.types import Batch, Params
 
 
@@ -209,6 +209,10 @@ class RaySampler:
             index = pending.pop(ref)
             try:
                 results[index] = ray.get(ref)
+            except ray.exceptions.RayTaskError as error:  # the actor's sampler raised
+                if isinstance(error.cause, TaskFamilyError):  # a broken family: one line
+                    raise TaskFamilyError(str(error.cause)) from None
+                raise
             except ray.exceptions.RayActorError as error:
                 start, stop = slices[index]
                 if index in retried:

@@ -23,9 +23,9 @@ import torch
 from torch import nn
 
 from maml_rl.policy import Categorical, Normal, action_noise, forward, sample
-from maml_rl.tasks import BatchEnv, Task, TaskFamily
+from maml_rl.tasks import BatchEnv, Task, TaskFamily, TaskFamilyError
 from maml_rl.types import Batch, Params
-from maml_rl.vector import BACKENDS, make_batch_env
+from maml_rl.vector import BACKENDS, EnvironmentFailure, make_batch_env
 
 
 class TrajectorySampler(Protocol):
@@ -126,7 +126,22 @@ class Sampler:
             dist_type, (horizon, k, *noise_dims), seed, first_task, num_tasks, self.dtype
         ).to(self.device)
 
-        obs = env.reset([task for task in tasks for _ in range(k)], seed=seed + first_task * k)
+        def failed(error: Exception, t: int) -> TaskFamilyError:
+            where = f"task family {self.family!r}"
+            if isinstance(error, EnvironmentFailure):
+                n, trajectory = divmod(error.index, k)
+                return TaskFamilyError(
+                    f"{where}: task {first_task + n} ({tasks[n]}), trajectory {trajectory}, "
+                    f"step {t}: {error.cause}"
+                )
+            if isinstance(error, TaskFamilyError):
+                return error
+            return TaskFamilyError(f"{where}: step {t} failed: {type(error).__name__}: {error}")
+
+        try:
+            obs = env.reset([task for task in tasks for _ in range(k)], seed=seed + first_task * k)
+        except Exception as error:
+            raise failed(error, 0) from error
         # observations are kept at the precision the policy sees them
         obs_dtype = np.float64 if self.dtype == torch.float64 else np.float32
         obs_buf = np.zeros((horizon, num_envs, obs.shape[-1]), dtype=obs_dtype)
@@ -144,7 +159,15 @@ class Sampler:
                 dist = forward(self.policy, params, obs_t)
                 actions_t = sample(dist, noise[t].reshape(num_envs, *noise_dims))
             actions = actions_t.reshape(num_envs, *act_shape).cpu().numpy()
-            next_obs, reward, terminated, truncated = env.step(actions)
+            try:
+                next_obs, reward, terminated, truncated = env.step(actions)
+            except Exception as error:
+                raise failed(error, t) from error
+            if np.shape(next_obs) != np.shape(obs):
+                raise TaskFamilyError(
+                    f"task family {self.family!r}: step {t} returned observations of shape "
+                    f"{np.shape(next_obs)}, expected {np.shape(obs)}"
+                )
             obs_buf[t][alive], act_buf[t][alive], mask_buf[t] = obs[alive], actions[alive], alive
             rew_buf[t] = np.where(alive, reward, 0.0)
             alive = alive & ~(np.asarray(terminated) | np.asarray(truncated))

@@ -28,7 +28,7 @@ from maml_rl.inner import init_step_size
 from maml_rl.logger import RunLogger, truncate_metrics
 from maml_rl.maml import NonFiniteError, collect, draw_seeds, meta_step
 from maml_rl.policy import parameters_of
-from maml_rl.tasks import TaskFamily
+from maml_rl.tasks import TaskFamily, TaskFamilyError
 from maml_rl.types import Params
 from maml_rl.vector import resolved_backend
 
@@ -142,7 +142,14 @@ def _train(
 
     family, policy, sampler = build(cfg, streams.policy_init, on_event=report)
     if check:
-        check_family(family, seed=cfg.seed)  # a broken family fails here, in one line
+        try:
+            check_family(family, seed=cfg.seed)  # a broken family fails here, in one line
+        except Exception as error:
+            if isinstance(error, TaskFamilyError):
+                raise
+            raise TaskFamilyError(
+                f"task family {family!r}: the family check raised {type(error).__name__}: {error}"
+            ) from error
     theta: Params = parameters_of(policy)
     step_size: Params = init_step_size(theta, cfg.learn_step_size, cfg.fast_lr)
     start, env_steps, best_return = 0, 0, -float("inf")

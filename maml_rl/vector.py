@@ -51,10 +51,13 @@ class GymBatchEnv:
         """Observations [num_envs, obs_dim] in the envs' own dtype; env i gets seed + i."""
         if len(tasks) != self.num_envs:
             raise ValueError(f"reset needs {self.num_envs} tasks, got {len(tasks)}")
-        observations = [
-            env.reset(seed=None if seed is None else seed + i, options={"task": task})[0]
-            for i, (env, task) in enumerate(zip(self.envs, tasks, strict=True))
-        ]
+        observations = []
+        for i, (env, task) in enumerate(zip(self.envs, tasks, strict=True)):
+            env_seed = None if seed is None else seed + i
+            obs = guarded_call(
+                i, lambda e=env, t=task, s=env_seed: e.reset(seed=s, options={"task": t})[0]
+            )
+            observations.append(checked_observation(obs, self.observation_space, i))
         self._obs = np.stack(observations)
         self._done[:] = False
         self._t = 0
@@ -68,7 +71,8 @@ class GymBatchEnv:
         for i, env in enumerate(self.envs):
             if self._done[i]:
                 continue
-            obs, reward, term, trunc, _ = env.step(actions[i])
+            obs, reward, term, trunc, _ = guarded_call(i, lambda e=env, a=actions[i]: e.step(a))
+            obs = checked_observation(obs, self.observation_space, i)
             self._obs[i], rewards[i], terminated[i], truncated[i] = obs, reward, term, trunc
         self._t += 1
         truncated |= self._t >= self.max_episode_steps
@@ -78,6 +82,35 @@ class GymBatchEnv:
     def close(self) -> None:
         for env in self.envs:
             env.close()
+
+
+class EnvironmentFailure(TaskFamilyError):
+    """Environment `index` of a batch raised or returned an unusable observation; the sampler
+    turns it into one line naming the task, trajectory and step."""
+
+    def __init__(self, index: int, cause: str) -> None:
+        super().__init__(f"environment {index}: {cause}")
+        self.index, self.cause = index, cause
+
+
+def checked_observation(obs: Any, space: gym.Space, index: int) -> np.ndarray:
+    """`obs` as an array, or EnvironmentFailure if its shape is not the observation space's."""
+    array = np.asarray(obs)
+    if array.shape != space.shape:
+        raise EnvironmentFailure(
+            index, f"observation of shape {array.shape}, its observation space has {space.shape}"
+        )
+    return array
+
+
+def guarded_call(index: int, call: Callable[[], Any]) -> Any:
+    """`call()`, with any exception of environment `index` as an EnvironmentFailure."""
+    try:
+        return call()
+    except TaskFamilyError:
+        raise
+    except Exception as error:
+        raise EnvironmentFailure(index, f"{type(error).__name__}: {error}") from error
 
 
 class TaskOnReset(gym.Wrapper):
@@ -139,6 +172,14 @@ class AsyncGymBatchEnv:
             codes = [p.exitcode for p in self.vector.processes]
             raise WorkerDiedError(
                 f"an environment worker process died (exit codes {codes}); all workers closed"
+            ) from error
+        except TaskFamilyError:
+            self.close(terminate=True)
+            raise
+        except Exception as error:  # raised in a worker, re-raised here by Gymnasium
+            self.close(terminate=True)
+            raise TaskFamilyError(
+                f"an environment worker raised {type(error).__name__}: {error}; workers closed"
             ) from error
         except BaseException:
             self.close(terminate=True)

@@ -286,3 +286,82 @@ def test_a_run_that_completes_no_iteration_says_nothing_was_saved(
     assert "before any iteration completed; nothing was saved in" in message
     assert "checkpoint_latest.pt" not in message and "\n" not in message
     assert not (tmp_path / "run" / LATEST).exists()
+
+
+class _BreaksMidEpisode(gym.Env):
+    """Navigation-like env whose step 3 raises (kind "raise") or returns a 3-vector ("shape")
+    for the task with goal x > 0."""
+
+    observation_space = gym.spaces.Box(-np.inf, np.inf, (2,), np.float32)
+    action_space = gym.spaces.Box(-0.1, 0.1, (2,), np.float32)
+
+    def __init__(self, kind: str) -> None:
+        self.kind, self.t, self.task = kind, 0, None
+
+    def reset(self, *, seed=None, options=None):  # type: ignore[no-untyped-def]
+        super().reset(seed=seed)
+        self.task = (options or {}).get("task", self.task)
+        self.t = 0
+        return np.zeros(2, np.float32), {}
+
+    def step(self, action):  # type: ignore[no-untyped-def]
+        self.t += 1
+        broken = self.t == 3 and self.task is not None and self.task.goal[0] > 0
+        if broken and self.kind == "raise":
+            raise RuntimeError("simulator exploded")
+        obs = np.zeros(3 if broken else 2, np.float32)
+        return obs, -1.0, False, self.t >= 8, {}
+
+
+class BreaksMidEpisode(Navigation2D):
+    kind = "raise"
+    make_batch_env = None  # the generic Gymnasium backends
+
+    def make_env(self) -> gym.Env:
+        return _BreaksMidEpisode(self.kind)
+
+
+class WrongShapeMidEpisode(BreaksMidEpisode):
+    kind = "shape"
+
+
+@pytest.mark.parametrize("backend", ["sync", "async"])
+@pytest.mark.parametrize(
+    ("family", "expected"),
+    [
+        ("BreaksMidEpisode", "step 2: RuntimeError: simulator exploded"),
+        ("WrongShapeMidEpisode", "step 2: observation of shape (3,), its observation space has"),
+    ],
+)
+def test_an_env_that_breaks_mid_episode_is_one_line_naming_the_task(
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    backend: str,
+    family: str,
+    expected: str,
+) -> None:
+    """The env breaks while the sampler runs it (the family check is skipped here: it has its
+    own test below); nothing is saved and the message names task, trajectory and step."""
+    import maml_rl.train
+
+    monkeypatch.setattr(maml_rl.train, "check_family", lambda *a, **k: None)
+    argv = ["train", "navigation", "--out", str(tmp_path / "run"), "--no-progress", "--set"]
+    tiny = ["num_batches=1", "meta_batch_size=3", "fast_batch_size=2", "hidden_sizes=[8]"]
+    sets = [f"env=test_faults:{family}", f"sampler={backend}", "env_kwargs={}"]
+    assert main([*argv, *tiny, *sets]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "Traceback" not in err, err
+    if backend == "sync":  # the sync backend knows which environment: task and trajectory
+        assert "task " in err and "trajectory " in err and expected in err, err
+    else:  # Gymnasium's worker re-raises without its index
+        assert "RuntimeError" in err or "shape" in err, err
+
+
+def test_an_env_that_raises_during_the_family_check_is_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    argv = ["train", "navigation", "--out", str(tmp_path / "run"), "--no-progress", "--set"]
+    assert main([*argv, "env=test_faults:BreaksMidEpisode", "env_kwargs={}"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "RuntimeError: simulator exploded" in err, err
