@@ -64,6 +64,12 @@ def hold_run_dir(run_dir: Path, resume: bool, overwrite: bool) -> Iterator[None]
                 "or --overwrite to replace it"
             )
         if has_run and overwrite and not resume:
+            busy = _locked_runs_inside(run_dir)
+            if busy:
+                raise CheckpointError(
+                    f"cannot overwrite {run_dir}: a process is training in {busy[0]} "
+                    "(e.g. evaluate --train-baselines); wait for it to finish or stop it"
+                )
             for path in run_dir.iterdir():  # everything but the lock we hold
                 if path.name != LOCK:
                     shutil.rmtree(path) if path.is_dir() else path.unlink()
@@ -84,6 +90,22 @@ RESUMABLE_KEYS = frozenset(
 )  # fmt: skip
 """Keys a resumed run may change: how long it runs and where it samples and computes. Every
 other key defines the experiment (what is learned, its shapes, dtype, data and estimator)."""
+
+
+def _locked_runs_inside(run_dir: Path) -> list[Path]:
+    """Run directories below `run_dir` whose lock another process holds right now."""
+    held = []
+    for lock_path in sorted(run_dir.glob(f"*/**/{LOCK}")):
+        if fcntl is None:
+            break
+        with lock_path.open("a") as lock:
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                held.append(lock_path.parent)
+            else:
+                fcntl.flock(lock, fcntl.LOCK_UN)
+    return held
 
 
 def load_resume_config(run_dir: Path, overrides: dict[str, Any]) -> Config:
@@ -120,8 +142,15 @@ def train(
     """Meta-train with MAML-TRPO into `run_dir` (held by `hold_run_dir`); returns the
     metrics rows written by this call."""
     run_dir = Path(run_dir)
-    with hold_run_dir(run_dir, resume, overwrite):
-        return _train(cfg, run_dir, resume, progress, tensorboard, check)
+    created = not run_dir.exists()
+    try:
+        with hold_run_dir(run_dir, resume, overwrite):
+            return _train(cfg, run_dir, resume, progress, tensorboard, check)
+    except BaseException:
+        # a start that failed (bad device, broken family, Ctrl-C) leaves no empty directory
+        if created and run_dir.is_dir() and not (run_dir / LATEST).exists():
+            shutil.rmtree(run_dir, ignore_errors=True)
+        raise
 
 
 def _train(

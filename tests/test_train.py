@@ -129,3 +129,30 @@ def test_metrics_are_valid_json_lines(tmp_path: Path) -> None:
     assert train(tmp_path / "run") == 0
     for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines():
         assert isinstance(json.loads(line), dict)
+
+
+def test_a_failed_start_leaves_no_directory_behind(tmp_path: Path) -> None:
+    for argv in (["--device", "cuda:7"], ["--set", "env=no_such_module:Family"]):
+        run = tmp_path / "run"
+        assert train(run, *argv) == 2
+        assert not run.exists(), argv
+    kept = tmp_path / "kept"
+    kept.mkdir()
+    assert train(kept, "--device", "cuda:7") == 2
+    assert kept.is_dir()  # a directory the user made is not removed
+
+
+def test_overwrite_is_refused_while_a_baseline_trains_inside(tmp_path: Path) -> None:
+    import fcntl
+
+    run = tmp_path / "run"
+    assert train(run) == 0
+    baseline = run / "baselines" / "pretrained"
+    baseline.mkdir(parents=True)
+    (baseline / "metrics.jsonl").write_text('{"iteration": 0}\n')
+    with (baseline / ".lock").open("a") as held:  # as evaluate --train-baselines holds it
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        assert train(run, "--overwrite") == 2
+    assert (baseline / "metrics.jsonl").read_text() == '{"iteration": 0}\n'
+    assert (run / "metrics.jsonl").exists()
+    assert train(run, "--overwrite") == 0  # once nothing trains inside, overwrite works
