@@ -107,7 +107,7 @@ class AntFamily(MujocoFamily):
                 "terminate_when_unhealthy": True,
                 "include_cfrc_ext_in_observation": bool(include_contact_forces),
                 "exclude_current_positions_from_observation": not self.observe_position,
-                "frame_skip": int(frame_skip),
+                "frame_skip": frame_skip,
                 "reset_noise_scale": float(reset_noise_scale),
             },
         )

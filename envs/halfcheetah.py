@@ -65,7 +65,7 @@ class HalfCheetahFamily(MujocoFamily):
             action_scale,
             {
                 "ctrl_cost_weight": self.ctrl_cost_weight,
-                "frame_skip": int(frame_skip),
+                "frame_skip": frame_skip,
                 "reset_noise_scale": float(reset_noise_scale),
             },
         )

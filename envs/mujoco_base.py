@@ -32,7 +32,7 @@ import gymnasium as gym
 import mujoco
 import numpy as np
 
-from maml_rl.tasks import Task
+from maml_rl.tasks import Task, check_count
 
 from .mujoco_batch import MujocoBatchEnv
 
@@ -125,10 +125,13 @@ class MujocoFamily:
     def __init__(
         self, max_episode_steps: int, action_scale: float, make_kwargs: Mapping[str, Any]
     ) -> None:
-        if max_episode_steps < 1:
-            raise ValueError(f"max_episode_steps must be >= 1, got {max_episode_steps}")
-        if not action_scale > 0:
-            raise ValueError(f"action_scale must be > 0, got {action_scale}")
+        check_count("max_episode_steps", max_episode_steps)
+        if "frame_skip" in make_kwargs:
+            check_count("frame_skip", make_kwargs["frame_skip"])
+        if not (isinstance(action_scale, int | float) and math.isfinite(action_scale)) or not (
+            action_scale > 0
+        ):
+            raise ValueError(f"action_scale must be a number > 0, got {action_scale!r}")
         self.max_episode_steps = int(max_episode_steps)
         self.action_scale = float(action_scale)
         self.make_kwargs = dict(make_kwargs)

@@ -18,6 +18,8 @@ from typing import Any, ClassVar
 import gymnasium as gym
 import numpy as np
 
+from maml_rl.tasks import check_count
+
 
 @dataclass(frozen=True)
 class NavigationTask:
@@ -55,8 +57,7 @@ class Navigation2D:
     ) -> None:
         if not low < high:
             raise ValueError(f"navigation needs low < high, got low={low}, high={high}")
-        if max_episode_steps < 1:
-            raise ValueError(f"max_episode_steps must be >= 1, got {max_episode_steps}")
+        check_count("max_episode_steps", max_episode_steps)
         if not max_action > 0:
             raise ValueError(f"max_action must be > 0, got {max_action}")
         if not goal_tolerance > 0:

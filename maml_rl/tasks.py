@@ -139,3 +139,11 @@ def make_family(name: str, env_kwargs: dict[str, Any] | None = None) -> TaskFami
     if missing:
         raise TaskFamilyError(f"task family '{name}' lacks {', '.join(missing)}()")
     return family
+
+
+def check_count(name: str, value: object, limit: int = 10**6) -> None:
+    """For task families' constructors: reject a count that is not an integer in [1, limit]
+    (``2.5``, ``0``, ``-1``, the string ``'1e9'``) with a one-line ValueError naming it."""
+    is_int = isinstance(value, int | np.integer) and not isinstance(value, bool)
+    if not is_int or not 1 <= value <= limit:  # type: ignore[operator]
+        raise ValueError(f"{name} must be an integer in [1, {limit:,}], got {value!r}")

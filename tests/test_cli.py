@@ -145,3 +145,30 @@ def test_resume_refuses_structural_keys_and_negative_seeds_are_one_line(
         assert main(argv) == 2
         err = capsys.readouterr().err.strip()
         assert "must be" in err and "seed" in err and len(err.splitlines()) == 1, err
+
+
+@pytest.mark.parametrize(
+    ("env", "kwargs", "expected"),
+    [
+        (
+            "halfcheetah-vel",
+            "{frame_skip: 0}",
+            "frame_skip must be an integer in [1, 1,000,000], got 0",
+        ),
+        (
+            "halfcheetah-dir",
+            "{frame_skip: -1}",
+            "frame_skip must be an integer in [1, 1,000,000], got -1",
+        ),
+        ("ant-vel", "{max_episode_steps: 2.5}", "max_episode_steps must be an integer"),
+        ("navigation", "{max_episode_steps: 2.5}", "max_episode_steps must be an integer"),
+        ("navigation", "{max_episode_steps: 1e9}", "got '1e9'"),
+    ],
+)
+def test_out_of_range_env_kwargs_are_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], env: str, kwargs: str, expected: str
+) -> None:
+    argv = ["train", env, "--out", str(tmp_path / "run"), "--set", f"env_kwargs={kwargs}"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert expected in err and len(err.splitlines()) == 1, err
