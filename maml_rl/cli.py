@@ -142,6 +142,13 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     names = _comma_list(args.baselines)
     names += [name for name, path in given.items() if path is not None and name not in names]
     check_request(run_dir, args.num_steps, args.num_tasks, args.checkpoint, step_sizes, names)
+    if "oracle" in names:  # before any baseline trains: can this family have an oracle?
+        from maml_rl.evaluate import load_run
+        from maml_rl.oracle import OracleFamily
+        from maml_rl.tasks import make_family
+
+        cfg = load_run(run_dir, args.checkpoint).cfg
+        OracleFamily(make_family(cfg.env, cfg.env_kwargs))
     baselines = {
         name: None if name == "random" else _baseline_dir(run_dir, name, given[name], args)
         for name in names

@@ -307,7 +307,41 @@ def load(
         raise ConfigError(f"malformed YAML in {path}{where}") from error
     if not isinstance(data, dict):
         raise ConfigError(f"config file {path} must be a mapping of key: value")
-    return from_dict({**data, **(overrides or {})}, notes=notes)
+    return from_dict(_combine(data, dict(overrides or {}), path, notes), notes=notes)
+
+
+def _combine(
+    data: dict[str, Any], overrides: dict[str, Any], path: Path, notes: list[str] | None
+) -> dict[str, Any]:
+    """A file's values with `overrides` on top. env_kwargs given on the command line merge into
+    the file's (one key changes, the others stay); a file's env_kwargs belong to its own task
+    family, so an override of `env` to another family drops them (noted)."""
+    file_env = {normalize_key(k): v for k, v in data.items()}.get("env")
+    given = {normalize_key(k): k for k in overrides}
+    file_kwargs_key = next((k for k in data if normalize_key(k) == "env_kwargs"), None)
+    out = {**data, **overrides}
+    if file_kwargs_key is None:
+        return out
+    other_family = "env" in given and overrides[given["env"]] != file_env
+    if other_family and "env_kwargs" in given:
+        if file_kwargs_key != given["env_kwargs"]:
+            out.pop(file_kwargs_key, None)
+    elif other_family:
+        del out[file_kwargs_key]
+        if notes is not None and data[file_kwargs_key]:
+            notes.append(
+                f"env_kwargs of {path.name} (for {file_env}) not passed to "
+                f"{overrides[given['env']]}; give its own with --set env_kwargs=..."
+            )
+    elif (
+        "env_kwargs" in given
+        and isinstance(data[file_kwargs_key], dict)
+        and isinstance(overrides[given["env_kwargs"]], dict)
+    ):
+        merged = {**data[file_kwargs_key], **overrides[given["env_kwargs"]]}
+        out.pop(file_kwargs_key, None)
+        out[given["env_kwargs"]] = merged
+    return out
 
 
 def parse_override(item: str) -> tuple[str, Any]:

@@ -539,3 +539,23 @@ def test_pytorch_maml_rl_config_runs_unchanged(tmp_path: Path, env_id: str) -> N
     # our own names pass through without a note
     again: list[str] = []
     assert from_dict(cfg.to_dict(), notes=again) == cfg and again == []
+
+
+def test_command_line_env_kwargs_merge_and_another_family_drops_the_files(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text("env: navigation\nenv_kwargs: {low: -0.25, high: 0.25}\n")
+    merged = load(path, {"env_kwargs": {"max_episode_steps": 7}})
+    assert merged.env_kwargs == {"low": -0.25, "high": 0.25, "max_episode_steps": 7}
+    notes: list[str] = []
+    other = load(path, {"env": "mine:Family"}, notes=notes)
+    assert other.env == "mine:Family" and other.env_kwargs == {}
+    assert notes == [
+        "env_kwargs of c.yaml (for navigation) not passed to mine:Family; "
+        "give its own with --set env_kwargs=..."
+    ]
+    both = load(path, {"env": "mine:Family", "env_kwargs": {"size": 3}})
+    assert both.env_kwargs == {"size": 3}
+    with pytest.raises(ConfigError, match="env_kwargs' must be a mapping"):
+        load(path, {"env_kwargs": "oops"})

@@ -24,6 +24,7 @@ from maml_rl.evaluate import (
 )
 from maml_rl.inner import init_step_size
 from maml_rl.policy import parameters_of
+from maml_rl_envs.navigation import Navigation2D
 
 
 def tiny_config(**overrides: object) -> Config:
@@ -167,3 +168,32 @@ def test_mismatched_or_wrong_baselines_are_one_line_errors(tmp_path: Path) -> No
     (tmp_path / "empty").mkdir()
     with pytest.raises(CheckpointError, match="checkpoint not found"):
         evaluate_run(tmp_path / "empty", {}, 1, 2)
+
+
+class NoOracle(Navigation2D):
+    """A plug-in family without oracle_features."""
+
+    oracle_features = None
+
+
+def test_an_oracle_for_a_family_without_oracle_features_is_refused_before_training(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Found up front, not after the pretrained baseline has trained."""
+    from maml_rl.cli import main
+
+    run = tmp_path / "run"
+    argv = ["train", "navigation", "--out", str(run), "--no-progress", "--set", "num_batches=1"]
+    tiny = [
+        "meta_batch_size=2",
+        "fast_batch_size=2",
+        "hidden_sizes=[8]",
+        "env=test_evaluate:NoOracle",
+    ]
+    assert main([*argv, *tiny]) == 0
+    capsys.readouterr()
+    argv = ["evaluate", str(run), "--baselines", "pretrained,oracle", "--train-baselines", "2"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert "the oracle baseline needs NoOracle.oracle_features(task)" in err
+    assert not (run / "baselines").exists()
