@@ -291,6 +291,23 @@ def from_dict(
     return dataclasses.replace(base or Config(), **updates)
 
 
+SAVED_BEFORE_KEY = {
+    "loss_weighting": "steps",
+    "advantage_statistics": "steps",
+    "kl_direction": "old_new",
+}
+"""What a key meant for configs saved before it existed (checkpoints of older runs): the
+convention those runs trained with, whatever today's default is."""
+
+
+def from_saved(values: dict[str, Any]) -> Config:
+    """The config stored in a checkpoint: keys added since it was saved take the value that
+    matches how it was trained (`SAVED_BEFORE_KEY`), not today's defaults."""
+    keys = {normalize_key(k) for k in values}
+    missing = {k: v for k, v in SAVED_BEFORE_KEY.items() if k not in keys}
+    return from_dict({**missing, **values})
+
+
 def load(
     path: str | Path, overrides: dict[str, Any] | None = None, notes: list[str] | None = None
 ) -> Config:

@@ -27,7 +27,7 @@ from scipy import stats
 from maml_rl import checkpoint
 from maml_rl.build import Streams, build
 from maml_rl.checkpoint import CheckpointError
-from maml_rl.config import Config, ConfigError, from_dict
+from maml_rl.config import Config, ConfigError, from_saved
 from maml_rl.inner import StepSize
 from maml_rl.maml import collect, draw_seeds
 from maml_rl.plot import plot_adaptation
@@ -164,7 +164,7 @@ def load_run(run_dir: str | Path, which: str = "latest") -> LoadedRun:
     if which not in CHECKPOINTS:
         raise ConfigError(f"--checkpoint must be one of {list(CHECKPOINTS)}, got {which!r}")
     state = checkpoint.load(run_dir / CHECKPOINTS[which])
-    cfg = from_dict(state["config"])
+    cfg = from_saved(state["config"])
     return LoadedRun(run_dir, cfg, state["theta"], state["step_size"], state["iteration"])
 
 

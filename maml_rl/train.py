@@ -23,7 +23,7 @@ from maml_rl import checkpoint, diagnostics
 from maml_rl.build import Streams, build
 from maml_rl.checker import check_family
 from maml_rl.checkpoint import CheckpointError
-from maml_rl.config import Config, from_dict, save
+from maml_rl.config import Config, from_dict, from_saved, save
 from maml_rl.inner import init_step_size
 from maml_rl.logger import RunLogger, truncate_metrics
 from maml_rl.maml import NonFiniteError, collect, draw_seeds, meta_step
@@ -115,7 +115,7 @@ def load_resume_config(run_dir: Path, overrides: dict[str, Any]) -> Config:
     if not (run_dir / LATEST).exists():
         raise CheckpointError(f"nothing to resume: {run_dir / LATEST} does not exist")
     state = checkpoint.load(run_dir / LATEST)
-    saved = from_dict(state["config"])
+    saved = from_saved(state["config"])
     cfg = from_dict(overrides, base=saved)
     changed = [
         f"{f.name}={getattr(cfg, f.name)!r} (the run has {getattr(saved, f.name)!r})"
@@ -186,7 +186,7 @@ def _train(
     # --- resume: parameters, RNG streams and counters of the last complete iteration ---
     if resume:
         state = checkpoint.load(run_dir / LATEST, map_location=sampler.device)
-        saved = from_dict(state["config"])
+        saved = from_saved(state["config"])
         if (saved.env, saved.hidden_sizes, saved.learn_step_size) != (
             cfg.env,
             cfg.hidden_sizes,

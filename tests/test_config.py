@@ -559,3 +559,19 @@ def test_command_line_env_kwargs_merge_and_another_family_drops_the_files(
     assert both.env_kwargs == {"size": 3}
     with pytest.raises(ConfigError, match="env_kwargs' must be a mapping"):
         load(path, {"env_kwargs": "oops"})
+
+
+def test_a_config_saved_before_a_convention_key_keeps_the_convention_it_trained_with() -> None:
+    from maml_rl.config import from_saved
+
+    old = Config().to_dict()
+    for key in ("loss_weighting", "advantage_statistics", "kl_direction"):
+        del old[key]
+    cfg = from_saved(old)
+    assert (cfg.loss_weighting, cfg.advantage_statistics, cfg.kl_direction) == (
+        "steps",
+        "steps",
+        "old_new",
+    )
+    stored = {**Config().to_dict(), "loss_weighting": "episodes"}
+    assert from_saved(stored).loss_weighting == "episodes"  # a saved value wins

@@ -41,7 +41,11 @@ def test_smoke_one_run_writes_config_metrics_and_checkpoints(tmp_path: Path) -> 
         assert all(key in row for key in REQUIRED)
         assert -15 * 1.5 < row["returns/pre_update"] < 0  # H=15 steps, each reward in (-1.5, 0]
     config = yaml.safe_load((run / "config.yaml").read_text())
-    assert config["meta_batch_size"] == 3 and config["env_kwargs"] == {"max_episode_steps": 15}
+    assert config["meta_batch_size"] == 3 and config["env_kwargs"] == {
+        "low": -0.5,
+        "high": 0.5,
+        "max_episode_steps": 15,
+    }
     state = checkpoint.load(run / "checkpoint_latest.pt")
     assert state["iteration"] == 1
     # the exploration logged is that of the parameters the iteration ended with
