@@ -36,11 +36,13 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parent / "results" / "navigation-arms"
+OURS = {"loss_weighting": "steps", "advantage_statistics": "steps", "kl_direction": "old_new"}
+"""maml_rl's original conventions, spelled out so an arm means the same whatever the defaults."""
 ARMS: dict[str, dict[str, str]] = {
-    "steps": {},
-    "episodes_loss": {"loss_weighting": "episodes"},
-    "episodes_adv": {"advantage_statistics": "episodes"},
-    "kl_new_old": {"kl_direction": "new_old"},
+    "steps": OURS,
+    "episodes_loss": {**OURS, "loss_weighting": "episodes"},
+    "episodes_adv": {**OURS, "advantage_statistics": "episodes"},
+    "kl_new_old": {**OURS, "kl_direction": "new_old"},
     "pytorch": {
         "loss_weighting": "episodes",
         "advantage_statistics": "episodes",
