@@ -146,6 +146,10 @@ class Config:
     """Device of the policy and the optimisation (cpu or cuda); environments run on the CPU."""
     dtype: str = "float32"
     """Floating point type of the policy and the optimisation: float32 or float64."""
+    torch_threads: int | None = None
+    """torch's intra-op threads for the optimisation (sampling always uses one; MuJoCo batches
+    use every CPU). null: torch's default (all cores). Set 1 per run when several runs share
+    a machine: oversubscribed OpenMP threads spin and slow every run down."""
 
     def __post_init__(self) -> None:
         _validate(self)
@@ -180,6 +184,8 @@ def _validate(cfg: Config) -> None:
         _check(getattr(cfg, key) >= 1, key, "must be >= 1", getattr(cfg, key))
     _check(cfg.ls_max_steps >= 1, "ls_max_steps", "must be >= 1", cfg.ls_max_steps)
     _check(0 <= cfg.seed < 2**63, "seed", "must be in [0, 2**63)", cfg.seed)
+    threads = cfg.torch_threads
+    _check(threads is None or threads >= 1, "torch_threads", "must be >= 1 or null", threads)
     _check(all(h >= 1 for h in cfg.hidden_sizes), "hidden_sizes", "must be >= 1", cfg.hidden_sizes)
     for key in ("max_kl", "fast_lr", "init_std"):
         _check(getattr(cfg, key) > 0, key, "must be > 0", getattr(cfg, key))

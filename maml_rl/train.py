@@ -86,7 +86,7 @@ def describe_sampler(family: TaskFamily, cfg: Config) -> str:
 
 RESUMABLE_KEYS = frozenset(
     {"num_batches", "sampler", "ray_address", "ray_num_actors", "ray_actor_cpus", "ray_timeout_s",
-     "device"}
+     "device", "torch_threads"}
 )  # fmt: skip
 """Keys a resumed run may change: how long it runs and where it samples and computes. Every
 other key defines the experiment (what is learned, its shapes, dtype, data and estimator)."""
@@ -161,6 +161,9 @@ def _train(
     tensorboard: bool,
     check: bool,
 ) -> list[dict[str, float]]:
+
+    if cfg.torch_threads is not None:  # before any torch work of this run
+        torch.set_num_threads(cfg.torch_threads)
 
     # --- seeding: one seed, independent streams, no global RNG ---
     streams = Streams.from_seed(cfg.seed)

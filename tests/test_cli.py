@@ -172,3 +172,18 @@ def test_out_of_range_env_kwargs_are_one_line(
     assert main(argv) == 2
     err = capsys.readouterr().err.strip()
     assert expected in err and len(err.splitlines()) == 1, err
+
+
+def test_torch_threads_is_applied_and_reported(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import torch
+
+    before = torch.get_num_threads()
+    try:
+        argv = ["train", "navigation", "--out", str(tmp_path / "run"), "--set", *TINY]
+        assert main([*argv, "torch_threads=1"]) == 0
+        assert torch.get_num_threads() == 1
+        assert "torch threads 1" in capsys.readouterr().out.splitlines()[0]
+    finally:
+        torch.set_num_threads(before)

@@ -429,6 +429,7 @@ def test_save_load_round_trip_non_defaults(tmp_path: Path) -> None:
             "advantage_statistics": "episodes",
             "loss_weighting": "episodes",
             "kl_direction": "new_old",
+            "torch_threads": 3,
             "normalize_advantages": False,
             "seed": 123,
             "device": "cuda:0",
