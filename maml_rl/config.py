@@ -146,6 +146,10 @@ class Config:
     """Device of the policy and the optimisation (cpu or cuda); environments run on the CPU."""
     dtype: str = "float32"
     """Floating point type of the policy and the optimisation: float32 or float64."""
+    meta_gradient: str = "maml"
+    """How the meta-gradient treats the pre-update sampling distribution (estimators.py): maml
+    (the paper's: ignores it), lvc (ProMP's low-variance curvature inner loss) or emaml
+    (E-MAML's score term of the pre-update trajectories)."""
     torch_threads: int | None = None
     """torch's intra-op threads for the optimisation (sampling always uses one; MuJoCo batches
     use every CPU). null: torch's default (all cores). Set 1 per run when several runs share
@@ -213,6 +217,7 @@ def _validate(cfg: Config) -> None:
         "advantage_statistics": ("steps", "episodes"),
         "loss_weighting": ("steps", "episodes"),
         "kl_direction": ("old_new", "new_old"),
+        "meta_gradient": ("maml", "lvc", "emaml"),
     }
     for key, allowed in choices.items():
         _check(
@@ -301,6 +306,7 @@ SAVED_BEFORE_KEY = {
     "loss_weighting": "steps",
     "advantage_statistics": "steps",
     "kl_direction": "old_new",
+    "meta_gradient": "maml",
 }
 """What a key meant for configs saved before it existed (checkpoints of older runs): the
 convention those runs trained with, whatever today's default is."""

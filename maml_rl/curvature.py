@@ -41,7 +41,14 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
-from maml_rl.inner import SCALAR_STEP_SIZE, StepSize, alpha_of, apply_step, reinforce_loss
+from maml_rl.inner import (
+    SCALAR_STEP_SIZE,
+    InnerObjective,
+    StepSize,
+    alpha_of,
+    apply_step,
+    reinforce_loss,
+)
 from maml_rl.policy import Distribution, forward, kl
 from maml_rl.returns import masked_mean
 from maml_rl.types import Batch, Params
@@ -87,7 +94,8 @@ class GaussNewtonHVP:
     theta: [*shape] at x0; step_sizes: the S step sizes at x0 (floats or learnable dicts, all
     treated as constants); inner_data: per step (batch [T, N, K, ...], advantages [T, N, K]);
     post: the post-update batch; old_dist: the post-update policy at x0 on post [N, T, K, A];
-    frozen_grads: the first-order inner gradients (first-order MAML), else None.
+    frozen_grads: the first-order inner gradients (first-order MAML), else None; objective:
+    the inner loss whose Hessians H_{n,s} are used (default `reinforce_loss`).
     """
 
     def __init__(
@@ -99,8 +107,10 @@ class GaussNewtonHVP:
         post: Batch,
         old_dist: Distribution,
         frozen_grads: Sequence[Params] | None,
+        objective: InnerObjective | None = None,
     ) -> None:
         self.num_tasks = post.num_tasks
+        inner_loss = objective or reinforce_loss
         self.step_sizes = [
             {n: a.detach() for n, a in s.items()} if isinstance(s, dict) else s for s in step_sizes
         ]
@@ -114,7 +124,7 @@ class GaussNewtonHVP:
                     self.inner_grads.append({n: g.detach() for n, g in frozen_grads[s].items()})
                 else:
                     leaf = _leaf(phi)
-                    second = _SecondOrder(leaf, reinforce_loss(policy, leaf, batch, advantages))
+                    second = _SecondOrder(leaf, inner_loss(policy, leaf, batch, advantages))
                     self.inner.append(second)
                     self.inner_grads.append({n: g.detach() for n, g in second.grads.items()})
                 phi = apply_step(phi, self.inner_grads[-1], self.step_sizes[s])

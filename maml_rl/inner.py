@@ -13,7 +13,7 @@ w are the batch's step weights (`Batch.step_weights`): the mask, or per-episode 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -26,6 +26,10 @@ SCALAR_STEP_SIZE = "_scalar"
 
 StepSize = float | Params
 """A fixed step size, or learnable ones: {"_scalar": 0-dim} or {param name: param-shaped}."""
+
+InnerObjective = Callable[[nn.Module, Params, Batch, Tensor], Tensor]
+"""(policy, per-task params [N, *shape], batch [T, N, K, ...], advantages [T, N, K]) -> per-task
+inner losses [N]: `reinforce_loss`, or another estimator's (`maml_rl.estimators`)."""
 
 
 def init_step_size(theta: Params, mode: str, value: float) -> Params:
@@ -68,7 +72,12 @@ def reinforce_loss(policy: nn.Module, params: Params, batch: Batch, advantages: 
 
 
 def policy_gradients(
-    policy: nn.Module, params: Params, batch: Batch, advantages: Tensor, create_graph: bool
+    policy: nn.Module,
+    params: Params,
+    batch: Batch,
+    advantages: Tensor,
+    create_graph: bool,
+    objective: InnerObjective | None = None,
 ) -> Params:
     """Per-task gradients ∇_{phi_n} L_n(phi_n), [N, *shape] each; works under `torch.no_grad`.
 
@@ -79,7 +88,7 @@ def policy_gradients(
             name: p if p.requires_grad else p.detach().requires_grad_(True)
             for name, p in params.items()
         }
-        losses = reinforce_loss(policy, inputs, batch, advantages)
+        losses = (objective or reinforce_loss)(policy, inputs, batch, advantages)
         grads = torch.autograd.grad(losses.sum(), list(inputs.values()), create_graph=create_graph)
     return dict(zip(inputs, grads, strict=True))
 
@@ -96,13 +105,14 @@ def inner_step(
     advantages: Tensor,
     step_size: StepSize,
     create_graph: bool,
+    objective: InnerObjective | None = None,
 ) -> Params:
     """One policy-gradient step per task: phi_n' = phi_n - alpha ⊙ ∇ L_n(phi_n). Shapes [N, *].
 
     create_graph=True keeps the graph of the gradient (second-order MAML); False detaches the
     gradient (first-order MAML, and sampling-time adaptation). Works under `torch.no_grad`.
     """
-    grads = policy_gradients(policy, params, batch, advantages, create_graph)
+    grads = policy_gradients(policy, params, batch, advantages, create_graph, objective)
     return apply_step(params, grads, step_size)
 
 
@@ -114,6 +124,7 @@ def adapt(
     first_order: bool,
     frozen_grads: Sequence[Params] | None = None,
     num_tasks: int | None = None,
+    objective: InnerObjective | None = None,
 ) -> Params:
     """Adapted parameters phi [N, *shape] after len(inner_data) inner steps from theta.
 
@@ -125,6 +136,8 @@ def adapt(
     frozen_grads (first order only): use these inner gradients instead of recomputing them,
     so phi(x) = theta - Σ_i alpha_i ⊙ g_i is exactly the linear model first-order MAML
     differentiates (its Hessian-vector products then match the exact ones).
+    objective: the inner loss (default `reinforce_loss`); estimators whose losses share
+    REINFORCE's gradient but not its Hessian (LVC) change only the second-order graph.
     """
     if inner_data:
         num_tasks = inner_data[0][0].num_tasks
@@ -135,7 +148,9 @@ def adapt(
         if frozen_grads is not None:
             params = apply_step(params, frozen_grads[i], step_size)
         else:
-            params = inner_step(policy, params, batch, advantages, step_size, not first_order)
+            params = inner_step(
+                policy, params, batch, advantages, step_size, not first_order, objective
+            )
     return params
 
 

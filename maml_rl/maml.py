@@ -9,7 +9,8 @@ Alg. 3, with TRPO as in their experiments):
     KL(x)      =  (1/N) Σ_n mean_{t,k} KL(π_old(·|s) ‖ π_{phi_n(x)}(·|s))
 
 (mean_{t,k}: weighted by the batch's step weights, `cfg.loss_weighting`; the KL reversed with
-`kl_direction: new_old`.)
+`kl_direction: new_old`; the inner loss and an extra outer term are the meta-gradient
+estimator's, `cfg.meta_gradient`, see estimators.py.)
 
 minimised subject to KL(x) ≤ max_kl, where π_old is the post-update policy that collected
 post_batch. Everything after sampling is a pure function of x and the collected data.
@@ -29,6 +30,7 @@ from torch import Tensor, nn
 from maml_rl.baseline import advantages as compute_advantages
 from maml_rl.config import Config
 from maml_rl.curvature import GaussNewtonHVP
+from maml_rl.estimators import emaml_loss, inner_objective
 from maml_rl.inner import StepSize, adapt, first_order_gradients, inner_step
 from maml_rl.policy import Distribution, detach, forward, kl, log_prob
 from maml_rl.returns import loss_weights, masked_mean
@@ -186,7 +188,14 @@ def _post_distribution(
     theta, step_size = layout.unflatten(x)
     steps: list[StepSize] = [step_size or cfg.fast_lr] * len(data.inner)
     phi = adapt(
-        policy, theta, data.inner, steps, cfg.first_order, frozen_grads, data.post.num_tasks
+        policy,
+        theta,
+        data.inner,
+        steps,
+        cfg.first_order,
+        frozen_grads,
+        data.post.num_tasks,
+        inner_objective(cfg.meta_gradient),
     )
     return forward(policy, phi, data.post.observations.movedim(1, 0), per_task=True)
 
@@ -210,6 +219,8 @@ def meta_objective(
     ratio = torch.exp(log_prob(dist, actions) - log_prob(old_dist, actions))
     advantages = data.post_advantages.movedim(1, 0)
     loss = -masked_mean(ratio * advantages, weights, dim=(1, 2)).mean()
+    if cfg.meta_gradient == "emaml" and data.inner:  # the score of θ's own trajectories
+        loss = loss + emaml_loss(policy, layout.unflatten(x)[0], data.inner[0][0], post)
     divergence = trust_region_kl(old_dist, dist, cfg.kl_direction)
     mean_kl = masked_mean(divergence, weights, dim=(1, 2)).mean()
     return loss, mean_kl
@@ -374,7 +385,10 @@ def _gauss_newton_hvp(
     """Damped products with the meta-KL Hessian at x0 in its Gauss-Newton form (curvature.py)."""
     theta, step_size = layout.unflatten(x0)
     steps: list[StepSize] = [step_size or cfg.fast_lr] * len(data.inner)
-    product = GaussNewtonHVP(policy, theta, steps, data.inner, data.post, old_dist, frozen_grads)
+    objective = inner_objective(cfg.meta_gradient)
+    product = GaussNewtonHVP(
+        policy, theta, steps, data.inner, data.post, old_dist, frozen_grads, objective
+    )
 
     def hvp(v: Tensor) -> Tensor:
         with torch.no_grad():

@@ -430,6 +430,7 @@ def test_save_load_round_trip_non_defaults(tmp_path: Path) -> None:
             "loss_weighting": "episodes",
             "kl_direction": "new_old",
             "torch_threads": 3,
+            "meta_gradient": "lvc",
             "normalize_advantages": False,
             "seed": 123,
             "device": "cuda:0",
