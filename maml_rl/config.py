@@ -148,8 +148,8 @@ class Config:
     """Floating point type of the policy and the optimisation: float32 or float64."""
     meta_gradient: str = "maml"
     """How the meta-gradient treats the pre-update sampling distribution (estimators.py): maml
-    (the paper's: ignores it), lvc (ProMP's low-variance curvature inner loss) or emaml
-    (E-MAML's score term of the pre-update trajectories)."""
+    (the paper's: ignores it), lvc (ProMP's low-variance curvature inner loss), emaml
+    (E-MAML's score term of the pre-update trajectories) or dice (the DiCE inner objective)."""
     torch_threads: int | None = None
     """torch's intra-op threads for the optimisation (sampling always uses one; MuJoCo batches
     use every CPU). null: torch's default (all cores). Set 1 per run when several runs share
@@ -217,7 +217,7 @@ def _validate(cfg: Config) -> None:
         "advantage_statistics": ("steps", "episodes"),
         "loss_weighting": ("steps", "episodes"),
         "kl_direction": ("old_new", "new_old"),
-        "meta_gradient": ("maml", "lvc", "emaml"),
+        "meta_gradient": ("maml", "lvc", "emaml", "dice"),
     }
     for key, allowed in choices.items():
         _check(

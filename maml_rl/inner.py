@@ -159,6 +159,7 @@ def first_order_gradients(
     theta: Params,
     inner_data: Sequence[tuple[Batch, Tensor]],
     step_sizes: Sequence[StepSize],
+    objective: InnerObjective | None = None,
 ) -> list[Params]:
     """The detached inner gradients g_i along the adaptation path from theta (for frozen_grads)."""
     params = {n: p.detach().expand(inner_data[0][0].num_tasks, *p.shape) for n, p in theta.items()}
@@ -167,6 +168,6 @@ def first_order_gradients(
     ]
     grads: list[Params] = []
     for (batch, advantages), step_size in zip(inner_data, steps, strict=True):
-        grads.append(policy_gradients(policy, params, batch, advantages, create_graph=False))
+        grads.append(policy_gradients(policy, params, batch, advantages, False, objective))
         params = apply_step(params, grads[-1], step_size)
     return grads

@@ -157,6 +157,7 @@ def collect(
     parameters after each step (detached), [phi_1, ..., phi_S], each [N, *shape].
     """
     policy = sampler.policy
+    objective = inner_objective(cfg.meta_gradient, cfg.gamma)  # the same as meta_objective's
     params: Params = theta
     inner: list[tuple[Batch, Tensor]] = []
     adapted: list[Params] = []
@@ -168,7 +169,7 @@ def collect(
         inner.append((batch, advantages))
         if step == 0:
             params = {n: p.detach().expand(len(tasks), *p.shape) for n, p in theta.items()}
-        params = inner_step(policy, params, batch, advantages, step_size, create_graph=False)
+        params = inner_step(policy, params, batch, advantages, step_size, False, objective)
         params = {n: p.detach() for n, p in params.items()}
         adapted.append(params)
     post = sampler.sample(params, tasks, seed=seeds[len(step_sizes)], per_task=bool(step_sizes))
@@ -195,7 +196,7 @@ def _post_distribution(
         cfg.first_order,
         frozen_grads,
         data.post.num_tasks,
-        inner_objective(cfg.meta_gradient),
+        inner_objective(cfg.meta_gradient, cfg.gamma),
     )
     return forward(policy, phi, data.post.observations.movedim(1, 0), per_task=True)
 
@@ -285,7 +286,11 @@ def meta_step(
     if cfg.first_order:
         theta0, steps0 = layout.unflatten(x0)
         frozen = first_order_gradients(
-            policy, theta0, data.inner, [steps0 or cfg.fast_lr] * len(data.inner)
+            policy,
+            theta0,
+            data.inner,
+            [steps0 or cfg.fast_lr] * len(data.inner),
+            inner_objective(cfg.meta_gradient, cfg.gamma),
         )
     lap("adaptation_s")
 
@@ -385,7 +390,7 @@ def _gauss_newton_hvp(
     """Damped products with the meta-KL Hessian at x0 in its Gauss-Newton form (curvature.py)."""
     theta, step_size = layout.unflatten(x0)
     steps: list[StepSize] = [step_size or cfg.fast_lr] * len(data.inner)
-    objective = inner_objective(cfg.meta_gradient)
+    objective = inner_objective(cfg.meta_gradient, cfg.gamma)
     product = GaussNewtonHVP(
         policy, theta, steps, data.inner, data.post, old_dist, frozen_grads, objective
     )

@@ -142,7 +142,7 @@ def test_lvc_meta_gradient_adds_the_sampling_curvature_through_the_adaptation() 
 
 
 def test_gauss_newton_follows_each_estimators_curvature() -> None:
-    for name in ("maml", "lvc", "emaml"):
+    for name in ("maml", "lvc", "emaml", "dice"):
         cfg, policy, _, layout, x0, data, old = setup(name)
 
         def kl_fn(y: torch.Tensor, cfg=cfg, policy=policy, layout=layout, data=data, old=old):
@@ -196,3 +196,70 @@ def test_maml_is_the_unchanged_reinforce_path() -> None:
     surrogate = (ratio * data.post_advantages.movedim(1, 0) * weights).sum(dim=(1, 2))
     reference = flat_grad(-(surrogate / weights.sum(dim=(1, 2))).mean(), [y])
     assert torch.equal(grad, reference) or torch.allclose(grad, reference, rtol=0, atol=1e-15)
+
+
+def test_dice_derivatives_are_the_score_function_estimates_of_every_order() -> None:
+    """With c_t = Σ_{t'≤t} log π_t', l_t = log π_t and (r̃, b̃, s) from dice_terms:
+    ∇L = −(1/(K s)) Σ_k Σ_t (∇c_t r̃_t − ∇l_t b̃_t) (the discounted policy gradient with a
+    baseline) and ∇²L = −(1/(K s)) Σ_k Σ_t ((∇²c_t + ∇c_t∇c_tᵀ) r̃_t − (∇²l_t + ∇l_t∇l_tᵀ) b̃_t)."""
+    from maml_rl.estimators import dice_loss, dice_terms
+
+    policy, theta = make_policy()
+    batch, advantages = make_batch(7, num_tasks=1, horizon=4, k=3)
+
+    def loss(policy, params, batch, advantages):  # type: ignore[no-untyped-def]
+        return dice_loss(policy, params, batch, advantages, gamma=0.9)
+
+    f, x, names, sizes = flat_loss(policy, theta, batch, advantages, loss)
+    rewards, values, scale = dice_terms(batch, 0.9)
+
+    def logp(flat: torch.Tensor, t: int, k: int) -> torch.Tensor:
+        params = {n: p.view(theta[n].shape) for n, p in zip(names, flat.split(sizes), strict=True)}
+        return log_prob(functional_call(policy, params, (batch.observations[t, 0, k],)),
+                        batch.actions[t, 0, k])  # fmt: skip
+
+    grad = torch.zeros_like(x)
+    hessian = torch.zeros(len(x), len(x), dtype=x.dtype)
+    mask = batch.mask[:, 0]
+    for k in range(mask.shape[1]):
+        c_grad, c_hess = torch.zeros_like(x), torch.zeros_like(hessian)
+        for t in range(int(mask[:, k].sum())):
+            l_grad = torch.func.grad(logp)(x, t, k)
+            l_hess = torch.func.hessian(logp)(x, t, k)
+            c_grad, c_hess = c_grad + l_grad, c_hess + l_hess
+            r, b = rewards[t, 0, k], values[t, 0, k]
+            grad += c_grad * r - l_grad * b
+            hessian += (c_hess + torch.outer(c_grad, c_grad)) * r
+            hessian -= (l_hess + torch.outer(l_grad, l_grad)) * b
+    factor = -1.0 / (mask.shape[1] * scale[0])
+    assert f(x).item() == pytest.approx(
+        float(factor * (rewards - values).sum()), rel=1e-12
+    )  # ⊡ = 1 in value: the objective's value is the discounted return minus the baseline
+    torch.testing.assert_close(torch.func.grad(f)(x), factor * grad, rtol=1e-9, atol=1e-12)
+    torch.testing.assert_close(torch.func.hessian(f)(x), factor * hessian, rtol=1e-8, atol=1e-10)
+
+
+def test_dice_adapts_the_same_way_when_sampling_and_in_the_meta_objective() -> None:
+    """collect adapts with the estimator's inner loss: at x0 the surrogate's ratio is 1."""
+    from maml_rl.build import Streams, build
+    from maml_rl.maml import collect, draw_seeds
+
+    cfg = Config(meta_gradient="dice", meta_batch_size=2, fast_batch_size=3, hidden_sizes=(8,),
+                 env_kwargs={"max_episode_steps": 6}, dtype="float64", cg_iters=2)  # fmt: skip
+    streams = Streams.from_seed(0)
+    family, policy, sampler = build(cfg, streams.policy_init)
+    theta = {n: p.detach().clone() for n, p in policy.named_parameters()}
+    tasks = family.sample_tasks(2, streams.tasks)
+    data, adapted = collect(sampler, theta, tasks, [0.1], draw_seeds(streams.environments, 2), cfg)
+    layout = MetaParams.of(theta, {})
+    x0 = layout.flatten(theta, {})
+    with torch.no_grad():
+        old = detach(_post_distribution(policy, layout, x0, data, cfg))
+    torch.testing.assert_close(old.mean, _mean_of(policy, adapted[-1], data))
+    sampler.close()
+
+
+def _mean_of(policy, phi, data):  # type: ignore[no-untyped-def]
+    return torch.func.vmap(lambda p, o: functional_call(policy, p, (o,)))(
+        phi, data.post.observations.movedim(1, 0)
+    ).mean
