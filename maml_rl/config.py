@@ -150,6 +150,17 @@ class Config:
     """How the meta-gradient treats the pre-update sampling distribution (estimators.py): maml
     (the paper's: ignores it), lvc (ProMP's low-variance curvature inner loss), emaml
     (E-MAML's score term of the pre-update trajectories) or dice (the DiCE inner objective)."""
+    outer: str = "trpo"
+    """The outer step: trpo (one natural-gradient step with a KL trust region and line search,
+    the paper's) or promp (ProMP's clipped objective, several Adam steps, promp.py)."""
+    promp_steps: int = 5
+    """outer promp: Adam steps per meta-iteration (ProMP: 5)."""
+    promp_clip: float = 0.3
+    """outer promp: the ratio clipping range ε (ProMP's MuJoCo scripts: 0.3)."""
+    promp_lr: float = 1e-3
+    """outer promp: Adam's learning rate (ProMP: 1e-3)."""
+    promp_inner_kl: float = 5e-4
+    """outer promp: the weight η of the KL penalty on the inner steps (ProMP: 5e-4, fixed)."""
     torch_threads: int | None = None
     """torch's intra-op threads for the optimisation (sampling always uses one; MuJoCo batches
     use every CPU). null: torch's default (all cores). Set 1 per run when several runs share
@@ -187,6 +198,10 @@ def _validate(cfg: Config) -> None:
     for key in positive_ints:
         _check(getattr(cfg, key) >= 1, key, "must be >= 1", getattr(cfg, key))
     _check(cfg.ls_max_steps >= 1, "ls_max_steps", "must be >= 1", cfg.ls_max_steps)
+    _check(cfg.promp_steps >= 1, "promp_steps", "must be >= 1", cfg.promp_steps)
+    _check(0 < cfg.promp_clip < 1, "promp_clip", "must be in (0, 1)", cfg.promp_clip)
+    _check(cfg.promp_lr > 0, "promp_lr", "must be > 0", cfg.promp_lr)
+    _check(cfg.promp_inner_kl >= 0, "promp_inner_kl", "must be >= 0", cfg.promp_inner_kl)
     _check(0 <= cfg.seed < 2**63, "seed", "must be in [0, 2**63)", cfg.seed)
     threads = cfg.torch_threads
     _check(threads is None or threads >= 1, "torch_threads", "must be >= 1 or null", threads)
@@ -218,6 +233,7 @@ def _validate(cfg: Config) -> None:
         "loss_weighting": ("steps", "episodes"),
         "kl_direction": ("old_new", "new_old"),
         "meta_gradient": ("maml", "lvc", "emaml", "dice"),
+        "outer": ("trpo", "promp"),
     }
     for key, allowed in choices.items():
         _check(
@@ -307,6 +323,7 @@ SAVED_BEFORE_KEY = {
     "advantage_statistics": "steps",
     "kl_direction": "old_new",
     "meta_gradient": "maml",
+    "outer": "trpo",
 }
 """What a key meant for configs saved before it existed (checkpoints of older runs): the
 convention those runs trained with, whatever today's default is."""

@@ -14,6 +14,7 @@ w are the batch's step weights (`Batch.step_weights`): the mask, or per-episode 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -122,9 +123,7 @@ def adapt(
     inner_data: Sequence[tuple[Batch, Tensor]],
     step_sizes: Sequence[StepSize],
     first_order: bool,
-    frozen_grads: Sequence[Params] | None = None,
-    num_tasks: int | None = None,
-    objective: InnerObjective | None = None,
+    **options: Any,
 ) -> Params:
     """Adapted parameters phi [N, *shape] after len(inner_data) inner steps from theta.
 
@@ -136,22 +135,40 @@ def adapt(
     frozen_grads (first order only): use these inner gradients instead of recomputing them,
     so phi(x) = theta - Σ_i alpha_i ⊙ g_i is exactly the linear model first-order MAML
     differentiates (its Hessian-vector products then match the exact ones).
+    options: frozen_grads, num_tasks, objective (as for `adaptation_path`).
     objective: the inner loss (default `reinforce_loss`); estimators whose losses share
     REINFORCE's gradient but not its Hessian (LVC) change only the second-order graph.
     """
+    return adaptation_path(policy, theta, inner_data, step_sizes, first_order, **options)[-1]
+
+
+def adaptation_path(
+    policy: nn.Module,
+    theta: Params,
+    inner_data: Sequence[tuple[Batch, Tensor]],
+    step_sizes: Sequence[StepSize],
+    first_order: bool,
+    frozen_grads: Sequence[Params] | None = None,
+    num_tasks: int | None = None,
+    objective: InnerObjective | None = None,
+) -> list[Params]:
+    """[phi_0 = theta per task, phi_1, ..., phi_S], each [N, *shape]: `adapt`'s every step
+    (phi_i is the policy that sampled inner_data[i]). Arguments as for `adapt`."""
     if inner_data:
         num_tasks = inner_data[0][0].num_tasks
     elif num_tasks is None:
         raise ValueError("adapt needs num_tasks when there are no inner steps")
-    params = expand_to_tasks(theta, num_tasks)
+    path = [expand_to_tasks(theta, num_tasks)]
     for i, ((batch, advantages), step_size) in enumerate(zip(inner_data, step_sizes, strict=True)):
         if frozen_grads is not None:
-            params = apply_step(params, frozen_grads[i], step_size)
+            path.append(apply_step(path[-1], frozen_grads[i], step_size))
         else:
-            params = inner_step(
-                policy, params, batch, advantages, step_size, not first_order, objective
+            path.append(
+                inner_step(
+                    policy, path[-1], batch, advantages, step_size, not first_order, objective
+                )
             )
-    return params
+    return path
 
 
 def first_order_gradients(

@@ -194,9 +194,9 @@ def _post_distribution(
         data.inner,
         steps,
         cfg.first_order,
-        frozen_grads,
-        data.post.num_tasks,
-        inner_objective(cfg.meta_gradient, cfg.gamma),
+        frozen_grads=frozen_grads,
+        num_tasks=data.post.num_tasks,
+        objective=inner_objective(cfg.meta_gradient, cfg.gamma),
     )
     return forward(policy, phi, data.post.observations.movedim(1, 0), per_task=True)
 

@@ -28,6 +28,7 @@ from maml_rl.inner import init_step_size
 from maml_rl.logger import RunLogger, truncate_metrics
 from maml_rl.maml import NonFiniteError, collect, draw_seeds, meta_step
 from maml_rl.policy import parameters_of
+from maml_rl.promp import promp_step
 from maml_rl.tasks import TaskFamily, TaskFamilyError
 from maml_rl.types import Params
 from maml_rl.vector import resolved_backend
@@ -253,7 +254,8 @@ def _train(
             )
 
             # --- outer step: TRPO on the post-adaptation surrogate ---
-            theta, step_size, info = meta_step(policy, theta, step_size, data, cfg)
+            outer_step = promp_step if cfg.outer == "promp" else meta_step
+            theta, step_size, info = outer_step(policy, theta, step_size, data, cfg)
             t2 = time.perf_counter()
 
             # --- log ---
