@@ -187,6 +187,16 @@ def cmd_plot(args: argparse.Namespace) -> int:
 
 
 def cmd_render(args: argparse.Namespace) -> int:
+    import os
+
+    try:  # MuJoCo loads its OpenGL backend (MUJOCO_GL) on import: fail here, in one line
+        import mujoco  # noqa: F401
+    except Exception as error:
+        raise ConfigError(
+            f"MuJoCo cannot load its OpenGL backend (MUJOCO_GL={os.environ.get('MUJOCO_GL')}): "
+            f"{type(error).__name__}: {error}; set MUJOCO_GL=egl (package libegl1) or "
+            "MUJOCO_GL=osmesa (package libosmesa6)"
+        ) from None
     from maml_rl.render import adaptation_clips, default_suffix, render
 
     if args.task is not None and args.num_tasks is not None:
@@ -203,7 +213,7 @@ def cmd_render(args: argparse.Namespace) -> int:
         Path(args.run_dir) / "render" / f"tasks{first}-{first + count - 1}"
         f"_steps{'-'.join(map(str, clips.steps))}{default_suffix(clips.family)}"
     )  # fmt: skip
-    print(f"wrote {render(clips, out, args.trajectory)}")
+    print(f"wrote {render(clips, out, args.trajectory, stride=args.stride)}")
     return 0
 
 
@@ -315,6 +325,7 @@ def parser() -> argparse.ArgumentParser:
     show.add_argument("--steps", default="0,1,3", help="gradient steps to show (default 0,1,3)")
     show.add_argument("--trajectory", type=int, default=0, help="which of the K trajectories")
     show.add_argument("--out", metavar="FILE", help=".mp4 / .gif (MuJoCo) or .png (drawn)")
+    show.add_argument("--stride", type=int, default=1, help="video: keep every N-th frame")
     show.add_argument("--eval-seed", type=int, metavar="N", help="as in evaluate")
     show.add_argument(
         "--eval-tasks", type=int, default=40, metavar="N", help="held-out set size (evaluate's)"

@@ -147,8 +147,11 @@ def default_suffix(family: TaskFamily) -> str:
     return ".mp4"
 
 
-def render(clips: Clips, out: str | Path, trajectory: int = 0, fps: int = 20) -> Path:
-    """Write the clips to `out` (.png for a drawing family, .mp4 / .gif for a MuJoCo one)."""
+def render(
+    clips: Clips, out: str | Path, trajectory: int = 0, fps: int = 20, stride: int = 1
+) -> Path:
+    """Write the clips to `out` (.png for a drawing family, .mp4 / .gif for a MuJoCo one);
+    a video keeps every `stride`-th frame (played at fps / stride: real time stays real)."""
     out = Path(out)
     if not 0 <= trajectory < clips.num_trajectories:
         raise ConfigError(
@@ -165,6 +168,9 @@ def render(clips: Clips, out: str | Path, trajectory: int = 0, fps: int = 20) ->
             "(env.unwrapped.model) and the family no draw_trajectories(ax, task, observations, "
             "mask) method"
         )
+    if stride < 1:
+        env.close()
+        raise ConfigError(f"--stride must be >= 1, got {stride}")
     if out.suffix not in VIDEO_SUFFIXES:
         env.close()
         raise ConfigError("a MuJoCo family renders a video: give --out FILE.mp4 or FILE.gif")
@@ -172,7 +178,7 @@ def render(clips: Clips, out: str | Path, trajectory: int = 0, fps: int = 20) ->
         frames = _video_frames(clips, env, trajectory)
     finally:
         env.close()
-    return _write_video(frames, out, fps)
+    return _write_video(frames[::stride], out, max(1, round(fps / stride)))
 
 
 def _draw(clips: Clips, out: Path) -> Path:
@@ -211,7 +217,7 @@ def _video_frames(clips: Clips, env: Any, trajectory: int) -> list[np.ndarray]:
     except Exception as error:  # no OpenGL backend
         raise TaskFamilyError(
             f"offscreen rendering failed ({type(error).__name__}: {error}); set MUJOCO_GL=egl "
-            "(or osmesa, after installing libosmesa6)"
+            "(package libegl1) or MUJOCO_GL=osmesa (package libosmesa6)"
         ) from None
     frames: list[np.ndarray] = []
     try:

@@ -4,6 +4,7 @@ adaptation), navigation draws them in the plane, MuJoCo replays them exactly and
 from __future__ import annotations
 
 import dataclasses
+import os
 from pathlib import Path
 
 import matplotlib.image
@@ -57,6 +58,9 @@ def test_mujoco_clips_replay_the_sampled_trajectory_and_are_filmed(tmp_path: Pat
     assert len(frames) == 7  # 6 steps: a frame before each and one after the last
     assert frames[0].shape == (240, 2 * 320, 3)
     assert np.asarray(frames[3]).std() > 0
+    # the clips of the two steps (left, right) show different motions below their labels
+    middle = np.asarray(frames[5])[20:].astype(float)
+    assert np.abs(middle[:, :320] - middle[:, 320:]).mean() > 1.0
     # a trajectory that is not the one sampled is caught, not filmed
     batch = clips.batches[0]
     wrong = dataclasses.replace(batch, actions=batch.actions + 5.0)
@@ -96,6 +100,7 @@ def test_a_family_that_cannot_render_and_bad_requests_are_one_line(
         (["render", run, "--task", "40"], "are not among the 40 held-out tasks"),
         (["render", run, "--out", str(tmp_path / "a.mp4")], "give an --out FILE.png"),
         (["render", run, "--trajectory", "7"], "--trajectory must be in 0..2"),
+        (["render", str(tmp_path)], "checkpoint"),  # a directory without a checkpoint
     ]
     capsys.readouterr()
     for argv, expected in cases:
@@ -111,3 +116,20 @@ def test_describe_task() -> None:
 
     assert describe_task(VelocityTask(1.23456)) == "velocity=1.23"
     assert describe_task(GoalTask((1.0, -2.5))) == "goal=(1.00, -2.50)"
+
+
+def test_an_unavailable_gl_backend_is_one_line_naming_the_variable(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    run_dir = trained(tmp_path, "navigation", "env_kwargs={max_episode_steps: 5}")
+    done = subprocess.run(
+        [sys.executable, "-m", "maml_rl.cli", "render", str(run_dir)],
+        env={**os.environ, "MUJOCO_GL": "bogus"},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 2
+    err = done.stderr.strip()
+    assert len(err.splitlines()) == 1 and "MUJOCO_GL=bogus" in err and "libegl1" in err, err
