@@ -3,12 +3,13 @@
 The rules, in the order they are checked (README, "Add your own task family"):
 
 1. ``sample_tasks(n, rng)`` returns n instances of frozen dataclasses, the same list for the
-   same seed, and tasks survive pickling (they cross process boundaries and checkpoints);
+   same seed and another for another seed, and tasks survive pickling (they cross process
+   boundaries and checkpoints);
 2. the family has ``max_episode_steps``, an int >= 1 (or its own ``make_batch_env``);
 3. ``make_env()`` returns a ``gymnasium.Env`` that passes Gymnasium's ``check_env`` (render
    checks skipped; closing is checked on the env itself, not on one rebuilt from its spec);
 4. episodes are deterministic: the same seed, task and actions give the same observations
-   and rewards;
+   and rewards; observations stay in the observation space and rewards are finite;
 5. two different tasks give different rewards for the same actions from the same seed
    (otherwise the env ignores ``reset(options={"task": task})``);
 6. episodes end within ``max_episode_steps``, and the task survives an autoreset: after an
@@ -110,13 +111,24 @@ def _check_tasks(family: TaskFamily, name: str, seed: int) -> list[Task]:
             raise _fail(name, f"task class {type(task).__name__} must be @dataclass(frozen=True)")
     if list(first) != list(second):
         raise _fail(name, f"sample_tasks is not deterministic: two draws with seed {seed} differ")
+    other = family.sample_tasks(NUM_TASKS, np.random.default_rng(seed + 1))
+    if list(other) == list(first):
+        raise _fail(
+            name,
+            f"sample_tasks ignores its rng: seeds {seed} and {seed + 1} give the same tasks "
+            "(draw them from the numpy Generator it is given)",
+        )
     for task in first:
         try:
             restored = pickle.loads(pickle.dumps(task))
         except Exception as error:
             raise _fail(name, f"task {task!r} is not picklable: {error}") from error
         if restored != task:
-            raise _fail(name, f"task {task!r} does not survive pickling (got {restored!r})")
+            raise _fail(
+                name,
+                f"task {task!r} does not survive pickling (got {restored!r}): a field that "
+                "compares by identity (a function, a lambda, an object without __eq__)?",
+            )
     return list(first)
 
 
@@ -180,12 +192,22 @@ def _check_close(env: gym.Env, name: str) -> None:
 
 
 def _rollout(
-    env: gym.Env, actions: list[Any], seed: int, options: dict[str, Any] | None
+    env: gym.Env, actions: list[Any], seed: int, options: dict[str, Any] | None, name: str
 ) -> tuple[list[np.ndarray], list[float]]:
     observation, _ = env.reset(seed=seed, options=options)
     observations, rewards = [np.array(observation, copy=True)], []
-    for action in actions:
+    for t, action in enumerate(actions):
         observation, reward, terminated, truncated, _ = env.step(action)
+        if not env.observation_space.contains(
+            np.asarray(observation, dtype=env.observation_space.dtype)
+        ):
+            raise _fail(
+                name,
+                f"step {t} returned an observation outside the observation space "
+                f"{env.observation_space} (first values {np.asarray(observation).ravel()[:4]})",
+            )
+        if not np.isfinite(float(reward)):
+            raise _fail(name, f"step {t} returned the reward {reward}")
         observations.append(np.array(observation, copy=True))
         rewards.append(float(reward))
         if terminated or truncated:
@@ -217,10 +239,10 @@ def _check_task_behaviour(
 ) -> None:
     env.action_space.seed(seed)
     actions = [env.action_space.sample() for _ in range(ROLLOUT_STEPS)]
-    with_a = _rollout(env, actions, seed, {"task": task_a})
-    if not _same(with_a, _rollout(env, actions, seed, {"task": task_a})):
+    with_a = _rollout(env, actions, seed, {"task": task_a}, name)
+    if not _same(with_a, _rollout(env, actions, seed, {"task": task_a}, name)):
         raise _fail(name, f"two episodes with the same seed {seed}, task and actions differ")
-    with_b = _rollout(env, actions, seed, {"task": task_b})
+    with_b = _rollout(env, actions, seed, {"task": task_b}, name)
     if with_a[1] == with_b[1]:
         raise _fail(
             name,
@@ -229,7 +251,7 @@ def _check_task_behaviour(
         )
     for task, expected in ((task_a, with_a), (task_b, with_b)):
         _run_to_episode_end(env, family, task, name, seed)
-        if not _same(_rollout(env, actions, seed, None), expected):
+        if not _same(_rollout(env, actions, seed, None, name), expected):
             raise _fail(
                 name,
                 f"task {task!r} does not survive an autoreset: after its episode ended, "

@@ -217,6 +217,21 @@ def cmd_render(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_check(args: argparse.Namespace) -> int:
+    """Run the task-family checker on a family (name or module:Class) or a config's family."""
+    from maml_rl.checker import check_family
+    from maml_rl.tasks import available_families, make_family
+
+    target, kwargs = args.target, {}
+    if target not in available_families() and ":" not in target:
+        cfg = config_module.load(find_config(target))  # a config: check its family and kwargs
+        target, kwargs = cfg.env, cfg.env_kwargs
+    family = make_family(target, kwargs)
+    check_family(family, seed=args.seed)
+    print(f"{family!r}: all checks passed")
+    return 0
+
+
 def cmd_envs(args: argparse.Namespace) -> int:
     from maml_rl.tasks import available_families, make_family
 
@@ -331,6 +346,15 @@ def parser() -> argparse.ArgumentParser:
         "--eval-tasks", type=int, default=40, metavar="N", help="held-out set size (evaluate's)"
     )
     show.set_defaults(func=cmd_render)
+
+    check = commands.add_parser(
+        "check", help="check a task family (or a config's) before training with it"
+    )
+    check.add_argument(
+        "target", metavar="FAMILY_OR_CONFIG", help="family name, module:Class, or config"
+    )
+    check.add_argument("--seed", type=int, default=0)
+    check.set_defaults(func=cmd_check)
 
     envs = commands.add_parser("envs", help="list registered task families")
     envs.set_defaults(func=cmd_envs)

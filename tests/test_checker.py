@@ -128,6 +128,13 @@ class OneTaskFamily(GoodFamily):
         return [Target(0.5)] * n
 
 
+class SameWithinDrawFamily(GoodFamily):
+    """Uses its rng, but every task of one draw is the same."""
+
+    def sample_tasks(self, n: int, rng: np.random.Generator) -> list[Any]:
+        return [Target(float(rng.uniform(-1.0, 1.0)))] * n
+
+
 @pytest.mark.parametrize(
     ("family", "match"),
     [
@@ -137,7 +144,8 @@ class OneTaskFamily(GoodFamily):
         (UnpicklableTaskFamily(), "not picklable"),
         (ShortListFamily(), "list of 8 tasks"),
         (RaisingFamily(), "sample_tasks raised RuntimeError: no tasks today second line"),
-        (OneTaskFamily(), "identical tasks"),
+        (OneTaskFamily(), "sample_tasks ignores its rng"),
+        (SameWithinDrawFamily(), "identical tasks"),
     ],
     ids=lambda value: type(value).__name__ if not isinstance(value, str) else "",
 )
@@ -321,3 +329,41 @@ class UnpicklableFamily(GoodFamily):
 def test_unpicklable_family_is_a_warning_not_an_error() -> None:
     with pytest.warns(FamilyCheckWarning, match="not picklable"):
         check_family(UnpicklableFamily(), seed=0)
+
+
+class _EscapesBox(LineEnv):
+    def __init__(self, horizon: int = 10) -> None:
+        super().__init__(horizon)
+        self.observation_space = gym.spaces.Box(-1.0, 1.0, (1,), np.float32)
+
+    def step(self, action: np.ndarray) -> tuple[np.ndarray, float, bool, bool, dict[str, Any]]:
+        obs, reward, terminated, truncated, info = super().step(action)
+        return obs + 5.0 * (self.t >= 3), reward, terminated, truncated, info  # leaves at t=3
+
+
+class EscapesItsSpaceFamily(GoodFamily):
+    def make_env(self) -> gym.Env:
+        return _EscapesBox(self.max_episode_steps)
+
+
+class _NaNReward(LineEnv):
+    def step(self, action: np.ndarray) -> tuple[np.ndarray, float, bool, bool, dict[str, Any]]:
+        obs, reward, terminated, truncated, info = super().step(action)
+        return obs, float("nan") if self.t == 4 else reward, terminated, truncated, info
+
+
+class NaNRewardFamily(GoodFamily):
+    def make_env(self) -> gym.Env:
+        return _NaNReward(self.max_episode_steps)
+
+
+@pytest.mark.parametrize(
+    ("family", "match"),
+    [
+        (EscapesItsSpaceFamily(), "returned an observation outside the observation space"),
+        (NaNRewardFamily(), "returned the reward nan"),
+    ],
+    ids=lambda value: type(value).__name__ if not isinstance(value, str) else "",
+)
+def test_rollout_rules(family: Any, match: str) -> None:
+    assert match in violation(family)

@@ -187,3 +187,14 @@ def test_torch_threads_is_applied_and_reported(
         assert "torch threads 1" in capsys.readouterr().out.splitlines()[0]
     finally:
         torch.set_num_threads(before)
+
+
+def test_check_command(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    assert main(["check", "navigation"]) == 0
+    assert capsys.readouterr().out.strip().endswith("all checks passed")
+    assert main(["check", "halfcheetah-dir-promp"]) == 0  # a config: its family and kwargs
+    assert "HalfCheetahDir(" in capsys.readouterr().out
+    monkeypatch.syspath_prepend(str(Path(__file__).parent))
+    assert main(["check", "test_checker:NaNRewardFamily"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == "maml-rl: error: task family NaNRewardFamily: step 3 returned the reward nan"
