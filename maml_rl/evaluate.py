@@ -15,6 +15,7 @@ observes the task parameters, not adapted: its 0-step return at every step).
 from __future__ import annotations
 
 import csv
+import json
 import math
 from collections.abc import Sequence
 from dataclasses import astuple, dataclass, fields, replace
@@ -270,6 +271,22 @@ class Evaluation:
     learned_step_size: bool
     eval_seed: int
     num_trajectories: int
+    checkpoint: str = ""
+    """Which checkpoint of which iteration was evaluated (`latest@499`)."""
+
+    @property
+    def protocol(self) -> dict[str, object]:
+        """What makes two evaluations' per-task returns comparable (same tasks and seeds)."""
+        shape = next(iter(self.returns.values())).shape if self.returns else (0, 0)
+        return {
+            "env": self.env,
+            "checkpoint": self.checkpoint,
+            "eval_seed": self.eval_seed,
+            "num_trajectories": self.num_trajectories,
+            "step_sizes": list(self.step_sizes),
+            "num_steps": int(shape[0]) - 1,
+            "num_tasks": int(shape[1]),
+        }
 
     @property
     def rows(self) -> list[SummaryRow]:
@@ -321,7 +338,8 @@ def evaluate_run(
         else:  # oracle: sampled once, not adapted
             once = curve(loaded[name].cfg, loaded[name].theta, [])
             returns[name] = np.repeat(once, num_steps + 1, axis=0)
-    return Evaluation(cfg.env, returns, tuple(schedule), learned, seed, k)
+    checkpoint = f"{which}@{run.iteration}"
+    return Evaluation(cfg.env, returns, tuple(schedule), learned, seed, k, checkpoint)
 
 
 def write_csv(rows: Sequence[SummaryRow], path: str | Path) -> None:
@@ -379,10 +397,40 @@ def read_task_returns(path: str | Path) -> dict[str, np.ndarray]:
     return returns
 
 
+PROTOCOL = "evaluation.json"
+OUTPUTS = ("adaptation.csv", "adaptation_tasks.csv", "adaptation.png", PROTOCOL)
+
+
+def merged(evaluation: Evaluation, out_dir: Path) -> Evaluation:
+    """An earlier evaluation in `out_dir` is never lost: with the same protocol (checkpoint,
+    tasks, seeds, steps) its methods that this one did not recompute are kept beside this one's;
+    with another protocol its files move to `out_dir/replaced/<n>/`."""
+    previous = out_dir / PROTOCOL
+    if not (out_dir / "adaptation_tasks.csv").is_file():
+        return evaluation
+    same = previous.is_file() and json.loads(previous.read_text()) == evaluation.protocol
+    if same:
+        earlier = read_task_returns(out_dir / "adaptation_tasks.csv")
+        kept = {m: r for m, r in earlier.items() if m not in evaluation.returns}
+        return replace(evaluation, returns={**evaluation.returns, **kept})
+    archive = out_dir / "replaced"
+    number = 1 + max((int(p.name) for p in archive.glob("[0-9]*") if p.name.isdigit()), default=0)
+    target = archive / str(number)
+    target.mkdir(parents=True)
+    for name in OUTPUTS:
+        if (out_dir / name).exists():
+            (out_dir / name).rename(target / name)
+    return evaluation
+
+
 def save(evaluation: Evaluation, out_dir: str | Path) -> tuple[Path, Path]:
-    """Write `adaptation.csv` (summary rows), `adaptation_tasks.csv` (per-task returns) and
-    `adaptation.png` into `out_dir`; returns the paths of the summary and the figure."""
+    """Write `adaptation.csv` (summary rows), `adaptation_tasks.csv` (per-task returns),
+    `adaptation.png` and `evaluation.json` (the protocol) into `out_dir`, after `merged` kept
+    what an earlier evaluation there had; returns the paths of the summary and the figure."""
     out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    evaluation = merged(evaluation, out_dir)
+    (out_dir / PROTOCOL).write_text(json.dumps(evaluation.protocol, indent=1) + "\n")
     csv_path, png_path = out_dir / "adaptation.csv", out_dir / "adaptation.png"
     rows = evaluation.rows
     write_csv(rows, csv_path)

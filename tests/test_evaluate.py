@@ -197,3 +197,24 @@ def test_an_oracle_for_a_family_without_oracle_features_is_refused_before_traini
     err = capsys.readouterr().err.strip()
     assert "the oracle baseline needs NoOracle.oracle_features(task)" in err
     assert not (run / "baselines").exists()
+
+
+def test_a_second_evaluation_keeps_the_first_ones_methods_or_archives_it(tmp_path: Path) -> None:
+    from maml_rl.cli import main
+    from maml_rl.evaluate import read_task_returns
+
+    run = tmp_path / "run"
+    argv = ["train", "navigation", "--out", str(run), "--no-progress", "--set", "num_batches=1"]
+    assert main([*argv, "meta_batch_size=2", "fast_batch_size=2", "hidden_sizes=[8]"]) == 0
+    common = ["evaluate", str(run), "--num-tasks", "3", "--num-steps", "1", "--no-progress"]
+    assert main([*common, "--baselines", "random"]) == 0
+    first = read_task_returns(run / "eval" / "adaptation_tasks.csv")
+    assert main(common) == 0  # maml only, same protocol: random is kept, maml recomputed equal
+    second = read_task_returns(run / "eval" / "adaptation_tasks.csv")
+    assert set(second) == {"maml", "random"}
+    np.testing.assert_array_equal(second["random"], first["random"])
+    np.testing.assert_array_equal(second["maml"], first["maml"])
+    assert main([*common[:3], "4", *common[4:]]) == 0  # another protocol: the old one moves
+    assert set(read_task_returns(run / "eval" / "adaptation_tasks.csv")) == {"maml"}
+    archived = read_task_returns(run / "eval" / "replaced" / "1" / "adaptation_tasks.csv")
+    assert set(archived) == {"maml", "random"}
