@@ -52,7 +52,12 @@ def test_a_built_wheel_ships_the_families_and_configs_under_project_names(tmp_pa
     import zipfile
 
     # build with this environment's setuptools when it has one (fast, offline), else isolated
-    local = ["--no-build-isolation"] if importlib.util.find_spec("setuptools") else []
+    local = []
+    if importlib.util.find_spec("setuptools"):
+        from importlib.metadata import version
+
+        if int(version("setuptools").split(".")[0]) >= 64:  # pyproject.toml's requirement
+            local = ["--no-build-isolation"]
     subprocess.run(
         [sys.executable, "-m", "pip", "wheel", str(ROOT), "--no-deps", *local, "-q",
          "-w", str(tmp_path)],
