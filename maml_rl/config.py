@@ -116,9 +116,11 @@ class Config:
     """GAE lambda (1.0: Monte-Carlo returns minus the baseline)."""
     normalize_advantages: bool = True
     """Normalise advantages per task (masked mean 0, std 1)."""
-    advantage_statistics: str = "steps"
-    """Statistics of that normalisation: steps (over a task's valid steps, every step alike) or
-    episodes (means of per-episode means, pytorch-maml-rl's convention)."""
+    advantage_statistics: str = "episodes"
+    """Statistics of that normalisation: episodes (mean and variance as means of per-episode
+    means, pytorch-maml-rl's convention; the default since it removed the decline of 2D
+    navigation after 100 iterations, README "Conventions") or steps (over a task's valid steps,
+    every step alike: rllab's, and ours before). The same when no episode ends early."""
     loss_weighting: str = "steps"
     """How the inner loss, the surrogate and the KL average a task's steps: steps (every valid
     step alike) or episodes (each episode over its own length, then over episodes, as

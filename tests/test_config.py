@@ -426,7 +426,7 @@ def test_save_load_round_trip_non_defaults(tmp_path: Path) -> None:
             "ls_backtrack_ratio": 0.3,
             "gamma": 0.95,
             "gae_lambda": 0.9,
-            "advantage_statistics": "episodes",
+            "advantage_statistics": "steps",
             "loss_weighting": "episodes",
             "kl_direction": "new_old",
             "torch_threads": 3,

@@ -173,11 +173,18 @@ def test_batch_weights_travel_with_slices_and_concatenation() -> None:
 
 def test_convention_keys_are_checked() -> None:
     defaults = Config()
+    # per-episode advantage statistics are the default: with per-step ones 2D navigation
+    # declined after 100 iterations (README "Conventions"); the other two stay rllab's
     assert (defaults.loss_weighting, defaults.advantage_statistics, defaults.kl_direction) == (
         "steps",
-        "steps",
+        "episodes",
         "old_new",
     )
+    from maml_rl.cli import find_config
+    from maml_rl.config import load
+
+    assert load(find_config("navigation")).advantage_statistics == "episodes"
+    assert load(find_config("ant-vel")).advantage_statistics == "steps"
     with pytest.raises(ConfigError, match="config key 'kl_direction' must be one of"):
         from_dict({"kl_direction": "backwards"})
     with pytest.raises(ConfigError, match="config key 'loss_weighting' must be one of"):
