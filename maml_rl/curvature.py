@@ -49,7 +49,8 @@ from maml_rl.inner import (
     apply_step,
     reinforce_loss,
 )
-from maml_rl.policy import Distribution, forward, kl
+from maml_rl.mlp_derivatives import GaussianFisher, ReinforceCurvature, supports
+from maml_rl.policy import Distribution, forward, kl, log_prob
 from maml_rl.returns import masked_mean
 from maml_rl.types import Batch, Params
 
@@ -88,14 +89,51 @@ def _axpy(y: Params, a: float, x: Params) -> Params:
     return {n: y[n] + a * x[n] for n in y}
 
 
+def _rows(x: Tensor) -> Tensor:
+    """[N, T, K, ...] -> [N, T·K, ...] (a task's samples as rows)."""
+    return x.reshape(x.shape[0], -1, *x.shape[3:])
+
+
+def _per_task(batch: Batch, advantages: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """(observations [N, M, D], actions [N, M, A], advantages [N, M], step weights [N, M])."""
+    return (
+        _rows(batch.observations.movedim(1, 0)),
+        _rows(batch.actions.movedim(1, 0)),
+        _rows(advantages.detach().movedim(1, 0)),
+        _rows(batch.step_weights.movedim(1, 0)),
+    )
+
+
+class _AutogradSurrogate:
+    """∇ of the per-task post-update surrogates -mean_i ratio_i A_i at phi (autograd)."""
+
+    def __init__(self, policy: nn.Module, phi: Params, post: Batch, old_dist: Distribution) -> None:
+        self.policy, self.phi, self.post, self.old_dist = policy, phi, post, old_dist
+
+    def gradient(self, advantages: Tensor) -> Params:
+        leaf = _leaf(self.phi)
+        with torch.enable_grad():
+            obs = self.post.observations.movedim(1, 0)
+            dist = forward(self.policy, leaf, obs, per_task=True)
+            actions = self.post.actions.movedim(1, 0)
+            ratio = torch.exp(log_prob(dist, actions) - log_prob(self.old_dist, actions))
+            weights = self.post.step_weights.movedim(1, 0)
+            losses = -masked_mean(ratio * advantages.movedim(1, 0), weights, dim=(1, 2))
+            grads = torch.autograd.grad(losses.sum(), list(leaf.values()))
+        return dict(zip(leaf, grads, strict=True))
+
+
 class GaussNewtonHVP:
-    """H v = (1/N) Σ_n J_nᵀ F_n J_n v of the meta-KL at x0 (see the module docstring).
+    """H v = (1/N) Σ_n J_nᵀ F_n J_n v of the meta-KL at x0 (see the module docstring), and the
+    meta-gradient (1/N) Σ_n J_nᵀ ∇L_n(phi_n) by the same adjoint recursion.
 
     theta: [*shape] at x0; step_sizes: the S step sizes at x0 (floats or learnable dicts, all
     treated as constants); inner_data: per step (batch [T, N, K, ...], advantages [T, N, K]);
     post: the post-update batch; old_dist: the post-update policy at x0 on post [N, T, K, A];
     frozen_grads: the first-order inner gradients (first-order MAML), else None; objective:
     the inner loss whose Hessians H_{n,s} are used (default `reinforce_loss`).
+    closed_form: use mlp_derivatives' products (the default where it `supports` the policy and
+    the inner loss is REINFORCE's), else autograd's double backward; both are exact.
     """
 
     def __init__(
@@ -108,30 +146,48 @@ class GaussNewtonHVP:
         old_dist: Distribution,
         frozen_grads: Sequence[Params] | None,
         objective: InnerObjective | None = None,
+        closed_form: bool | None = None,
     ) -> None:
         self.num_tasks = post.num_tasks
         inner_loss = objective or reinforce_loss
+        if closed_form is None:
+            closed_form = inner_loss is reinforce_loss and supports(policy)
+        self.closed_form = closed_form
         self.step_sizes = [
             {n: a.detach() for n, a in s.items()} if isinstance(s, dict) else s for s in step_sizes
         ]
         phi = {n: p.detach().expand(self.num_tasks, *p.shape) for n, p in theta.items()}
-        self.inner: list[_SecondOrder | None] = []
+        self.inner: list[_SecondOrder | ReinforceCurvature | None] = []
         self.inner_grads: list[Params] = []
         with torch.enable_grad():
             for s, (batch, advantages) in enumerate(inner_data):
                 if frozen_grads is not None:
                     self.inner.append(None)
                     self.inner_grads.append({n: g.detach() for n, g in frozen_grads[s].items()})
+                elif closed_form:
+                    second = ReinforceCurvature(policy, phi, *_per_task(batch, advantages))
+                    self.inner.append(second)
+                    self.inner_grads.append(second.grads)
                 else:
                     leaf = _leaf(phi)
                     second = _SecondOrder(leaf, inner_loss(policy, leaf, batch, advantages))
                     self.inner.append(second)
                     self.inner_grads.append({n: g.detach() for n, g in second.grads.items()})
                 phi = apply_step(phi, self.inner_grads[-1], self.step_sizes[s])
-            leaf = _leaf(phi)
-            dist = forward(policy, leaf, post.observations.movedim(1, 0), per_task=True)
-            kls = masked_mean(kl(old_dist, dist), post.step_weights.movedim(1, 0), dim=(1, 2))
-            self.fisher = _SecondOrder(leaf, kls)
+            self.phi = phi
+            self.post = post
+            if closed_form:
+                obs, _, _, weights = _per_task(post, torch.zeros_like(post.rewards))
+                self.fisher: _SecondOrder | GaussianFisher = GaussianFisher(
+                    policy, phi, obs, weights
+                )
+                self.surrogate: GaussianFisher | _AutogradSurrogate = self.fisher
+            else:
+                leaf = _leaf(phi)
+                dist = forward(policy, leaf, post.observations.movedim(1, 0), per_task=True)
+                weights = post.step_weights.movedim(1, 0)
+                self.fisher = _SecondOrder(leaf, masked_mean(kl(old_dist, dist), weights, (1, 2)))
+                self.surrogate = _AutogradSurrogate(policy, phi, post, old_dist)
 
     def __call__(self, v_theta: Params, v_step: Params) -> tuple[Params, Params]:
         """(H v)_theta [*shape] and (H v)_alpha (step-size shapes) for v = (v_theta, v_step)."""
@@ -144,6 +200,22 @@ class GaussNewtonHVP:
             if v_step:
                 t = _axpy(t, -1.0, _scale(v_step, g))
         w = {k: u / n for k, u in self.fisher.product(t).items()}
+        return self._adjoint(w, v_step)
+
+    def meta_gradient(self, post_advantages: Tensor, step_shapes: Params) -> tuple[Params, Params]:
+        """∇L(x0) of the mean post-update surrogate (maml.meta_objective's loss) through the
+        adaptation: (theta part [*shape], step-size part shaped like `step_shapes`)."""
+        if isinstance(self.surrogate, GaussianFisher):
+            _, actions, advantages, _ = _per_task(self.post, post_advantages)
+            grads = self.surrogate.surrogate_gradient(actions, advantages)
+        else:
+            grads = self.surrogate.gradient(post_advantages.detach())
+        w = {k: u / self.num_tasks for k, u in grads.items()}
+        return self._adjoint(w, step_shapes)
+
+    def _adjoint(self, w: Params, v_step: Params) -> tuple[Params, Params]:
+        """w_S = w; w_s = w_{s+1} - H_s (alpha ⊙ w_{s+1}); theta part Σ_n w_0, alpha part
+        -Σ_n Σ_s g_s ⊙ w_{s+1} (shaped like v_step)."""
         out_step = {k: torch.zeros_like(v) for k, v in v_step.items()}
         for s in reversed(range(len(self.inner))):
             alpha, g, second = self.step_sizes[s], self.inner_grads[s], self.inner[s]

@@ -38,7 +38,7 @@ from maml_rl.sampler import TrajectorySampler
 from maml_rl.tasks import Task
 from maml_rl.trpo import (
     backtracking_line_search,
-    conjugate_gradient,
+    conjugate_gradient_with_residual,
     exact_hvp,
     finite_difference_hvp,
     flat_grad,
@@ -215,6 +215,19 @@ def meta_objective(
     frozen_grads: first-order inner gradients held fixed (see `inner.adapt`).
     """
     dist = _post_distribution(policy, layout, x, data, cfg, frozen_grads)
+    return _objective_terms(policy, layout, x, data, dist, old_dist, cfg)
+
+
+def _objective_terms(
+    policy: nn.Module,
+    layout: MetaParams,
+    x: Tensor,
+    data: TaskData,
+    dist: Distribution,
+    old_dist: Distribution,
+    cfg: Config,
+) -> tuple[Tensor, Tensor]:
+    """`meta_objective` given the post-update distribution `dist` [N, T, K, A] at x."""
     post = data.post
     actions, weights = post.actions.movedim(1, 0), post.step_weights.movedim(1, 0)
     ratio = torch.exp(log_prob(dist, actions) - log_prob(old_dist, actions))
@@ -294,30 +307,39 @@ def meta_step(
         )
     lap("adaptation_s")
 
-    # --- meta-gradient through the adaptation ---
-    x = x0.clone().requires_grad_(True)
-    loss, kl_before = meta_objective(policy, layout, x, data, old_dist, cfg, frozen)
-    loss_before = loss.item()
     num_hvp_tasks = max(1, math.ceil(cfg.hvp_subsample * data.post.num_tasks))
-    reuse_graph = cfg.hvp == "exact" and num_hvp_tasks == data.post.num_tasks
-    grad = flat_grad(loss, [x], retain_graph=reuse_graph)
-    lap("meta_gradient_s")
-
-    # --- conjugate gradient on the KL curvature (possibly on a subset of tasks) ---
     hvp_data, hvp_old = first_tasks(data, old_dist, num_hvp_tasks)
     hvp_frozen = None if frozen is None else [{n: g[:num_hvp_tasks] for n, g in f.items()}
                                               for f in frozen]  # fmt: skip
-
     if cfg.hvp == "gauss_newton":
-        hvp = _gauss_newton_hvp(policy, layout, x0, hvp_data, hvp_old, cfg, hvp_frozen)
+        # --- meta-gradient by the adjoint recursion of the Gauss-Newton products ---
+        with torch.no_grad():  # at x0 the ratio is 1 and the KL 0: no second forward pass
+            loss, kl_before = _objective_terms(policy, layout, x0, data, old_dist, old_dist, cfg)
+        loss_before = loss.item()
+        curvature = _gauss_newton(policy, layout, x0, data, old_dist, cfg, frozen)
+        grad = _gauss_newton_gradient(curvature, policy, layout, x0, data, cfg)
+        lap("meta_gradient_s")
+        if num_hvp_tasks < data.post.num_tasks:
+            curvature = _gauss_newton(policy, layout, x0, hvp_data, hvp_old, cfg, hvp_frozen)
+        hvp = _damped(curvature, layout, cfg)
     else:
+        # --- meta-gradient through the adaptation by autograd ---
+        x = x0.clone().requires_grad_(True)
+        loss, kl_before = meta_objective(policy, layout, x, data, old_dist, cfg, frozen)
+        loss_before = loss.item()
+        reuse_graph = cfg.hvp == "exact" and num_hvp_tasks == data.post.num_tasks
+        grad = flat_grad(loss, [x], retain_graph=reuse_graph)
+        lap("meta_gradient_s")
 
         def hvp_kl(y: Tensor) -> Tensor:
             return meta_objective(policy, layout, y, hvp_data, hvp_old, cfg, hvp_frozen)[1]
 
         hvp = _make_hvp(hvp_kl, x, kl_before if reuse_graph else None, cfg)
-    direction = conjugate_gradient(hvp, grad, iters=cfg.cg_iters)
-    beta = max_step_length(direction, hvp(direction), cfg.max_kl)
+
+    # --- conjugate gradient on the KL curvature (possibly on a subset of tasks) ---
+    # dᵀ(H + damping)d = dᵀ(g - r) from CG's own residual r: no extra product
+    direction, residual = conjugate_gradient_with_residual(hvp, grad, iters=cfg.cg_iters)
+    beta = max_step_length(direction, grad - residual, cfg.max_kl)
     lap("cg_s")
 
     # --- backtracking line search on the true adaptation ---
@@ -378,7 +400,7 @@ def _make_hvp(
     )
 
 
-def _gauss_newton_hvp(
+def _gauss_newton(
     policy: nn.Module,
     layout: MetaParams,
     x0: Tensor,
@@ -386,14 +408,18 @@ def _gauss_newton_hvp(
     old_dist: Distribution,
     cfg: Config,
     frozen_grads: Sequence[Params] | None,
-) -> Callable[[Tensor], Tensor]:
-    """Damped products with the meta-KL Hessian at x0 in its Gauss-Newton form (curvature.py)."""
+) -> GaussNewtonHVP:
+    """The meta-KL's Gauss-Newton products and the meta-gradient at x0 (curvature.py)."""
     theta, step_size = layout.unflatten(x0)
     steps: list[StepSize] = [step_size or cfg.fast_lr] * len(data.inner)
     objective = inner_objective(cfg.meta_gradient, cfg.gamma)
-    product = GaussNewtonHVP(
+    return GaussNewtonHVP(
         policy, theta, steps, data.inner, data.post, old_dist, frozen_grads, objective
     )
+
+
+def _damped(product: GaussNewtonHVP, layout: MetaParams, cfg: Config) -> Callable[[Tensor], Tensor]:
+    """v -> (H + damping I) v on the flat meta-parameter vector."""
 
     def hvp(v: Tensor) -> Tensor:
         with torch.no_grad():
@@ -402,6 +428,25 @@ def _gauss_newton_hvp(
         return layout.flatten(h_theta, h_step).detach() + cfg.cg_damping * v
 
     return hvp
+
+
+def _gauss_newton_gradient(
+    curvature: GaussNewtonHVP,
+    policy: nn.Module,
+    layout: MetaParams,
+    x0: Tensor,
+    data: TaskData,
+    cfg: Config,
+) -> Tensor:
+    """∇L(x0) = (1/N) Σ_n J_nᵀ ∇L_n(phi_n) (+ E-MAML's score term by autograd), flat [P]."""
+    step_size = layout.unflatten(x0)[1]
+    g_theta, g_step = curvature.meta_gradient(data.post_advantages, step_size)
+    grad = layout.flatten(g_theta, g_step).detach()
+    if cfg.meta_gradient == "emaml" and data.inner:
+        x = x0.clone().requires_grad_(True)
+        extra = emaml_loss(policy, layout.unflatten(x)[0], data.inner[0][0], data.post)
+        grad = grad + flat_grad(extra, [x])
+    return grad
 
 
 def draw_seeds(rng: np.random.Generator, count: int) -> list[int]:

@@ -207,7 +207,16 @@ def conjugate_gradient(hvp: HVP, b: Tensor, iters: int = 10, residual_tol: float
     ``rᵀr < residual_tol`` (``b = 0`` returns zeros without calling ``hvp``), and stops and returns
     the current ``x`` if ``pᵀHp <= 0`` or is non-finite (H not positive definite along ``p``), so
     it never divides by zero.
+
     """
+    return conjugate_gradient_with_residual(hvp, b, iters, residual_tol)[0]
+
+
+def conjugate_gradient_with_residual(
+    hvp: HVP, b: Tensor, iters: int = 10, residual_tol: float = 1e-10
+) -> tuple[Tensor, Tensor]:
+    """`conjugate_gradient`'s ``x`` and its recursive residual ``r = b − H x`` (exact in exact
+    arithmetic), so that ``xᵀHx = xᵀ(b − r)`` needs no further product."""
     x = torch.zeros_like(b)
     r = b.clone()
     p = b.clone()
@@ -226,7 +235,7 @@ def conjugate_gradient(hvp: HVP, b: Tensor, iters: int = 10, residual_tol: float
         new_rdotr = torch.dot(r, r)
         p = r + (new_rdotr / rdotr) * p
         rdotr = new_rdotr
-    return x
+    return x, r
 
 
 def max_step_length(direction: Tensor, hvp_direction: Tensor, max_kl: float) -> Tensor:

@@ -13,7 +13,8 @@ from maml_rl.inner import adapt, first_order_gradients, init_step_size
 from maml_rl.maml import (
     MetaParams,
     TaskData,
-    _gauss_newton_hvp,
+    _damped,
+    _gauss_newton,
     _make_hvp,
     _post_distribution,
     first_tasks,
@@ -166,7 +167,7 @@ def test_gauss_newton_hvp_equals_exact(num_steps: int, mode: str, first_order: b
         return meta_objective(policy, layout, y, data, old, cfg, frozen)[1]
 
     exact = _make_hvp(kl_fn, x0.clone().requires_grad_(True), None, cfg)
-    gauss_newton = _gauss_newton_hvp(policy, layout, x0, data, old, cfg, frozen)
+    gauss_newton = _damped(_gauss_newton(policy, layout, x0, data, old, cfg, frozen), layout, cfg)
     g = torch.Generator().manual_seed(5)
     for _ in range(2):
         v = torch.randn(x0.shape, generator=g, dtype=x0.dtype)
@@ -181,8 +182,10 @@ def test_gauss_newton_hvp_equals_exact(num_steps: int, mode: str, first_order: b
         e[offset] = 1.0
         assert gauss_newton(e)[:offset].abs().max() > 1e-8
     # damping is added once
-    damped = _gauss_newton_hvp(
-        policy, layout, x0, data, old, dataclasses.replace(cfg, cg_damping=0.5), frozen
+    damped = _damped(
+        _gauss_newton(policy, layout, x0, data, old, cfg, frozen),
+        layout,
+        dataclasses.replace(cfg, cg_damping=0.5),
     )
     torch.testing.assert_close(damped(v) - gauss_newton(v), 0.5 * v)
 
@@ -303,7 +306,7 @@ def test_finite_difference_hvp_in_float32_at_production_size() -> None:
         return meta_objective(policy, layout, y, data, old, cfg)[1]
 
     fd = _make_hvp(kl_fn, x0.clone().requires_grad_(True), None, cfg)
-    gauss_newton = _gauss_newton_hvp(policy, layout, x0, data, old, cfg, None)
+    gauss_newton = _damped(_gauss_newton(policy, layout, x0, data, old, cfg, None), layout, cfg)
     g = torch.Generator().manual_seed(3)
     for _ in range(3):
         v = torch.randn(x0.shape, generator=g)

@@ -13,6 +13,7 @@ from maml_rl.trpo import (
     LineSearchResult,
     backtracking_line_search,
     conjugate_gradient,
+    conjugate_gradient_with_residual,
     exact_hvp,
     finite_difference_hvp,
     flat_grad,
@@ -68,6 +69,21 @@ def test_cg_solves_spd_system() -> None:
     assert x.dtype == DTYPE and x.shape == (n,)
     assert torch.allclose(x, expected, rtol=0.0, atol=1e-8)
     assert torch.equal(b, b_before)
+
+
+@pytest.mark.parametrize("iters", [1, 3, 10])
+def test_cg_residual_gives_the_step_curvature_without_a_product(iters: int) -> None:
+    """xᵀ(b - r) equals xᵀAx for the iterate x after any number of steps (the meta-step's
+    step length uses it instead of one more product)."""
+    n = 20
+    a = _spd(n, seed=2)
+    b = _randn(n, seed=3)
+    counted = _Counter(lambda v: a @ v)
+    x, r = conjugate_gradient_with_residual(counted, b, iters=iters, residual_tol=1e-30)
+    assert counted.calls == iters
+    torch.testing.assert_close(r, b - a @ x, rtol=0.0, atol=1e-10)
+    assert float(x @ (b - r)) == pytest.approx(float(x @ a @ x), rel=1e-12)
+    torch.testing.assert_close(x, conjugate_gradient(lambda v: a @ v, b, iters, 1e-30))
 
 
 def test_cg_zero_rhs_gives_exact_zeros_without_hvp_calls() -> None:
