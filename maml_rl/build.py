@@ -13,10 +13,12 @@ import numpy as np
 import torch
 
 from maml_rl.config import Config, ConfigError
+from maml_rl.memory import check_run
 from maml_rl.oracle import OracleFamily
 from maml_rl.policy import Policy, build_policy
 from maml_rl.sampler import Sampler, TrajectorySampler
 from maml_rl.tasks import TaskFamily, TaskFamilyError, make_family
+from maml_rl.vector import horizon_of
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
@@ -54,6 +56,12 @@ class Streams:
         self.environments.bit_generator.state = state["environments"]
 
 
+def _flat_size(space: object) -> int:
+    """Numbers per observation or action (1 for a discrete space)."""
+    shape = getattr(space, "shape", None) or (1,)
+    return int(np.prod(shape))
+
+
 def resolve_device(name: str) -> torch.device:
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise ConfigError(f"device '{name}' requested but CUDA is not available on this machine")
@@ -64,10 +72,13 @@ def build(
     cfg: Config,
     generator: torch.Generator | None,
     on_event: Callable[[str], None] | None = None,
+    num_tasks: int | None = None,
 ) -> tuple[TaskFamily, Policy, TrajectorySampler]:
     """The task family, the policy (initialised from `generator`) and the sampler of a config.
 
     on_event: where a distributed sampler reports faults it recovered from (one line each).
+    num_tasks: tasks sampled at once (default the meta-batch), for the memory check: sizes whose
+    estimate (memory.py) exceeds the memory available raise ResourceError before allocating.
     """
     family = make_family(cfg.env, cfg.env_kwargs)
     if cfg.algo == "oracle":
@@ -75,6 +86,16 @@ def build(
     probe = family.make_env()
     observation_space, action_space = probe.observation_space, probe.action_space
     probe.close()
+    check_run(
+        _flat_size(observation_space),
+        _flat_size(action_space),
+        cfg.hidden_sizes,
+        horizon_of(family),
+        cfg.meta_batch_size if num_tasks is None else num_tasks,
+        cfg.fast_batch_size,
+        cfg.num_steps,
+        DTYPES[cfg.dtype].itemsize,
+    )
     try:
         policy = build_policy(
             observation_space,

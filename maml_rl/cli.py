@@ -12,12 +12,25 @@ from typing import Any
 
 from maml_rl import config as config_module
 from maml_rl.config import Config, ConfigError
-from maml_rl.errors import CheckpointError, RaySamplerError, RunStopped, TaskFamilyError
+from maml_rl.errors import (
+    CheckpointError,
+    RaySamplerError,
+    ResourceError,
+    RunStopped,
+    TaskFamilyError,
+)
 
 # Commands import torch, Gymnasium and the task families inside their functions: `--help` and
 # argument errors answer at once.
 
-USER_ERRORS = (ConfigError, CheckpointError, TaskFamilyError, RunStopped, RaySamplerError)
+USER_ERRORS = (
+    ConfigError,
+    CheckpointError,
+    TaskFamilyError,
+    RunStopped,
+    RaySamplerError,
+    ResourceError,
+)
 
 
 def shipped_configs() -> Path:

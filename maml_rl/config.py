@@ -99,9 +99,10 @@ class Config:
     """Conjugate-gradient iterations."""
     cg_damping: float = 1e-5
     """Damping added to Hessian-vector products: (H + damping I) v."""
-    hvp: str = "finite_difference"
-    """Hessian-vector products: finite_difference (the paper's), exact (double backward through
-    the adaptation) or gauss_newton (J^T F J, equal to exact at the current point, cheaper)."""
+    hvp: str = "gauss_newton"
+    """Hessian-vector products: gauss_newton (J^T F J, equal to exact at the current point and
+    the cheapest, in closed form for Gaussian MLPs), finite_difference (the paper's) or exact
+    (double backward through the adaptation)."""
     hvp_subsample: float = 1.0
     """Fraction of the meta-batch's tasks used for Hessian-vector products (rllab's subsampling)."""
     hvp_fd_eps: float | None = None

@@ -28,10 +28,17 @@ and backward (adjoint w_s, with H_{n,s} = ∇²L_{n,s}(phi_{n,s}) symmetric):
     (H v)_theta = Σ_n w_{n,0},   (H v)_alpha = -Σ_n Σ_s g_{n,s} ⊙ w_{n,s+1}  (to alpha's shape)
 
 First-order MAML differentiates phi = theta - Σ_s alpha ⊙ g_s with g_s held fixed (inner.py),
-so there H_{n,s} = 0. Every product is a double-backward through a *first-order* graph (the
-inner-loss gradient at phi_s, the KL gradient at phi_S), built once per meta-step and reused by
-every CG iteration, instead of differentiating the whole adaptation twice (``exact``) or
-recomputing it twice per product (``finite_difference``). Tensors are per task, [N, *shape].
+so there H_{n,s} = 0. The same adjoint recursion, started from w_S = ∇L_n(phi_n) / N instead of
+F_n t_S / N, gives the meta-gradient of the post-update surrogate (``meta_gradient``).
+
+The products H_{n,s} t and F_n t are computed, for Gaussian MLP policies and the REINFORCE inner
+loss, in closed form from activations cached once per meta-step (mlp_derivatives.py: a tangent
+pass and its adjoint, a few batched matrix products each); otherwise (categorical policies,
+other activations, the LVC and DiCE inner losses) by double backward through a first-order
+graph (the inner-loss gradient at phi_s, the KL gradient at phi_S) built once per meta-step.
+Either way every CG iteration reuses them, instead of differentiating the whole adaptation twice
+(``exact``) or recomputing it twice per product (``finite_difference``). Tensors are per task,
+[N, *shape].
 """
 
 from __future__ import annotations

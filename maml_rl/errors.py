@@ -22,3 +22,7 @@ class RunStopped(RuntimeError):
 
 class RunInterrupted(KeyboardInterrupt):
     """Ctrl-C during training; the message says what was saved. The CLI exits with 130."""
+
+
+class ResourceError(ValueError):
+    """Sizes whose estimated memory exceeds what the machine has; the message is one line."""

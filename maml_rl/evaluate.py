@@ -230,7 +230,9 @@ def method_batches(
     first_task: the index of tasks[0] among the held-out tasks, so that a slice of them
     samples exactly the trajectories it gets within the whole set (`Sampler.sample`)."""
     generator = torch.Generator().manual_seed(init_seed)
-    _, policy, sampler = build(replace(cfg, fast_batch_size=num_trajectories), generator)
+    _, policy, sampler = build(
+        replace(cfg, fast_batch_size=num_trajectories), generator, num_tasks=len(tasks)
+    )
     if theta is None:
         theta = parameters_of(policy)
 

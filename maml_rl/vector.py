@@ -232,7 +232,7 @@ class AsyncGymBatchEnv:
         self.vector.closed = True
 
 
-def _horizon(family: TaskFamily) -> int:
+def horizon_of(family: TaskFamily) -> int:
     horizon = getattr(family, "max_episode_steps", None)
     if horizon is None:
         raise TaskFamilyError(f"task family {family!r} must define max_episode_steps")
@@ -285,5 +285,5 @@ def make_batch_env(
     if backend == "threads":
         return native_batch_env(family, num_envs, stepper="threads", num_threads=num_threads)
     if backend == "async":
-        return AsyncGymBatchEnv(family.make_env, num_envs, _horizon(family))
-    return GymBatchEnv(family.make_env, num_envs, _horizon(family))
+        return AsyncGymBatchEnv(family.make_env, num_envs, horizon_of(family))
+    return GymBatchEnv(family.make_env, num_envs, horizon_of(family))

@@ -198,3 +198,17 @@ def test_check_command(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.M
     assert main(["check", "test_checker:NaNRewardFamily"]) == 2
     err = capsys.readouterr().err.strip()
     assert err == "maml-rl: error: task family NaNRewardFamily: step 3 returned the reward nan"
+
+
+@pytest.mark.parametrize(
+    "setting",
+    ["meta_batch_size=100000", "hidden_sizes=[100000,100000]", "fast_batch_size=10000000"],
+)
+def test_sizes_that_cannot_fit_are_refused_before_allocating(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], setting: str
+) -> None:
+    out = tmp_path / "run"
+    assert main(["train", "navigation", "--out", str(out), "--set", setting]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "GiB (estimate)" in err and len(err.splitlines()) == 1, err
+    assert not out.exists()  # a failed start leaves no directory

@@ -1,0 +1,169 @@
+"""Meta-iteration wall time on 1 and 2 torch threads, alone and beside a second CPU-bound
+process, for this code (and optionally an older checkout and pytorch-maml-rl), interleaved.
+
+    python benchmarks/speed.py [--env navigation] [--modes gauss_newton:1.0,...]
+        [--threads 1,2] [--loads none,busy,twin] [--rounds 2] [--before PATH]
+        [--pytorch-maml-rl PATH --pmrl-python VENV/bin/python]
+
+Every measurement is one fresh process of benchmarks/meta_step.py (a warm-up iteration, then
+--repeats timed ones), run with OMP_NUM_THREADS / MKL_NUM_THREADS set to the thread count. The
+conditions are interleaved round by round (these machines drift), and the table gives the
+median over rounds and repeats of each phase. Loads beside the measured process:
+    none   nothing else running
+    busy   one pure-Python busy loop (one core taken)
+    twin   a second copy of the same measurement, with the same thread count (two training
+           runs on one machine)
+--before PATH runs PATH/benchmarks/meta_step.py with PATH's maml_rl (e.g. a `git worktree`
+of an older commit) in the same rounds. --pytorch-maml-rl times pytorch-maml-rl's own
+training loop on the navigation config (experiments/pytorch_maml_rl_side_by_side.py's driver:
+one torch thread, as many sampler workers as the thread count; 3 iterations after a warm-up).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+from collections import defaultdict
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+PHASES = ("sampling", "adaptation", "meta_grad", "cg", "line_search", "total")
+
+
+def parse_rows(output: str) -> list[dict[str, float | str]]:
+    """The timed (non-warm-up) rows of meta_step.py's table."""
+    rows = []
+    for line in output.splitlines():
+        fields = line.split()
+        if len(fields) >= 8 and ":" in fields[0] and "(warm-up)" not in line:
+            try:
+                values = [float(v) for v in fields[1:7]]
+            except ValueError:
+                continue
+            rows.append({"mode": fields[0], **dict(zip(PHASES, values, strict=True))})
+    return rows
+
+
+def environment(threads: int, pythonpath: Path | None = None) -> dict[str, str]:
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
+    if pythonpath is not None:
+        env["PYTHONPATH"] = str(pythonpath)
+    return env
+
+
+def start_load(load: str, command: list[str], env: dict[str, str]) -> subprocess.Popen | None:
+    if load == "none":
+        return None
+    if load == "busy":
+        command = [sys.executable, "-c", "while True: pass"]
+    return subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def stop_load(process: subprocess.Popen | None) -> None:
+    if process is not None:
+        process.kill()
+        process.wait()
+
+
+def ours(code: Path, args: argparse.Namespace) -> list[str]:
+    return [
+        sys.executable,
+        str(code / "benchmarks" / "meta_step.py"),
+        "--env",
+        args.env,
+        "--modes",
+        args.modes,
+        "--repeats",
+        str(args.repeats + 1),
+    ]
+
+
+def pmrl_command(args: argparse.Namespace, out: Path, workers: int) -> list[str]:
+    sys.path.insert(0, str(ROOT))
+    from experiments.pytorch_maml_rl_side_by_side import DRIVER
+
+    driver = out / "driver.py"
+    driver.write_text(DRIVER)
+    config = Path(args.pytorch_maml_rl) / "configs" / "maml" / "2d-navigation.yaml"
+    (out / "log").mkdir()
+    return [args.pmrl_python, str(driver), str(config), str(out / "log"), "1", str(workers), "4"]
+
+
+def pmrl_rows(out: Path) -> list[dict[str, float | str]]:
+    lines = (out / "log" / "metrics.jsonl").read_text().splitlines()[1:]  # after a warm-up
+    return [
+        {"mode": "pytorch-maml-rl", "total": json.loads(line)["time/iteration_s"]} for line in lines
+    ]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--env", default="navigation")
+    parser.add_argument("--modes", default="finite_difference:1.0,gauss_newton:1.0")
+    parser.add_argument("--threads", default="1,2")
+    parser.add_argument("--loads", default="none,twin")
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--before", type=Path, default=None)
+    parser.add_argument("--pytorch-maml-rl", default=None)
+    parser.add_argument("--pmrl-python", default=None)
+    args = parser.parse_args()
+
+    codes: dict[str, Path] = {"this": ROOT}
+    if args.before is not None:
+        codes["before"] = args.before.resolve()
+    results: dict[tuple[str, str, str, int], list[dict]] = defaultdict(list)
+    with tempfile.TemporaryDirectory() as scratch:
+        for round_index in range(args.rounds):
+            for load in args.loads.split(","):
+                for threads in (int(t) for t in args.threads.split(",")):
+                    for name, code in codes.items():
+                        env = environment(threads, code)
+                        command = ours(code, args)
+                        background = start_load(load, command, env)
+                        done = subprocess.run(
+                            command, env=env, capture_output=True, text=True, check=False
+                        )
+                        stop_load(background)
+                        if done.returncode != 0:
+                            sys.exit(f"{name} failed: {done.stderr.strip().splitlines()[-1:]}")
+                        for row in parse_rows(done.stdout):
+                            results[(name, str(row["mode"]), load, threads)].append(row)
+                    if args.pytorch_maml_rl and args.env == "navigation":
+                        out = Path(scratch) / f"pmrl-{round_index}-{load}-{threads}"
+                        out.mkdir()
+                        command = pmrl_command(args, out, threads)
+                        env = environment(threads, Path(args.pytorch_maml_rl))
+                        background = start_load(load, command, env)
+                        subprocess.run(
+                            command, env=env, cwd=args.pytorch_maml_rl, capture_output=True,
+                            check=True,
+                        )  # fmt: skip
+                        stop_load(background)
+                        for row in pmrl_rows(out):
+                            results[("pytorch-maml-rl", "its own", load, threads)].append(row)
+            print(f"round {round_index + 1}/{args.rounds} done", file=sys.stderr)
+
+    print(f"{args.env}: median seconds per meta-iteration over {args.rounds} rounds x "
+          f"{args.repeats} repeats; torch threads = OMP_NUM_THREADS")  # fmt: skip
+    header = ("code", "mode", "load", "threads", *PHASES, "total/sampling")
+    print("| " + " | ".join(header) + " |")
+    print("|" + "---|" * len(header))
+    for (name, mode, load, threads), rows in sorted(results.items()):
+        medians = {
+            phase: statistics.median(float(r[phase]) for r in rows)
+            for phase in PHASES
+            if phase in rows[0]
+        }
+        cells = [f"{medians[p]:.2f}" if p in medians else "" for p in PHASES]
+        ratio = f"{medians['total'] / medians['sampling']:.2f}" if "sampling" in medians else ""
+        print(f"| {name} | {mode} | {load} | {threads} | " + " | ".join(cells) + f" | {ratio} |")
+
+
+if __name__ == "__main__":
+    main()
