@@ -22,8 +22,10 @@ one torch thread, as many sampler workers as the thread count; 3 iterations afte
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
+import signal
 import statistics
 import subprocess
 import sys
@@ -56,17 +58,28 @@ def environment(threads: int, pythonpath: Path | None = None) -> dict[str, str]:
     return env
 
 
-def start_load(load: str, command: list[str], env: dict[str, str]) -> subprocess.Popen | None:
+def start_load(
+    load: str, twin: list[str], env: dict[str, str], cwd: str | None = None
+) -> subprocess.Popen | None:
+    """Start the load beside a measurement: nothing, a busy loop, or `twin` (the same
+    measurement writing elsewhere)."""
     if load == "none":
         return None
-    if load == "busy":
-        command = [sys.executable, "-c", "while True: pass"]
-    return subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    command = [sys.executable, "-c", "while True: pass"] if load == "busy" else twin
+    return subprocess.Popen(
+        command,
+        env=env,
+        cwd=cwd,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,  # its own process group: its workers die with it
+    )
 
 
 def stop_load(process: subprocess.Popen | None) -> None:
     if process is not None:
-        process.kill()
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
         process.wait()
 
 
@@ -99,6 +112,28 @@ def pmrl_rows(out: Path) -> list[dict[str, float | str]]:
     return [
         {"mode": "pytorch-maml-rl", "total": json.loads(line)["time/iteration_s"]} for line in lines
     ]
+
+
+def print_table(
+    args: argparse.Namespace, results: dict[tuple[str, str, str, int], list[dict]], rounds: int
+) -> None:
+    """Median of every phase per (code, mode, load, threads)."""
+    print(f"{args.env}: median seconds per meta-iteration over {rounds} rounds x "
+          f"{args.repeats} repeats; torch threads = OMP_NUM_THREADS")  # fmt: skip
+    header = ("code", "mode", "load", "threads", *PHASES, "total/sampling")
+    print("| " + " | ".join(header) + " |")
+    print("|" + "---|" * len(header))
+    for (name, mode, load, threads), rows in sorted(results.items()):
+        medians = {
+            phase: statistics.median(float(r[phase]) for r in rows)
+            for phase in PHASES
+            if phase in rows[0]
+        }
+        cells = [f"{medians[p]:.2f}" if p in medians else "" for p in PHASES]
+        ratio = f"{medians['total'] / medians['sampling']:.2f}" if "sampling" in medians else ""
+        print(f"| {name} | {mode} | {load} | {threads} | " + " | ".join(cells) + f" | {ratio} |")
+
+    sys.stdout.flush()
 
 
 def main() -> None:
@@ -138,31 +173,19 @@ def main() -> None:
                         out = Path(scratch) / f"pmrl-{round_index}-{load}-{threads}"
                         out.mkdir()
                         command = pmrl_command(args, out, threads)
+                        (out / "twin").mkdir()
+                        twin = pmrl_command(args, out / "twin", threads)
                         env = environment(threads, Path(args.pytorch_maml_rl))
-                        background = start_load(load, command, env)
+                        background = start_load(load, twin, env, args.pytorch_maml_rl)
                         subprocess.run(
                             command, env=env, cwd=args.pytorch_maml_rl, capture_output=True,
-                            check=True,
+                            check=True, start_new_session=True,
                         )  # fmt: skip
                         stop_load(background)
                         for row in pmrl_rows(out):
                             results[("pytorch-maml-rl", "its own", load, threads)].append(row)
             print(f"round {round_index + 1}/{args.rounds} done", file=sys.stderr)
-
-    print(f"{args.env}: median seconds per meta-iteration over {args.rounds} rounds x "
-          f"{args.repeats} repeats; torch threads = OMP_NUM_THREADS")  # fmt: skip
-    header = ("code", "mode", "load", "threads", *PHASES, "total/sampling")
-    print("| " + " | ".join(header) + " |")
-    print("|" + "---|" * len(header))
-    for (name, mode, load, threads), rows in sorted(results.items()):
-        medians = {
-            phase: statistics.median(float(r[phase]) for r in rows)
-            for phase in PHASES
-            if phase in rows[0]
-        }
-        cells = [f"{medians[p]:.2f}" if p in medians else "" for p in PHASES]
-        ratio = f"{medians['total'] / medians['sampling']:.2f}" if "sampling" in medians else ""
-        print(f"| {name} | {mode} | {load} | {threads} | " + " | ".join(cells) + f" | {ratio} |")
+            print_table(args, results, round_index + 1)  # so far: a crash loses nothing
 
 
 if __name__ == "__main__":
