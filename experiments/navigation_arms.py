@@ -30,6 +30,7 @@ import json
 import os
 import subprocess
 import sys
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -60,12 +61,17 @@ def run_dir(arm: str, seed: int) -> Path:
     return REFERENCE_RUNS.get((arm, seed), ROOT / arm / f"seed{seed}")
 
 
-def train_one(arm: str, seed: int, iterations: int, config: str) -> tuple[str, int, int]:
-    """Train (or resume) one arm x seed in its own process; returns (arm, seed, exit status)."""
+def train_one(
+    arm: str, seed: int, iterations: int, config: str, extra: Sequence[str] = ()
+) -> tuple[str, int, int]:
+    """Train (or resume) one arm x seed in its own process; returns (arm, seed, exit status).
+
+    extra: further KEY=VALUE settings (on resume only those `train --resume` accepts)."""
     out = run_dir(arm, seed)
     if (arm, seed) in REFERENCE_RUNS:
         return arm, seed, 0
     sets = [f"{k}={v}" for k, v in {**ARMS[arm], "num_batches": iterations}.items()]
+    sets += list(extra)
     if (out / "checkpoint_latest.pt").exists():
         command = ["maml-rl", "train", "--resume", str(out)]
     else:
@@ -139,6 +145,10 @@ def main() -> None:
     train.add_argument("--iterations", type=int, default=200)
     train.add_argument("--jobs", type=int, default=2, help="runs at a time (one core each)")
     train.add_argument("--config", default="navigation")
+    train.add_argument(
+        "--set", action="append", default=[], metavar="KEY=VALUE",
+        help="a further setting for every run, e.g. hvp=gauss_newton (repeatable)",
+    )  # fmt: skip
     show = sub.add_parser("table", help="print the windowed table")
     show.add_argument("--window", type=int, default=25)
     args = parser.parse_args()
@@ -153,7 +163,9 @@ def main() -> None:
     seeds = [int(s) for s in args.seeds.split(",")]
     jobs = [(arm, seed) for seed in seeds for arm in arms]
     with ThreadPoolExecutor(max_workers=args.jobs) as pool:
-        futures = [pool.submit(train_one, a, s, args.iterations, args.config) for a, s in jobs]
+        futures = [
+            pool.submit(train_one, a, s, args.iterations, args.config, args.set) for a, s in jobs
+        ]
         for future in futures:
             arm, seed, status = future.result()
             sys.stdout.write(f"{arm} seed {seed}: exit {status}\n")

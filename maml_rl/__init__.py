@@ -9,6 +9,14 @@ import os
 # torch computation. A value the user set is kept.
 os.environ.setdefault("MKL_CBWR", "AUTO,STRICT")
 
+# torch's OpenMP threads spin after every parallel region by default; when another CPU-bound
+# process (a second run, the physics threads) wants the cores, two spinning threads per run
+# made a navigation meta-iteration 5x slower than one thread (benchmarks/speed.py: 16.9 s
+# against 4.35 s), while with passive waiting two threads are the faster choice alone (3.3 s
+# against 5.0 s) and beside a twin run (4.8 s against 5.1 s). Read by libgomp when torch is
+# imported: set before it. A value the user set is kept.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
 __version__ = "0.1.0"
 
 # Offscreen MuJoCo rendering (`maml-rl render`): MuJoCo picks its OpenGL backend when it is

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from maml_rl.config import Config, ConfigError
-from maml_rl.memory import check_run
+from maml_rl.memory import RunSizes, check_run
 from maml_rl.oracle import OracleFamily
 from maml_rl.policy import Policy, build_policy
 from maml_rl.sampler import Sampler, TrajectorySampler
@@ -86,16 +86,17 @@ def build(
     probe = family.make_env()
     observation_space, action_space = probe.observation_space, probe.action_space
     probe.close()
-    check_run(
+    sizes = RunSizes(
         _flat_size(observation_space),
         _flat_size(action_space),
-        cfg.hidden_sizes,
+        tuple(cfg.hidden_sizes),
         horizon_of(family),
         cfg.meta_batch_size if num_tasks is None else num_tasks,
         cfg.fast_batch_size,
         cfg.num_steps,
         DTYPES[cfg.dtype].itemsize,
     )
+    check_run(sizes)
     try:
         policy = build_policy(
             observation_space,

@@ -119,17 +119,19 @@ class Config:
     """Normalise advantages per task (masked mean 0, std 1)."""
     advantage_statistics: str = "episodes"
     """Statistics of that normalisation: episodes (mean and variance as means of per-episode
-    means, pytorch-maml-rl's convention; the default since it removed the decline of 2D
-    navigation after 100 iterations, README "Conventions") or steps (over a task's valid steps,
-    every step alike: rllab's, and ours before). The same when no episode ends early."""
-    loss_weighting: str = "steps"
-    """How the inner loss, the surrogate and the KL average a task's steps: steps (every valid
-    step alike) or episodes (each episode over its own length, then over episodes, as
-    pytorch-maml-rl): an episode that ends early then weighs more per step."""
-    kl_direction: str = "old_new"
-    """The trust-region KL: old_new is KL(π_old ‖ π) (rllab, the paper's code), new_old is
-    KL(π ‖ π_old) (pytorch-maml-rl). Same curvature at the current point; the line search
-    differs at third order."""
+    means, pytorch-maml-rl's convention) or steps (over a task's valid steps, every step alike:
+    rllab's, and ours before). The same when no episode ends early. The defaults of this key,
+    `loss_weighting` and `kl_direction` are pytorch-maml-rl's three conventions together: with
+    any per-step one, 2D navigation declines after 100-250 iterations (README "Conventions")."""
+    loss_weighting: str = "episodes"
+    """How the inner loss, the surrogate and the KL average a task's steps: episodes (each
+    episode over its own length, then over episodes, as pytorch-maml-rl: an episode that ends
+    early weighs more per step) or steps (every valid step alike). The same when no episode
+    ends early."""
+    kl_direction: str = "new_old"
+    """The trust-region KL: new_old is KL(π ‖ π_old) (pytorch-maml-rl), old_new is
+    KL(π_old ‖ π) (rllab, the paper's code). Same curvature at the current point; the line
+    search differs at third order."""
     sampler: str = "auto"
     """Environment backend: auto (native batch env if the family has one, else sync), native,
     threads (MuJoCo families, threaded mj_step), sync or async (Gymnasium vector envs), or ray

@@ -34,7 +34,7 @@ from maml_rl.maml import collect, draw_seeds
 from maml_rl.plot import plot_adaptation
 from maml_rl.policy import parameters_of
 from maml_rl.sampler import TrajectorySampler
-from maml_rl.tasks import Task, make_family
+from maml_rl.tasks import Task, add_import_root, make_family
 from maml_rl.types import Batch, Params
 
 BASELINES = ("pretrained", "random", "oracle")
@@ -165,6 +165,7 @@ def load_run(run_dir: str | Path, which: str = "latest") -> LoadedRun:
     if which not in CHECKPOINTS:
         raise ConfigError(f"--checkpoint must be one of {list(CHECKPOINTS)}, got {which!r}")
     state = checkpoint.load(run_dir / CHECKPOINTS[which])
+    add_import_root(state.get("import_root"))  # a module:Class family, from any directory
     cfg = from_saved(state["config"])
     return LoadedRun(run_dir, cfg, state["theta"], state["step_size"], state["iteration"])
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
+from dataclasses import dataclass
 from itertools import pairwise
 from pathlib import Path
 
@@ -50,22 +51,35 @@ def num_parameters(obs_dim: int, act_dim: int, hidden_sizes: Sequence[int]) -> i
     return sum((i + 1) * o for i, o in pairwise(sizes)) + act_dim
 
 
-def estimate_bytes(
-    obs_dim: int,
-    act_dim: int,
-    hidden_sizes: Sequence[int],
-    horizon: int,
-    num_tasks: int,
-    trajectories: int,
-    num_steps: int,
-    itemsize: int,
-) -> int:
+@dataclass(frozen=True)
+class RunSizes:
+    """The sizes of one meta-iteration (training) or one evaluation."""
+
+    obs_dim: int
+    act_dim: int
+    hidden_sizes: tuple[int, ...]
+    horizon: int
+    num_tasks: int
+    trajectories: int
+    num_steps: int
+    itemsize: int
+
+    def __str__(self) -> str:
+        width = "x".join(str(h) for h in self.hidden_sizes) or "linear"
+        return (
+            f"{self.num_tasks:,} tasks x {self.trajectories:,} trajectories x "
+            f"{self.horizon:,} steps x {self.num_steps + 1} batches with a {width} policy"
+        )
+
+
+def estimate_bytes(sizes: RunSizes) -> int:
     """The estimate of the module docstring, in bytes."""
-    samples = num_tasks * trajectories * horizon
-    batches = (num_steps + 1) * samples * (obs_dim + act_dim + 6) * itemsize
-    activations = (num_steps + 1) * samples * sum(hidden_sizes) * 8 * itemsize
-    parameters = (num_steps + 2) * num_tasks * num_parameters(obs_dim, act_dim, hidden_sizes)
-    return batches + activations + parameters * 6 * itemsize
+    s = sizes
+    samples = s.num_tasks * s.trajectories * s.horizon
+    batches = (s.num_steps + 1) * samples * (s.obs_dim + s.act_dim + 6) * s.itemsize
+    activations = (s.num_steps + 1) * samples * sum(s.hidden_sizes) * 8 * s.itemsize
+    params = (s.num_steps + 2) * s.num_tasks * num_parameters(s.obs_dim, s.act_dim, s.hidden_sizes)
+    return batches + activations + params * 6 * s.itemsize
 
 
 def check_fits(what: str, needed: int, available: int | None = None) -> None:
@@ -78,31 +92,6 @@ def check_fits(what: str, needed: int, available: int | None = None) -> None:
         )
 
 
-def describe(
-    hidden_sizes: Sequence[int], num_tasks: int, trajectories: int, horizon: int, num_steps: int
-) -> str:
-    """The sizes that enter the estimate, for the error message."""
-    width = "x".join(str(h) for h in hidden_sizes) or "linear"
-    return (
-        f"{num_tasks:,} tasks x {trajectories:,} trajectories x {horizon:,} steps "
-        f"x {num_steps + 1} batches with a {width} policy"
-    )
-
-
-def check_run(
-    obs_dim: int,
-    act_dim: int,
-    hidden_sizes: Sequence[int],
-    horizon: int,
-    num_tasks: int,
-    trajectories: int,
-    num_steps: int,
-    itemsize: int,
-    available: int | None = None,
-) -> None:
-    """`check_fits` for one meta-iteration (training) or one evaluation of these sizes."""
-    needed = estimate_bytes(
-        obs_dim, act_dim, hidden_sizes, horizon, num_tasks, trajectories, num_steps, itemsize
-    )
-    what = describe(hidden_sizes, num_tasks, trajectories, horizon, num_steps)
-    check_fits(what, needed, available)
+def check_run(sizes: RunSizes, available: int | None = None) -> None:
+    """`check_fits` for a run of these sizes."""
+    check_fits(str(sizes), estimate_bytes(sizes), available)

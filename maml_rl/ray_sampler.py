@@ -15,7 +15,9 @@ of `RaySampler.sample` is one phase:
 Faults: an actor that dies while sampling is reported (once, one line, through `on_event`),
 replaced by a fresh actor for later phases, and its slice is retried once on another actor;
 a second failure raises `RaySamplerError`. A phase that takes longer than ``timeout_s``
-raises `RaySamplerError` too: the run never hangs.
+raises `RaySamplerError` too, and so do actors the cluster cannot place (more CPUs than it
+has, or none free within ``timeout_s``) and a ``ray_address`` where no Ray cluster answers:
+the run never hangs. A local instance (no ``ray_address``) binds to 127.0.0.1 only.
 
 `traffic` counts the bytes that crossed the object store in the last phase and in total.
 """
@@ -23,6 +25,7 @@ raises `RaySamplerError` too: the run never hangs.
 from __future__ import annotations
 
 import copy
+import ipaddress
 import os
 import socket
 import time
@@ -39,6 +42,13 @@ from maml_rl.errors import RaySamplerError
 from maml_rl.sampler import Sampler
 from maml_rl.tasks import Task, TaskFamily, TaskFamilyError
 from maml_rl.types import Batch, Params
+
+START_TIMEOUT_S = 30.0
+"""The shortest wait for actors to start (building environments can outlast a short phase
+timeout); `ray_timeout_s` when longer."""
+LOOPBACK = "127.0.0.1"
+LOOPBACK_FLAG = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
+"""The address a local Ray instance binds to: nothing it starts listens beyond this machine."""
 
 
 def _ray() -> Any:
@@ -73,6 +83,10 @@ class SamplerActor:
             backend=backend,
             env_threads=num_threads,
         )
+
+    def ready(self) -> bool:
+        """Answers once the actor is constructed (RaySampler waits for it)."""
+        return True
 
     def sample(
         self,
@@ -143,7 +157,12 @@ class RaySampler:
         self._started_ray = False
         if not ray.is_initialized():
             if address:
-                _check_reachable(address)
+                _check_reachable(address, min(timeout_s, 10.0))
+            # a local instance, or a cluster on this machine's loopback: stay on loopback
+            local = {}
+            if _on_loopback(address):
+                bind_to_loopback(ray)
+                local = {"_node_ip_address": LOOPBACK}
             try:
                 ray.init(
                     address=address,
@@ -151,19 +170,44 @@ class RaySampler:
                     log_to_driver=False,
                     configure_logging=False,
                     runtime_env={"env_vars": _actor_environment()},
+                    **local,
                 )
             except (ConnectionError, RuntimeError, ValueError) as error:
                 where = address or "a new local instance"
                 message = " ".join(str(error).split())[:200]
                 raise RaySamplerError(f"cannot start Ray on {where}: {message}") from error
             self._started_ray = True
-        self._remote = ray.remote(num_cpus=actor_cpus)(SamplerActor)
-        cpu_policy = _cpu_copy(policy)
-        self._actor_args = (family, cpu_policy, trajectories_per_task, dtype, "auto", actor_cpus)
-        self.actors = [self._new_actor() for _ in range(num_actors)]
+        self.actors: list[Any] = []
+        try:
+            _check_cpus(num_actors, actor_cpus, ray.cluster_resources().get("CPU", 0.0))
+            self._remote = ray.remote(num_cpus=actor_cpus)(SamplerActor)
+            cpu_policy = _cpu_copy(policy)
+            self._actor_args = (family, cpu_policy, trajectories_per_task, dtype, "auto",
+                                actor_cpus)  # fmt: skip
+            self.actors = [self._new_actor() for _ in range(num_actors)]
+            self._wait_ready(self.actors, f"{num_actors} actors of {actor_cpus} CPU(s) each")
+        except BaseException:
+            self.close()  # no actor or local instance outlives a failed start
+            raise
 
     def _new_actor(self) -> Any:
         return self._remote.remote(*self._actor_args)
+
+    def _wait_ready(self, actors: Sequence[Any], what: str) -> None:
+        """Wait until `actors` are constructed; RaySamplerError (one line) past the timeout,
+        naming the CPUs the cluster has free (an actor Ray cannot place waits forever)."""
+        ray = _ray()
+        refs = [actor.ready.remote() for actor in actors]
+        limit = max(self.timeout_s, START_TIMEOUT_S)
+        ready, _ = ray.wait(refs, num_returns=len(refs), timeout=limit)
+        if len(ready) < len(refs):
+            free = ray.available_resources().get("CPU", 0.0)
+            raise RaySamplerError(
+                f"Ray could not start {what} within {limit:g} s ({len(ready)} of "
+                f"{len(refs)} started; {free:g} CPUs free in the cluster): lower "
+                "ray_num_actors or ray_actor_cpus, or add nodes"
+            )
+        ray.get(ready)  # an actor whose construction raised raises here
 
     @torch.no_grad()
     def sample(
@@ -249,11 +293,10 @@ class RaySampler:
         return actor.sample.remote(params, tasks, seed, per_task, first_task)
 
     def _replace_dead(self, index: int) -> Any:
-        """Replace actor `index` by a fresh one (for later phases); return a live actor to
-        retry on: another existing actor if there is one, else the fresh one."""
+        """Replace actor `index` by a fresh one and return it to retry on: the other actors may
+        have died in the same fault (a node lost), the fresh one has not."""
         self.actors[index] = self._new_actor()
-        others = [a for i, a in enumerate(self.actors) if i != index]
-        return others[0] if others else self.actors[index]
+        return self.actors[index]
 
     def close(self) -> None:
         ray = _ray()
@@ -266,8 +309,9 @@ class RaySampler:
 
 
 def _check_reachable(address: str, timeout_s: float = 5.0) -> None:
-    """Fail fast, in one line, when a HOST:PORT cluster address does not answer: Ray itself
-    retries for minutes. Other forms ("auto", "local") are left to Ray."""
+    """Fail fast, in one line, when a HOST:PORT cluster address does not answer, or answers
+    but is no Ray cluster (no gRPC server, e.g. an HTTP server): Ray itself retries for
+    minutes. Other forms ("auto", "local") are left to Ray."""
     target = address.split("://", 1)[-1]
     host, sep, port = target.rpartition(":")
     if not sep or not port.isdigit():
@@ -280,6 +324,60 @@ def _check_reachable(address: str, timeout_s: float = 5.0) -> None:
             f"cannot reach the Ray cluster at {address} ({error.strerror or error}); start it "
             "with `ray start --head` and pass the address it prints as ray_address"
         ) from error
+    if not _speaks_grpc(f"{host}:{port}", timeout_s):
+        raise RaySamplerError(
+            f"{address} answers but is not a Ray cluster (no Ray GCS there within "
+            f"{timeout_s:g} s); pass the address that `ray start --head` prints as ray_address"
+        )
+
+
+def _speaks_grpc(target: str, timeout_s: float) -> bool:
+    """Whether a gRPC (HTTP/2) channel to target becomes ready: Ray's GCS does, an HTTP/1
+    server or anything else does not. True when grpc (a Ray dependency) is missing."""
+    try:
+        import grpc
+    except ImportError:
+        return True
+    channel = grpc.insecure_channel(target)
+    try:
+        grpc.channel_ready_future(channel).result(timeout=timeout_s)
+        return True
+    except grpc.FutureTimeoutError:
+        return False
+    finally:
+        channel.close()
+
+
+def bind_to_loopback(ray: Any) -> None:
+    """Make Ray keep 127.0.0.1 as this node's address (it replaces a loopback
+    ``_node_ip_address`` by the machine's network address unless clusters are "disabled",
+    as on macOS and Windows): the driver, GCS, raylets and workers then listen and connect on
+    loopback only. Set for this process (Ray reads the flag at call time) and its children."""
+    os.environ[LOOPBACK_FLAG] = "0"
+    constants = getattr(getattr(ray, "_private", None), "ray_constants", None)
+    if constants is not None and hasattr(constants, "ENABLE_RAY_CLUSTER"):
+        constants.ENABLE_RAY_CLUSTER = False
+
+
+def _on_loopback(address: str | None) -> bool:
+    """No address (a new local instance) or a HOST:PORT whose host is a loopback address."""
+    if not address:
+        return True
+    host = address.split("://", 1)[-1].rpartition(":")[0] or address
+    try:
+        return ipaddress.ip_address(socket.gethostbyname(host)).is_loopback
+    except (OSError, ValueError):
+        return False
+
+
+def _check_cpus(num_actors: int, actor_cpus: int, cluster_cpus: float) -> None:
+    """Refuse, in one line, actors that need more CPUs than the whole cluster has."""
+    needed = num_actors * actor_cpus
+    if needed > cluster_cpus:
+        raise RaySamplerError(
+            f"ray_num_actors={num_actors} x ray_actor_cpus={actor_cpus} need {needed} CPUs, the "
+            f"Ray cluster has {cluster_cpus:g}: lower them or add nodes"
+        )
 
 
 def _cpu_copy(policy: nn.Module) -> nn.Module:

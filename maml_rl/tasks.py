@@ -23,6 +23,7 @@ import re
 import sys
 from collections.abc import Sequence
 from importlib.metadata import entry_points
+from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 import gymnasium as gym
@@ -105,6 +106,31 @@ def _import_target(target: str) -> Any:
             raise TaskFamilyError(f"module '{module_name}' has no attribute '{attribute}'")
         obj = getattr(obj, part)
     return obj
+
+
+def import_root(name: str) -> str | None:
+    """For a 'module:Class' family (not a registered name), the directory that must be on
+    sys.path to import it again (where the module was found), else None. Run directories
+    record it (`train`), so `evaluate`, `render` and `--resume` work from any directory."""
+    if name in available_families() or ":" not in name:
+        return None
+    module_name = name.partition(":")[0]
+    module = sys.modules.get(module_name) or _import_module(module_name)
+    path = getattr(module, "__file__", None)
+    if path is None:
+        return None
+    root = Path(path).resolve().parent
+    if Path(path).name == "__init__.py":
+        root = root.parent
+    for _ in range(module_name.count(".")):
+        root = root.parent
+    return str(root)
+
+
+def add_import_root(root: str | None) -> None:
+    """Make a recorded `import_root` importable (appended to sys.path, if it still exists)."""
+    if root and Path(root).is_dir() and root not in sys.path:
+        sys.path.append(root)
 
 
 def resolve_family_class(name: str) -> Any:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import shutil
 import time
 from collections.abc import Iterator
@@ -29,11 +30,14 @@ from maml_rl.logger import RunLogger, truncate_metrics
 from maml_rl.maml import NonFiniteError, collect, draw_seeds, meta_step
 from maml_rl.policy import parameters_of
 from maml_rl.promp import promp_step
-from maml_rl.tasks import TaskFamily, TaskFamilyError
+from maml_rl.tasks import TaskFamily, TaskFamilyError, add_import_root, import_root
 from maml_rl.types import Params
 from maml_rl.vector import resolved_backend
 
 LATEST, BEST = "checkpoint_latest.pt", "checkpoint_best.pt"
+RUN_RECORD = "run.json"
+"""What a run resolved at its start: the family, where a module:Class family was imported
+from (`import_root`), and the sampler backend `auto` chose."""
 MAX_CONSECUTIVE_SKIPS = 3
 
 
@@ -87,10 +91,11 @@ def describe_sampler(family: TaskFamily, cfg: Config) -> str:
 
 RESUMABLE_KEYS = frozenset(
     {"num_batches", "sampler", "ray_address", "ray_num_actors", "ray_actor_cpus", "ray_timeout_s",
-     "device", "torch_threads"}
+     "device", "torch_threads", "hvp"}
 )  # fmt: skip
-"""Keys a resumed run may change: how long it runs and where it samples and computes. Every
-other key defines the experiment (what is learned, its shapes, dtype, data and estimator)."""
+"""Keys a resumed run may change: how long it runs and where and how it computes (`hvp`: every
+mode computes the same curvature, the finite-difference one approximately). Every other key
+defines the experiment (what is learned, its shapes, dtype, data and estimator)."""
 
 
 def _locked_runs_inside(run_dir: Path) -> list[Path]:
@@ -116,6 +121,7 @@ def load_resume_config(run_dir: Path, overrides: dict[str, Any]) -> Config:
     if not (run_dir / LATEST).exists():
         raise CheckpointError(f"nothing to resume: {run_dir / LATEST} does not exist")
     state = checkpoint.load(run_dir / LATEST)
+    add_import_root(state.get("import_root"))
     saved = from_saved(state["config"])
     cfg = from_dict(overrides, base=saved)
     changed = [
@@ -183,6 +189,11 @@ def _train(
             raise TaskFamilyError(
                 f"task family {family!r}: the family check raised {type(error).__name__}: {error}"
             ) from error
+    origin = import_root(cfg.env)  # where a module:Class family was found, for later loads
+    (run_dir / RUN_RECORD).write_text(
+        json.dumps({"env": cfg.env, "import_root": origin,
+                    "sampler": describe_sampler(family, cfg)}, indent=1) + "\n"
+    )  # fmt: skip
     theta: Params = parameters_of(policy)
     step_size: Params = init_step_size(theta, cfg.learn_step_size, cfg.fast_lr)
     start, env_steps, best_return = 0, 0, -float("inf")
@@ -292,6 +303,7 @@ def _train(
                 "step_size": step_size,
                 "rng": streams.state(),
                 "config": cfg.to_dict(),
+                "import_root": origin,
                 "env_steps": env_steps,
                 "best_return": max(best_return, metrics["returns/post_update"]),
             }

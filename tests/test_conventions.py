@@ -18,7 +18,8 @@ from maml_rl.inner import reinforce_loss
 from maml_rl.maml import (
     MetaParams,
     TaskData,
-    _gauss_newton_hvp,
+    _damped,
+    _gauss_newton,
     _make_hvp,
     _post_distribution,
     meta_objective,
@@ -151,7 +152,7 @@ def test_gauss_newton_curvature_holds_for_every_convention(direction: str, weigh
         return meta_objective(policy, layout, y, data, old, cfg)[1]
 
     exact = _make_hvp(kl_fn, x0.clone().requires_grad_(True), None, cfg)
-    gauss_newton = _gauss_newton_hvp(policy, layout, x0, data, old, cfg, None)
+    gauss_newton = _damped(_gauss_newton(policy, layout, x0, data, old, cfg, None), layout, cfg)
     v = torch.randn(x0.shape, generator=torch.Generator().manual_seed(5), dtype=x0.dtype)
     expected = exact(v)
     assert ((gauss_newton(v) - expected).norm() / expected.norm()).item() < 1e-8
@@ -173,17 +174,19 @@ def test_batch_weights_travel_with_slices_and_concatenation() -> None:
 
 def test_convention_keys_are_checked() -> None:
     defaults = Config()
-    # per-episode advantage statistics are the default: with per-step ones 2D navigation
-    # declined after 100 iterations (README "Conventions"); the other two stay rllab's
+    # pytorch-maml-rl's three conventions are the defaults: with per-step advantage
+    # statistics 2D navigation declined after 100 iterations, with per-step weighting alone
+    # after 250 (README "Conventions")
     assert (defaults.loss_weighting, defaults.advantage_statistics, defaults.kl_direction) == (
-        "steps",
         "episodes",
-        "old_new",
+        "episodes",
+        "new_old",
     )
     from maml_rl.cli import find_config
     from maml_rl.config import load
 
-    assert load(find_config("navigation")).advantage_statistics == "episodes"
+    shipped = load(find_config("navigation"))
+    assert (shipped.loss_weighting, shipped.advantage_statistics) == ("episodes", "episodes")
     assert load(find_config("ant-vel")).advantage_statistics == "steps"
     with pytest.raises(ConfigError, match="config key 'kl_direction' must be one of"):
         from_dict({"kl_direction": "backwards"})

@@ -13,7 +13,8 @@ from maml_rl.inner import adapt, reinforce_loss
 from maml_rl.maml import (
     MetaParams,
     TaskData,
-    _gauss_newton_hvp,
+    _damped,
+    _gauss_newton,
     _make_hvp,
     _post_distribution,
     meta_objective,
@@ -154,7 +155,7 @@ def test_gauss_newton_follows_each_estimators_curvature() -> None:
             None,
             cfg.__class__(**{**cfg.__dict__, "hvp": "exact"}),
         )
-        gauss_newton = _gauss_newton_hvp(policy, layout, x0, data, old, cfg, None)
+        gauss_newton = _damped(_gauss_newton(policy, layout, x0, data, old, cfg, None), layout, cfg)
         v = torch.randn(x0.shape, generator=torch.Generator().manual_seed(5), dtype=x0.dtype)
         expected = exact(v)
         assert ((gauss_newton(v) - expected).norm() / expected.norm()).item() < 1e-8

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from maml_rl.errors import ResourceError
-from maml_rl.memory import GIB, check_fits, check_run, estimate_bytes, num_parameters
+from maml_rl.memory import GIB, RunSizes, check_fits, check_run, estimate_bytes, num_parameters
 from maml_rl.policy import GaussianMLPPolicy
 
 
@@ -21,11 +21,11 @@ def test_estimate_is_the_documented_sum() -> None:
         + 2 * samples * (8 + 8) * 8 * 4
         + 3 * 4 * num_parameters(2, 2, (8, 8)) * 6 * 4
     )
-    assert estimate_bytes(2, 2, (8, 8), 10, 4, 3, 1, 4) == expected
+    assert estimate_bytes(RunSizes(2, 2, (8, 8), 10, 4, 3, 1, 4)) == expected
 
 
 def test_shipped_navigation_is_well_under_a_gigabyte() -> None:
-    needed = estimate_bytes(2, 2, (64, 64), 100, 20, 20, 1, 4)
+    needed = estimate_bytes(RunSizes(2, 2, (64, 64), 100, 20, 20, 1, 4))
     assert 0.05 * GIB < needed < 1 * GIB
 
 
@@ -41,10 +41,10 @@ def test_impossible_sizes_are_refused_with_the_estimate(sizes: dict, what: str) 
     run = dict(obs_dim=2, act_dim=2, hidden_sizes=(64, 64), horizon=100, num_tasks=20,
                trajectories=20, num_steps=1, itemsize=4) | sizes  # fmt: skip
     with pytest.raises(ResourceError) as error:
-        check_run(**run, available=16 * GIB)
+        check_run(RunSizes(**run), available=16 * GIB)
     message = str(error.value)
     assert what in message and "GiB (estimate)" in message and "\n" not in message
-    check_run(**(run | dict(num_tasks=20, hidden_sizes=(64, 64), horizon=100)), available=16 * GIB)
+    check_run(RunSizes(**(run | dict(num_tasks=20, hidden_sizes=(64, 64), horizon=100))), 16 * GIB)
 
 
 def test_unknown_memory_never_refuses(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -16,7 +16,14 @@ import torch
 ray = pytest.importorskip("ray", reason="Ray is not installed: pip install -e '.[ray]'")
 
 from maml_rl.policy import GaussianMLPPolicy, parameters_of  # noqa: E402
-from maml_rl.ray_sampler import RaySampler, RaySamplerError, _actor_environment  # noqa: E402
+from maml_rl.ray_sampler import (  # noqa: E402
+    LOOPBACK,
+    RaySampler,
+    RaySamplerError,
+    _actor_environment,
+    _on_loopback,
+    bind_to_loopback,
+)
 from maml_rl.sampler import Sampler  # noqa: E402
 from maml_rl.tasks import make_family  # noqa: E402
 from maml_rl.types import Batch  # noqa: E402
@@ -26,11 +33,13 @@ FIELDS = ("observations", "actions", "rewards", "mask")
 
 @pytest.fixture(scope="module", autouse=True)
 def local_ray() -> Iterator[None]:
+    bind_to_loopback(ray)
     ray.init(
         num_cpus=2,
         include_dashboard=False,
         log_to_driver=False,
         runtime_env={"env_vars": _actor_environment()},
+        _node_ip_address=LOOPBACK,  # no test sends traffic beyond 127.0.0.1
     )
     yield
     ray.shutdown()
@@ -148,3 +157,87 @@ def test_unreachable_cluster_is_a_one_line_cli_error(tmp_path) -> None:
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and "cannot reach the Ray cluster at 127.0.0.1:9" in lines[0]
+
+
+def test_two_actors_killed_at_once_are_retried_on_their_replacements(monkeypatch) -> None:
+    family, policy, theta, tasks = setup("navigation", horizon=30)
+    expected = Sampler(family, policy, 2).sample(theta, tasks, seed=5, per_task=False)
+    events: list[str] = []
+    remote = RaySampler(family, policy, 2, num_actors=2, on_event=events.append)
+    first = list(remote.actors)
+    submit = RaySampler._submit
+
+    def submit_then_kill_the_first_two(self, actor, *args):  # a node with both actors lost
+        ref = submit(self, actor, *args)
+        if actor in first:
+            ray.kill(actor, no_restart=True)
+        return ref
+
+    monkeypatch.setattr(RaySampler, "_submit", submit_then_kill_the_first_two)
+    try:
+        assert_same(remote.sample(theta, tasks, seed=5, per_task=False), expected)
+        assert len(events) == 2 and all("retrying them" in e for e in events)
+        assert not set(first) & set(remote.actors)
+    finally:
+        remote.close()
+
+
+@pytest.mark.parametrize(("num_actors", "actor_cpus"), [(3, 1), (1, 64)])
+def test_actors_the_cluster_cannot_hold_are_refused_in_one_line(
+    num_actors: int, actor_cpus: int
+) -> None:
+    family, policy, _, _ = setup("navigation")
+    with pytest.raises(RaySamplerError) as error:
+        RaySampler(family, policy, 2, num_actors=num_actors, actor_cpus=actor_cpus)
+    message = str(error.value)
+    assert f"need {num_actors * actor_cpus} CPUs, the Ray cluster has 2" in message
+    assert "\n" not in message
+
+
+def test_actors_that_cannot_be_placed_in_time_fail_in_one_line() -> None:
+    """Two actors of 2 CPUs each fit the cluster's total but not at once: the second waits
+    for CPUs that never free up, which used to wait the whole phase timeout and blame it."""
+    family, policy, _, _ = setup("navigation")
+    holder = RaySampler(family, policy, 2, num_actors=1, actor_cpus=2)
+    try:
+        with pytest.raises(RaySamplerError, match=r"start 1 actors .* 30 s .* 0 CPUs free"):
+            RaySampler(family, policy, 2, num_actors=1, actor_cpus=2, timeout_s=1)
+    finally:
+        holder.close()
+
+
+def test_the_local_instance_and_loopback_clusters_bind_to_loopback() -> None:
+    assert _on_loopback(None) and _on_loopback("127.0.0.1:6379") and _on_loopback("localhost:1")
+    assert not _on_loopback("auto")
+    assert ray.get_runtime_context().gcs_address.startswith(f"{LOOPBACK}:")
+    assert {node["NodeManagerAddress"] for node in ray.nodes()} == {LOOPBACK}
+
+    @ray.remote
+    def where() -> str:
+        return ray.util.get_node_ip_address()
+
+    assert ray.get(where.remote()) == LOOPBACK
+
+
+def test_a_port_that_is_not_a_ray_cluster_is_a_one_line_cli_error(tmp_path) -> None:
+    import http.server
+    import threading
+    import time
+
+    server = http.server.HTTPServer(("127.0.0.1", 0), http.server.SimpleHTTPRequestHandler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    address = f"127.0.0.1:{server.server_address[1]}"
+    start = time.monotonic()
+    try:
+        result = subprocess.run(
+            [sys.executable, "-m", "maml_rl.cli", "train", "navigation", "--out",
+             str(tmp_path / "r"), "--set", "sampler=ray", "--set", f"ray_address={address}",
+             "--set", "ray_timeout_s=5", "--no-progress"],
+            capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+    finally:
+        server.shutdown()
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and f"{address} answers but is not a Ray cluster" in lines[0]
+    assert time.monotonic() - start < 60
