@@ -116,7 +116,7 @@ def promp_step(
             break
         loss.backward()
         if step == 0:
-            loss_before = float(loss)
+            loss_before = float(loss.detach())
             grad_norm = float(x.grad.norm())
         if not torch.isfinite(x.grad).all():
             break

@@ -36,7 +36,9 @@ def setup(**kw):  # type: ignore[no-untyped-def]
 
 
 def test_objective_and_inner_kl_penalty_by_hand() -> None:
-    cfg, policy, _, layout, x0, data, old = setup(promp_inner_kl=0.5, promp_clip=0.2)
+    cfg, policy, _, layout, x0, data, old = setup(
+        promp_inner_kl=0.5, promp_clip=0.2, loss_weighting="steps", kl_direction="old_new"
+    )  # the conventions of the hand computation below
     loss, surrogate, inner_kl = promp_objective(policy, layout, x0, data, old, cfg)
     mask = data.post.mask
     mean_adv = ((data.post_advantages * mask).sum(dim=(0, 2)) / mask.sum(dim=(0, 2))).mean()
