@@ -195,3 +195,19 @@ def test_estimators_with_other_inner_losses_use_the_autograd_products() -> None:
             policy, layout, x0, data, old, dataclasses.replace(cfg, meta_gradient=estimator), None
         )
         assert curvature.closed_form is closed_form
+
+
+@pytest.mark.parametrize("mode", ["none", "scalar", "per_parameter"])
+def test_first_order_meta_gradient_by_the_recursion_equals_autograd(mode: str) -> None:
+    """First-order MAML: the linear model phi = theta - alpha g with g frozen (inner.adapt)."""
+    from maml_rl.inner import first_order_gradients
+
+    cfg, policy, layout, x0, data, old = setup(2, mode)
+    cfg = dataclasses.replace(cfg, first_order=True)
+    theta, steps = layout.unflatten(x0)
+    frozen = first_order_gradients(policy, theta, data.inner, [steps or 0.1] * 2)
+    x = x0.clone().requires_grad_(True)
+    expected = flat_grad(meta_objective(policy, layout, x, data, old, cfg, frozen)[0], [x])
+    curvature = _gauss_newton(policy, layout, x0, data, old, cfg, frozen)
+    grad = _gauss_newton_gradient(curvature, policy, layout, x0, data, cfg)
+    assert ((grad - expected).norm() / expected.norm()).item() < 1e-10
