@@ -12,9 +12,11 @@ iteration's tasks, as our `returns/pre_update` and `returns/post_update`) and th
 of `torch.lstsq`, removed from torch, by `torch.linalg.lstsq` (the same solve).
 
 Our run trains (or resumes) with `maml-rl train navigation` into --ours (default OUT/maml_rl).
-The two trainings run one after the other, each on one torch thread, so each has a core to
-itself when the machine has two. The script then prints the post-update return of both over
-windows of `--window` iterations.
+Running the script again resumes both: ours from its checkpoint, theirs from
+OUT/pytorch-maml-rl/policy.th after the iterations its metrics.jsonl holds (its sampler and torch
+then seeded with seed + iterations done; see the driver). The two trainings run one after the
+other, each on one torch thread (`--theirs-only` trains pytorch-maml-rl alone). The script then
+prints the post-update return of both over windows of `--window` iterations.
 """
 
 from __future__ import annotations
@@ -35,7 +37,7 @@ DRIVER = textwrap.dedent(
     '''
     """Runs pytorch-maml-rl's train.py loop and logs per-iteration returns (written by
     maml_rl's experiments/pytorch_maml_rl_side_by_side.py; the checkout is not modified)."""
-    import json, sys, time
+    import json, os, sys, time
 
     import torch
     import yaml
@@ -56,6 +58,14 @@ DRIVER = textwrap.dedent(
     config_path, out, seed, workers, iterations = sys.argv[1:6]
     seed, workers, iterations = int(seed), int(workers), int(iterations)
     config = yaml.safe_load(open(config_path))
+    # Resume: the policy is train.py's whole state (TRPO keeps none; the baseline is refit per
+    # task), so continuing from policy.th after N logged iterations is its own loop restarted
+    # with the sampler and torch seeded by seed + N (not bit-identical to an uninterrupted run).
+    try:
+        start = sum(1 for line in open(out + "/metrics.jsonl") if line.strip())
+    except FileNotFoundError:
+        start = 0
+    seed += start
     torch.manual_seed(seed)
     torch.set_num_threads(1)
     env = gym.make(config["env-name"], **config.get("env-kwargs", {}))
@@ -63,6 +73,8 @@ DRIVER = textwrap.dedent(
     policy = get_policy_for_env(
         env, hidden_sizes=config["hidden-sizes"], nonlinearity=config["nonlinearity"]
     )
+    if start:
+        policy.load_state_dict(torch.load(out + "/policy.th"))
     policy.share_memory()
     baseline = LinearFeatureBaseline(get_input_size(env))
     sampler = MultiTaskSampler(
@@ -71,8 +83,8 @@ DRIVER = textwrap.dedent(
         seed=seed, num_workers=workers,
     )
     metalearner = MAMLTRPO(policy, fast_lr=config["fast-lr"], first_order=config["first-order"])
-    with open(out + "/metrics.jsonl", "w") as log:
-        for iteration in range(iterations):
+    with open(out + "/metrics.jsonl", "a") as log:
+        for iteration in range(start, iterations):
             start = time.perf_counter()
             tasks = sampler.sample_tasks(num_tasks=config["meta-batch-size"])
             futures = sampler.sample_async(
@@ -93,9 +105,10 @@ DRIVER = textwrap.dedent(
                 "log_std": policy.sigma.detach().tolist(),
                 "time/iteration_s": time.perf_counter() - start,
             }
+            torch.save(policy.state_dict(), out + "/policy.tmp")
+            os.replace(out + "/policy.tmp", out + "/policy.th")  # before the row that counts it
             log.write(json.dumps(row) + "\\n")
             log.flush()
-            torch.save(policy.state_dict(), out + "/policy.th")
     sampler.close()
     '''
 )
@@ -158,6 +171,7 @@ def main() -> None:
     parser.add_argument("--ours", type=Path, default=None, help="our run directory")
     parser.add_argument("--window", type=int, default=25)
     parser.add_argument("--table-only", action="store_true", help="print the curves only")
+    parser.add_argument("--theirs-only", action="store_true", help="train pytorch-maml-rl only")
     args = parser.parse_args()
 
     theirs_dir, ours_dir = args.out / "pytorch-maml-rl", args.ours or args.out / "maml_rl"
@@ -181,6 +195,7 @@ def main() -> None:
         ]
         their_env = {**env, "PYTHONPATH": str(args.checkout.resolve())}
         subprocess.run(command, check=True, env=their_env, cwd=args.checkout)
+    if not args.table_only and not args.theirs_only:
         ours = ["maml-rl", "train"]
         if (ours_dir / "checkpoint_latest.pt").exists():
             ours += ["--resume", str(ours_dir)]

@@ -1,5 +1,6 @@
-"""Command line: `maml-rl train | evaluate | plot | envs`. Wiring only; user mistakes end in one
-line, exit 2."""
+"""Command line: `maml-rl train | evaluate | compare | plot | render | check | envs`.
+
+Wiring only; user mistakes end in one line, exit 2."""
 
 from __future__ import annotations
 
@@ -188,6 +189,23 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_compare(args: argparse.Namespace) -> int:
+    from maml_rl.compare import load_evaluation, paired_difference
+    from maml_rl.evaluate import format_table
+
+    a, b = load_evaluation(args.run_a), load_evaluation(args.run_b)
+    rows_a, rows_b, diff = paired_difference(a, b, args.method)
+    protocol = a.protocol
+    print(
+        f"{protocol.get('env')}: {diff[0].num_tasks} held-out tasks "
+        f"(eval seed {protocol.get('eval_seed')}), paired per task"
+    )
+    print(f"A = {a.run_dir} ({a.protocol.get('checkpoint')})")
+    print(f"B = {b.run_dir} ({b.protocol.get('checkpoint')})")
+    print(format_table([*rows_a, *rows_b, *diff]))
+    return 0
+
+
 def cmd_plot(args: argparse.Namespace) -> int:
     from maml_rl.plot import plot_training
 
@@ -332,6 +350,15 @@ def parser() -> argparse.ArgumentParser:
     )
     evaluate.add_argument("--no-progress", action="store_true", help="hide progress bars")
     evaluate.set_defaults(func=cmd_evaluate)
+
+    compare = commands.add_parser(
+        "compare",
+        help="paired difference of two evaluated runs on the same held-out tasks (A − B)",
+    )
+    compare.add_argument("run_a", metavar="DIR_A", help="an evaluated run directory")
+    compare.add_argument("run_b", metavar="DIR_B", help="another, evaluated the same way")
+    compare.add_argument("--method", default="maml", help="which method's returns (default maml)")
+    compare.set_defaults(func=cmd_compare)
 
     plot = commands.add_parser("plot", help="training curves of one or several runs")
     plot.add_argument("run_dirs", nargs="+", metavar="DIR", help="run directories")

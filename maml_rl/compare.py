@@ -1,0 +1,79 @@
+"""Paired comparison of two runs' evaluations on the same held-out tasks: A − B per step.
+
+`maml-rl evaluate` draws its held-out tasks and sampling seeds from the evaluation stream of
+its eval seed, so two runs of one family evaluated with the same protocol (eval seed, number
+of tasks and steps, step sizes, K) see the same tasks and environment seeds. The per-task
+difference d_n = R_A,n − R_B,n then removes the task-to-task spread that dominates each run's
+own interval: mean(d) ± t_{0.975, N-1} · std(d, ddof=1) / sqrt(N) (`evaluate.summarize`).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from maml_rl.checkpoint import CheckpointError
+from maml_rl.evaluate import PROTOCOL, SummaryRow, read_task_returns, summarize
+
+# Protocol keys that may differ between the two runs (which checkpoint was evaluated).
+RUN_SPECIFIC = ("checkpoint",)
+
+
+@dataclass(frozen=True)
+class RunEvaluation:
+    """One run's saved evaluation: its protocol and per-task returns, method -> [S + 1, N]."""
+
+    run_dir: Path
+    protocol: dict
+    returns: dict[str, np.ndarray]
+
+
+def load_evaluation(run_dir: str | Path) -> RunEvaluation:
+    """DIR/eval/evaluation.json and DIR/eval/adaptation_tasks.csv (CheckpointError if absent)."""
+    run_dir = Path(run_dir)
+    protocol_path = run_dir / "eval" / PROTOCOL
+    if not protocol_path.is_file():
+        raise CheckpointError(f"{run_dir} has no evaluation; run `maml-rl evaluate {run_dir}`")
+    try:
+        protocol = json.loads(protocol_path.read_text())
+    except json.JSONDecodeError as error:
+        raise CheckpointError(f"{protocol_path} is not valid JSON: {error}") from None
+    returns = read_task_returns(run_dir / "eval" / "adaptation_tasks.csv")
+    return RunEvaluation(run_dir, protocol, returns)
+
+
+def check_comparable(a: RunEvaluation, b: RunEvaluation) -> None:
+    """CheckpointError naming the first protocol key on which the two evaluations differ."""
+    for key in sorted(set(a.protocol) | set(b.protocol)):
+        if key in RUN_SPECIFIC:
+            continue
+        if a.protocol.get(key) != b.protocol.get(key):
+            raise CheckpointError(
+                f"{a.run_dir} and {b.run_dir} were evaluated with different {key} "
+                f"({a.protocol.get(key)!r} vs {b.protocol.get(key)!r}); evaluate both with the "
+                "same --eval-seed, --num-tasks, --num-steps and --step-sizes"
+            )
+
+
+def paired_difference(
+    a: RunEvaluation, b: RunEvaluation, method: str = "maml"
+) -> tuple[list[SummaryRow], list[SummaryRow], list[SummaryRow]]:
+    """Summary rows of A's `method`, of B's, and of the paired per-task differences A − B."""
+    check_comparable(a, b)
+    for run in (a, b):
+        if method not in run.returns:
+            raise CheckpointError(
+                f"{run.run_dir}'s evaluation has no '{method}' returns "
+                f"(it has {', '.join(sorted(run.returns))})"
+            )
+    ra, rb = a.returns[method], b.returns[method]
+    if ra.shape != rb.shape:  # same protocol, so only a hand-edited file gets here
+        raise CheckpointError(f"per-task returns of shapes {ra.shape} and {rb.shape} differ")
+    return (
+        summarize(ra, f"{method} A"),
+        summarize(rb, f"{method} B"),
+        summarize(ra - rb, "A − B"),
+    )

@@ -1,0 +1,69 @@
+"""`maml-rl compare`: the paired per-task difference of two evaluations, and its refusals."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+from scipy import stats
+
+from maml_rl.checkpoint import CheckpointError
+from maml_rl.cli import main
+from maml_rl.compare import load_evaluation, paired_difference
+from maml_rl.evaluate import PROTOCOL, write_task_returns
+
+PROTOCOL_A = {"env": "navigation", "checkpoint": "latest@9", "eval_seed": 0, "num_tasks": 5}
+
+
+def _evaluated(path: Path, returns: dict[str, np.ndarray], **protocol: object) -> Path:
+    (path / "eval").mkdir(parents=True)
+    (path / "eval" / PROTOCOL).write_text(json.dumps({**PROTOCOL_A, **protocol}))
+    write_task_returns(returns, path / "eval" / "adaptation_tasks.csv")
+    return path
+
+
+def test_paired_difference_is_the_t_interval_of_the_per_task_differences(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    shared = rng.normal(-20.0, 8.0, size=(2, 5))  # the task-to-task spread both runs share
+    ra = shared + rng.normal(1.0, 0.5, size=(2, 5))
+    rb = shared + rng.normal(0.0, 0.5, size=(2, 5))
+    a = _evaluated(tmp_path / "a", {"maml": ra, "random": rb})
+    b = _evaluated(tmp_path / "b", {"maml": rb}, checkpoint="best@3")  # checkpoints may differ
+    rows_a, rows_b, diff = paired_difference(load_evaluation(a), load_evaluation(b))
+    for step in range(2):
+        d = ra[step] - rb[step]
+        half = stats.t.ppf(0.975, 4) * d.std(ddof=1) / math.sqrt(5)
+        assert diff[step].mean_return == pytest.approx(d.mean(), abs=1e-12)
+        assert diff[step].ci95_high - diff[step].mean_return == pytest.approx(half, rel=1e-12)
+        assert rows_a[step].mean_return == pytest.approx(ra[step].mean(), abs=1e-12)
+        assert rows_b[step].mean_return == pytest.approx(rb[step].mean(), abs=1e-12)
+        # pairing removes the shared spread: the difference's interval is far narrower
+        assert diff[step].std_error < 0.5 * rows_a[step].std_error
+
+
+def test_different_protocols_are_refused_naming_the_key(tmp_path: Path) -> None:
+    returns = {"maml": np.zeros((2, 5))}
+    a = load_evaluation(_evaluated(tmp_path / "a", returns))
+    b = load_evaluation(_evaluated(tmp_path / "b", returns, eval_seed=1))
+    with pytest.raises(CheckpointError, match="different eval_seed"):
+        paired_difference(a, b)
+    with pytest.raises(CheckpointError, match="no 'oracle' returns"):
+        paired_difference(a, a, method="oracle")
+
+
+def test_cli_prints_the_rows_and_refuses_an_unevaluated_run_in_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    ra, rb = np.full((2, 5), -10.0), np.full((2, 5), -12.0)
+    ra[:, 0], rb[:, 0] = -9.0, -11.0  # a spread, so the interval is finite
+    a = _evaluated(tmp_path / "a", {"maml": ra})
+    b = _evaluated(tmp_path / "b", {"maml": rb})
+    assert main(["compare", str(a), str(b)]) == 0
+    out = capsys.readouterr().out
+    assert "A − B" in out and "2.00" in out
+    assert main(["compare", str(a), str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "has no evaluation" in err
