@@ -185,6 +185,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         f"step sizes [{schedule}]{learned}"
     )
     print(format_table(evaluation.rows))
+    if evaluation.success:
+        print(format_table(evaluation.success_rows, "success rate"))
     print(f"wrote {csv_path} and {png_path}")
     return 0
 
@@ -194,7 +196,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
     from maml_rl.evaluate import format_table
 
     a, b = load_evaluation(args.run_a), load_evaluation(args.run_b)
-    rows_a, rows_b, diff = paired_difference(a, b, args.method)
+    rows_a, rows_b, diff = paired_difference(a, b, args.method, args.success)
     protocol = a.protocol
     print(
         f"{protocol.get('env')}: {diff[0].num_tasks} held-out tasks "
@@ -202,7 +204,9 @@ def cmd_compare(args: argparse.Namespace) -> int:
     )
     print(f"A = {a.run_dir} ({a.protocol.get('checkpoint')})")
     print(f"B = {b.run_dir} ({b.protocol.get('checkpoint')})")
-    print(format_table([*rows_a, *rows_b, *diff]))
+    print(
+        format_table([*rows_a, *rows_b, *diff], "success rate" if args.success else "mean return")
+    )
     return 0
 
 
@@ -358,6 +362,9 @@ def parser() -> argparse.ArgumentParser:
     compare.add_argument("run_a", metavar="DIR_A", help="an evaluated run directory")
     compare.add_argument("run_b", metavar="DIR_B", help="another, evaluated the same way")
     compare.add_argument("--method", default="maml", help="which method's returns (default maml)")
+    compare.add_argument(
+        "--success", action="store_true", help="compare success rates instead of returns"
+    )
     compare.set_defaults(func=cmd_compare)
 
     plot = commands.add_parser("plot", help="training curves of one or several runs")

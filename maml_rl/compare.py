@@ -29,6 +29,8 @@ class RunEvaluation:
     run_dir: Path
     protocol: dict
     returns: dict[str, np.ndarray]
+    success: dict[str, np.ndarray]
+    """Per-task success rates (families reporting success), else empty."""
 
 
 def load_evaluation(run_dir: str | Path) -> RunEvaluation:
@@ -42,7 +44,9 @@ def load_evaluation(run_dir: str | Path) -> RunEvaluation:
     except json.JSONDecodeError as error:
         raise CheckpointError(f"{protocol_path} is not valid JSON: {error}") from None
     returns = read_task_returns(run_dir / "eval" / "adaptation_tasks.csv")
-    return RunEvaluation(run_dir, protocol, returns)
+    success_path = run_dir / "eval" / "success_tasks.csv"
+    success = read_task_returns(success_path) if success_path.is_file() else {}
+    return RunEvaluation(run_dir, protocol, returns, success)
 
 
 def check_comparable(a: RunEvaluation, b: RunEvaluation) -> None:
@@ -59,17 +63,21 @@ def check_comparable(a: RunEvaluation, b: RunEvaluation) -> None:
 
 
 def paired_difference(
-    a: RunEvaluation, b: RunEvaluation, method: str = "maml"
+    a: RunEvaluation, b: RunEvaluation, method: str = "maml", success: bool = False
 ) -> tuple[list[SummaryRow], list[SummaryRow], list[SummaryRow]]:
-    """Summary rows of A's `method`, of B's, and of the paired per-task differences A − B."""
+    """Summary rows of A's `method`, of B's, and of the paired per-task differences A − B,
+    of the returns or (`success`) of the success rates."""
     check_comparable(a, b)
+    what = "success rates" if success else "returns"
     for run in (a, b):
-        if method not in run.returns:
+        values = run.success if success else run.returns
+        if method not in values:
+            have = ", ".join(sorted(values)) or "none"
             raise CheckpointError(
-                f"{run.run_dir}'s evaluation has no '{method}' returns "
-                f"(it has {', '.join(sorted(run.returns))})"
+                f"{run.run_dir}'s evaluation has no '{method}' {what} (it has {have})"
             )
-    ra, rb = a.returns[method], b.returns[method]
+    ra = (a.success if success else a.returns)[method]
+    rb = (b.success if success else b.returns)[method]
     if ra.shape != rb.shape:  # same protocol, so only a hand-edited file gets here
         raise CheckpointError(f"per-task returns of shapes {ra.shape} and {rb.shape} differ")
     return (

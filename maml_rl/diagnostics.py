@@ -7,6 +7,8 @@ Pure functions of the meta-parameters, the adapted parameters and the post-updat
     adaptation/step_norm              mean_n ‖φ_n − θ‖₂ over all parameters (the inner update)
     adaptation/kl_pre_post            mean_n mean_{t,k} KL(π_θ(·|s) ‖ π_φn(·|s)), s from the
                                       post-update batch (how far adaptation moves the policy)
+    success/pre_update, _post_update  fraction of episodes that succeeded (families reporting
+                                      success only)
 
 so that a collapse of exploration or of the inner step is visible in any run.
 """
@@ -52,3 +54,17 @@ def adaptation(policy: nn.Module, theta: Params, phi: Params, post: Batch) -> di
         "adaptation/step_norm": float(torch.as_tensor(squares).sqrt().mean()),
         "adaptation/kl_pre_post": float(divergence.mean()),
     }
+
+
+def success_metrics(batches: list[Batch]) -> dict[str, float]:
+    """Success rates of the batches after 0..S inner steps, for families reporting success:
+    ``success/pre_update`` (batch 0), ``success/after_step_i`` and ``success/post_update``
+    (the last), each the fraction of the N·K episodes that succeeded at any valid step.
+    Empty when the batches carry no success signal."""
+    rates = [b.episode_success for b in batches]
+    if any(rate is None for rate in rates):
+        return {}
+    values = [float(rate.mean()) for rate in rates]  # type: ignore[union-attr]
+    metrics = {"success/pre_update": values[0], "success/post_update": values[-1]}
+    metrics.update({f"success/after_step_{i}": v for i, v in enumerate(values[1:-1], start=1)})
+    return metrics

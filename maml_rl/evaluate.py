@@ -18,7 +18,7 @@ import csv
 import json
 import math
 from collections.abc import Sequence
-from dataclasses import astuple, dataclass, fields, replace
+from dataclasses import astuple, dataclass, field, fields, replace
 from pathlib import Path
 
 import numpy as np
@@ -79,6 +79,16 @@ def mean_returns(batches: Sequence[Batch]) -> np.ndarray:
     return returns.double().cpu().numpy()
 
 
+def mean_success(batches: Sequence[Batch]) -> np.ndarray | None:
+    """Per-task success rate of each batch: [len(batches), N] float64, the fraction of a
+    task's K episodes that succeeded at any valid step; None if the batches carry no success
+    signal (the family does not report it)."""
+    rates = [batch.episode_success for batch in batches]
+    if any(rate is None for rate in rates):
+        return None
+    return torch.stack([rate.mean(dim=1) for rate in rates]).double().cpu().numpy()  # type: ignore[union-attr]
+
+
 def adaptation_batches(
     sampler: TrajectorySampler,
     theta: Params,
@@ -103,10 +113,15 @@ class HeldOut:
 
 def held_out(cfg: Config, num_tasks: int, num_steps: int, eval_seed: int | None) -> HeldOut:
     """`num_tasks` tasks and `num_steps + 1` seeds from the evaluation stream of `eval_seed`
-    (default: the run's seed), separate from the training tasks' stream."""
+    (default: the run's seed), separate from the training tasks' stream.
+
+    A family with a held-out split (Meta-World's test tasks) provides
+    ``sample_test_tasks(n, rng)``; its tasks are drawn from there, never seen in training."""
     seed = cfg.seed if eval_seed is None else eval_seed
     rng = Streams.from_seed(seed).evaluation_tasks
-    tasks = make_family(cfg.env, cfg.env_kwargs).sample_tasks(num_tasks, rng)
+    family = make_family(cfg.env, cfg.env_kwargs)
+    sample = getattr(family, "sample_test_tasks", family.sample_tasks)
+    tasks = sample(num_tasks, rng)
     return HeldOut(seed, list(tasks), draw_seeds(rng, num_steps + 1))
 
 
@@ -276,6 +291,9 @@ class Evaluation:
     num_trajectories: int
     checkpoint: str = ""
     """Which checkpoint of which iteration was evaluated (`latest@499`)."""
+    success: dict[str, np.ndarray] = field(default_factory=dict)
+    """Per-task success rates of every method ([S + 1, N] each), for families reporting
+    success; empty otherwise."""
 
     @property
     def protocol(self) -> dict[str, object]:
@@ -294,6 +312,11 @@ class Evaluation:
     @property
     def rows(self) -> list[SummaryRow]:
         return [row for name, r in self.returns.items() for row in summarize(r, name)]
+
+    @property
+    def success_rows(self) -> list[SummaryRow]:
+        """Summary rows of the success rates (`mean_return` holds the mean success rate)."""
+        return [row for name, r in self.success.items() for row in summarize(r, name)]
 
 
 def evaluate_run(
@@ -327,22 +350,34 @@ def evaluate_run(
     schedule = step_size_schedule(cfg.fast_lr, num_steps, step_sizes)
     k = cfg.fast_batch_size
 
-    def curve(method_cfg: Config, theta: Params | None, steps: Sequence[StepSize]) -> np.ndarray:
-        return mean_returns(method_batches(method_cfg, theta, k, cfg, tasks, steps, seeds, seed))
+    returns: dict[str, np.ndarray] = {}
+    success: dict[str, np.ndarray] = {}
+
+    def curve(
+        name: str, method_cfg: Config, theta: Params | None, steps: Sequence[StepSize]
+    ) -> None:
+        batches = method_batches(method_cfg, theta, k, cfg, tasks, steps, seeds, seed)
+        returns[name], rates = mean_returns(batches), mean_success(batches)
+        if rates is not None:
+            success[name] = rates
+        if not steps:  # the oracle: sampled once, not adapted
+            returns[name] = np.repeat(returns[name], num_steps + 1, axis=0)
+            if rates is not None:
+                success[name] = np.repeat(rates, num_steps + 1, axis=0)
 
     learned = bool(run.step_size)
-    maml_steps = maml_step_sizes(run, schedule)
-    returns = {"maml": curve(cfg, run.theta, maml_steps)}
+    curve("maml", cfg, run.theta, maml_step_sizes(run, schedule))
     for name in baselines:
         if name == "random":
-            returns[name] = curve(cfg, None, schedule)
+            curve(name, cfg, None, schedule)
         elif name == "pretrained":
-            returns[name] = curve(loaded[name].cfg, loaded[name].theta, schedule)
-        else:  # oracle: sampled once, not adapted
-            once = curve(loaded[name].cfg, loaded[name].theta, [])
-            returns[name] = np.repeat(once, num_steps + 1, axis=0)
+            curve(name, loaded[name].cfg, loaded[name].theta, schedule)
+        else:
+            curve(name, loaded[name].cfg, loaded[name].theta, [])
     checkpoint = f"{which}@{run.iteration}"
-    return Evaluation(cfg.env, returns, tuple(schedule), learned, seed, k, checkpoint)
+    return Evaluation(
+        cfg.env, returns, tuple(schedule), learned, seed, k, checkpoint, success=success
+    )
 
 
 def write_csv(rows: Sequence[SummaryRow], path: str | Path) -> None:
@@ -401,7 +436,10 @@ def read_task_returns(path: str | Path) -> dict[str, np.ndarray]:
 
 
 PROTOCOL = "evaluation.json"
-OUTPUTS = ("adaptation.csv", "adaptation_tasks.csv", "adaptation.png", PROTOCOL)
+# Success rates (families reporting success) use the same layouts; their `mean_return` column
+# holds the mean success rate.
+SUCCESS_OUTPUTS = ("success.csv", "success_tasks.csv")
+OUTPUTS = ("adaptation.csv", "adaptation_tasks.csv", "adaptation.png", PROTOCOL, *SUCCESS_OUTPUTS)
 
 
 def merged(evaluation: Evaluation, out_dir: Path) -> Evaluation:
@@ -415,7 +453,11 @@ def merged(evaluation: Evaluation, out_dir: Path) -> Evaluation:
     if same:
         earlier = read_task_returns(out_dir / "adaptation_tasks.csv")
         kept = {m: r for m, r in earlier.items() if m not in evaluation.returns}
-        return replace(evaluation, returns={**evaluation.returns, **kept})
+        success = dict(evaluation.success)
+        if (out_dir / "success_tasks.csv").is_file():
+            earlier_success = read_task_returns(out_dir / "success_tasks.csv")
+            success.update({m: r for m, r in earlier_success.items() if m in kept})
+        return replace(evaluation, returns={**evaluation.returns, **kept}, success=success)
     archive = out_dir / "replaced"
     number = 1 + max((int(p.name) for p in archive.glob("[0-9]*") if p.name.isdigit()), default=0)
     target = archive / str(number)
@@ -428,7 +470,8 @@ def merged(evaluation: Evaluation, out_dir: Path) -> Evaluation:
 
 def save(evaluation: Evaluation, out_dir: str | Path) -> tuple[Path, Path]:
     """Write `adaptation.csv` (summary rows), `adaptation_tasks.csv` (per-task returns),
-    `adaptation.png` and `evaluation.json` (the protocol) into `out_dir`, after `merged` kept
+    `adaptation.png` and `evaluation.json` (the protocol), and for families reporting success
+    `success.csv` and `success_tasks.csv` (the same layouts) into `out_dir`, after `merged` kept
     what an earlier evaluation there had; returns the paths of the summary and the figure."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -438,15 +481,18 @@ def save(evaluation: Evaluation, out_dir: str | Path) -> tuple[Path, Path]:
     rows = evaluation.rows
     write_csv(rows, csv_path)
     write_task_returns(evaluation.returns, out_dir / "adaptation_tasks.csv")
+    if evaluation.success:
+        write_csv(evaluation.success_rows, out_dir / "success.csv")
+        write_task_returns(evaluation.success, out_dir / "success_tasks.csv")
     num_tasks = rows[0].num_tasks
     title = f"{evaluation.env}: adaptation on {num_tasks} held-out tasks"
     plot_adaptation(rows, png_path, title)
     return csv_path, png_path
 
 
-def format_table(rows: Sequence[SummaryRow]) -> str:
-    """The rows as an aligned text table (for the command line)."""
-    lines = [f"{'method':<12}{'step':>5}{'mean return':>14}{'std error':>12}{'95% CI':>24}"]
+def format_table(rows: Sequence[SummaryRow], value: str = "mean return") -> str:
+    """The rows as an aligned text table (for the command line); `value` names the column."""
+    lines = [f"{'method':<12}{'step':>5}{value:>14}{'std error':>12}{'95% CI':>24}"]
     for r in rows:
         interval = f"[{r.ci95_low:.2f}, {r.ci95_high:.2f}]"
         lines.append(

@@ -79,11 +79,19 @@ class RunLogger:
             return f"{metrics.get(key, float('nan')):.2f}"
 
         if not self.adapts:
-            return {"return": value("returns/post_update")}
-        return {
-            "post-update": value("returns/post_update"),
-            "pre-update": value("returns/pre_update"),
-        }
+            summary = {"return": value("returns/post_update")}
+        else:
+            summary = {
+                "post-update": value("returns/post_update"),
+                "pre-update": value("returns/pre_update"),
+            }
+        if "success/post_update" in metrics:
+            summary["success"] = (
+                f"{value('success/pre_update')}->{value('success/post_update')}"
+                if self.adapts
+                else value("success/post_update")
+            )
+        return summary
 
     def message(self, text: str) -> None:
         if self._lines:

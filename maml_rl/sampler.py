@@ -4,7 +4,11 @@ All N·K environments step together; the policy runs once per time step for all 
 each task with its own parameters (`torch.func.vmap` over stacked per-task parameters).
 Sampling runs under `torch.no_grad` and contains no learning code: it returns a `Batch`.
 The environments come from `maml_rl.vector.make_batch_env` on the chosen backend (``auto``,
-``native``, ``threads``, ``sync``, ``async``); every backend gives the same batch for one seed.
+``native``, ``threads``, ``sync``, ``async``, ``procs``); every backend gives the same batch
+for one seed.
+
+A family with ``reports_success = True`` also gets the per-step success flags of its
+environments (`Batch.success`; see `maml_rl.vector`).
 
 Episodes end at termination or at the family's ``max_episode_steps`` (time-limit truncation);
 both close the mask the same way: the step that ends an episode is its last valid one, and
@@ -80,13 +84,20 @@ class Sampler:
         self.trajectories_per_task = trajectories_per_task
         self.device, self.dtype = torch.device(device), dtype
         self.policy_threads, self.env_threads = policy_threads, env_threads
+        self.success = bool(getattr(family, "reports_success", False))
         self._envs: dict[int, BatchEnv] = {}
 
     def _env(self, num_envs: int) -> BatchEnv:
         if num_envs not in self._envs:
-            self._envs[num_envs] = make_batch_env(
-                self.family, num_envs, self.backend, self.env_threads
-            )
+            env = make_batch_env(self.family, num_envs, self.backend, self.env_threads)
+            if self.success and not hasattr(env, "success"):
+                env.close()
+                raise TaskFamilyError(
+                    f"task family {self.family!r} sets reports_success, but its "
+                    f"{type(env).__name__} has no `success` array; use a Gymnasium backend "
+                    "(sync, async, procs) or give the batch env one"
+                )
+            self._envs[num_envs] = env
         return self._envs[num_envs]
 
     @torch.no_grad()
@@ -148,6 +159,7 @@ class Sampler:
         act_buf = np.zeros((horizon, num_envs, *act_shape), dtype=np.float64)
         rew_buf = np.zeros((horizon, num_envs), dtype=np.float64)
         mask_buf = np.zeros((horizon, num_envs), dtype=np.float32)
+        success_buf = np.zeros((horizon, num_envs), dtype=np.float32) if self.success else None
         alive = np.ones(num_envs, dtype=bool)
         length = horizon
         for t in range(horizon):
@@ -170,6 +182,8 @@ class Sampler:
                 )
             obs_buf[t][alive], act_buf[t][alive], mask_buf[t] = obs[alive], actions[alive], alive
             rew_buf[t] = np.where(alive, reward, 0.0)
+            if success_buf is not None:
+                success_buf[t] = alive & np.asarray(env.success, dtype=bool)  # type: ignore[attr-defined]
             alive = alive & ~(np.asarray(terminated) | np.asarray(truncated))
             obs = next_obs
             if not alive.any():
@@ -185,6 +199,7 @@ class Sampler:
             actions=to_tensor(act_buf, torch.long if discrete else self.dtype),
             rewards=to_tensor(rew_buf, self.dtype),
             mask=to_tensor(mask_buf, self.dtype),
+            success=None if success_buf is None else to_tensor(success_buf, self.dtype),
         )
 
     def close(self) -> None:

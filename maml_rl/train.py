@@ -279,6 +279,7 @@ def _train(
                     f"returns/after_step_{i}": float(b.episode_returns.mean())
                     for i, b in enumerate(batches[1:-1], start=1)
                 },
+                **diagnostics.success_metrics(batches),
                 **info.as_metrics(),
                 "time/sampling_s": t1 - t0,
                 "time/optimization_s": t2 - t1,

@@ -28,6 +28,9 @@ class Batch:
         weights:      [T, N, K] or None, the weight of each step in every mean over a task's
                       steps (inner loss, surrogate, KL); None means the mask (every valid step
                       of a task weighs the same). See `returns.loss_weights`.
+        success:      [T, N, K] or None, 1.0 where the step reported success
+                      (``info["success"]``) for families with ``reports_success``; None for
+                      the others. An episode succeeds if any of its valid steps does.
 
     Steps after an episode ended hold zeros in every field.
 
@@ -40,6 +43,7 @@ class Batch:
     rewards: Tensor
     mask: Tensor
     weights: Tensor | None = None
+    success: Tensor | None = None
 
     def __post_init__(self) -> None:
         lead = tuple(self.rewards.shape)
@@ -57,8 +61,10 @@ class Batch:
                 f"actions must be [T, N, K] or [T, N, K, act_dim] with [T, N, K] = {lead}, "
                 f"got {tuple(self.actions.shape)}"
             )
-        if self.weights is not None and tuple(self.weights.shape) != lead:
-            raise ValueError(f"weights shape {tuple(self.weights.shape)} != rewards shape {lead}")
+        for name in ("weights", "success"):
+            value = getattr(self, name)
+            if value is not None and tuple(value.shape) != lead:
+                raise ValueError(f"{name} shape {tuple(value.shape)} != rewards shape {lead}")
 
     @property
     def step_weights(self) -> Tensor:
@@ -81,6 +87,14 @@ class Batch:
     def episode_returns(self) -> Tensor:
         """Undiscounted return of every trajectory, [N, K]."""
         return (self.rewards * self.mask).sum(dim=0)
+
+    @property
+    def episode_success(self) -> Tensor | None:
+        """Whether each trajectory succeeded at any valid step, [N, K] (1.0 / 0.0), or None
+        when the batch carries no success signal."""
+        if self.success is None:
+            return None
+        return (self.success * self.mask).amax(dim=0)
 
     @property
     def num_steps(self) -> int:

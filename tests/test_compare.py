@@ -52,6 +52,20 @@ def test_different_protocols_are_refused_naming_the_key(tmp_path: Path) -> None:
         paired_difference(a, b)
     with pytest.raises(CheckpointError, match="no 'oracle' returns"):
         paired_difference(a, a, method="oracle")
+    with pytest.raises(CheckpointError, match="no 'maml' success rates"):
+        paired_difference(a, a, success=True)
+
+
+def test_success_rates_are_compared_when_both_evaluations_have_them(tmp_path: Path) -> None:
+    from maml_rl.evaluate import write_task_returns
+
+    runs = []
+    for name, rates in (("a", [[0.5, 1.0, 0.0, 0.5, 1.0]]), ("b", [[0.0, 0.5, 0.0, 0.5, 0.5]])):
+        run = _evaluated(tmp_path / name, {"maml": np.zeros((1, 5))})
+        write_task_returns({"maml": np.array(rates)}, run / "eval" / "success_tasks.csv")
+        runs.append(load_evaluation(run))
+    _, _, diff = paired_difference(*runs, success=True)
+    assert diff[0].mean_return == pytest.approx(0.3)
 
 
 def test_cli_prints_the_rows_and_refuses_an_unevaluated_run_in_one_line(
