@@ -133,9 +133,12 @@ class Config:
     KL(π_old ‖ π) (rllab, the paper's code). Same curvature at the current point; the line
     search differs at third order."""
     sampler: str = "auto"
-    """Environment backend: auto (native batch env if the family has one, else sync), native,
-    threads (MuJoCo families, threaded mj_step), sync or async (Gymnasium vector envs), or ray
-    (tasks split over Ray actors, each sampling its share on the auto backend)."""
+    """Environment backend: auto (native batch env if the family has one, else the family's
+    sampler_backend if it sets one, else sync), native, threads (MuJoCo families, threaded
+    mj_step), sync or async (Gymnasium vector envs; async: a process per env), procs (the
+    Gymnasium envs sharded over a worker process per CPU: for slow Python envs such as
+    Meta-World), or ray (tasks split over Ray actors, each sampling its share on the auto
+    backend)."""
     ray_address: str | None = None
     """sampler ray: the cluster to join (HOST:PORT from `ray start --head`); null starts a
     local Ray instance."""
@@ -233,7 +236,7 @@ def _validate(cfg: Config) -> None:
         "nonlinearity": ("tanh", "relu", "elu", "gelu", "silu"),
         "dtype": ("float32", "float64"),
         "algo": ("maml", "pretrained", "oracle"),
-        "sampler": ("auto", "native", "threads", "sync", "async", "ray"),
+        "sampler": ("auto", "native", "threads", "sync", "async", "procs", "ray"),
         "advantage_statistics": ("steps", "episodes"),
         "loss_weighting": ("steps", "episodes"),
         "kl_direction": ("old_new", "new_old"),

@@ -7,9 +7,16 @@ Backends (``make_batch_env(family, num_envs, backend)``):
 * ``threads``: the native env with its ``stepper="threads"`` (MuJoCo families: one MjData per
   environment, stepped by a pool of Python threads);
 * ``sync``: `GymBatchEnv`, the family's Gymnasium environments stepped one after another here;
-* ``async``: `AsyncGymBatchEnv`, the same in worker processes (``gymnasium.vector``);
-* ``auto``: ``native`` when the family has one, else ``sync`` (on a few cores a process round
-  trip costs more than a MuJoCo step, so ``async`` only pays for slow Python environments).
+* ``async``: `AsyncGymBatchEnv`, the same in worker processes (``gymnasium.vector``), one
+  process per environment;
+* ``procs``: `maml_rl.process_env.ProcessBatchEnv`, the environments sharded over one worker
+  process per CPU, each stepping its shard with a `GymBatchEnv`. It pays for environments whose
+  step costs much more than a pipe round trip (Python-heavy simulators such as Meta-World,
+  ~1 ms a step), on several cores; for fast ones (2D navigation, a MuJoCo step) it is slower;
+* ``auto``: ``native`` when the family has one, else the family's ``sampler_backend``
+  attribute when it sets one (one of `GYM_BACKENDS`, e.g. ``"procs"``), else ``sync`` (on a
+  few cores a process round trip costs more than a MuJoCo step, so the process backends only
+  pay for slow Python environments).
 
 All give the same trajectories for the same seed: sub-environment i is reset with
 ``seed + i`` and its own task. Gymnasium's vector envs send the same reset options to every
@@ -17,6 +24,11 @@ sub-env, so each task travels separately (`set_attr`) and reaches its env at the
 An environment whose episode has ended is not stepped again (sync) or steps into a new
 episode that is ignored (async, Gymnasium's next-step autoreset); either way it reports its
 last observation, reward 0 and its terminated flag until the next reset.
+
+Success: after every step the Gymnasium backends hold ``success`` [num_envs] (bool), whether
+that step's ``info["success"]`` was true (False for an env whose episode had ended). The sampler
+reads it for families that set ``reports_success = True`` (a native batch env of such a family
+keeps the same attribute).
 """
 
 from __future__ import annotations
@@ -31,7 +43,10 @@ import numpy as np
 
 from maml_rl.tasks import BatchEnv, Task, TaskFamily, TaskFamilyError
 
-BACKENDS = ("auto", "native", "threads", "sync", "async")
+BACKENDS = ("auto", "native", "threads", "sync", "async", "procs")
+GYM_BACKENDS = ("sync", "async", "procs")
+"""The backends that step a family's Gymnasium environments (``make_env``), the values a
+family's optional ``sampler_backend`` attribute may take."""
 
 
 class GymBatchEnv:
@@ -46,6 +61,7 @@ class GymBatchEnv:
         self._done = np.zeros(num_envs, dtype=bool)
         self._obs: np.ndarray | None = None
         self._t = 0
+        self.success = np.zeros(num_envs, dtype=bool)
 
     def reset(self, tasks: Sequence[Task], seed: int | None = None) -> np.ndarray:
         """Observations [num_envs, obs_dim] in the envs' own dtype; env i gets seed + i."""
@@ -60,6 +76,7 @@ class GymBatchEnv:
             observations.append(checked_observation(obs, self.observation_space, i))
         self._obs = np.stack(observations)
         self._done[:] = False
+        self.success[:] = False
         self._t = 0
         return self._obs.copy()
 
@@ -68,12 +85,14 @@ class GymBatchEnv:
         rewards = np.zeros(self.num_envs)
         terminated = self._done.copy()
         truncated = np.zeros(self.num_envs, dtype=bool)
+        self.success[:] = False
         for i, env in enumerate(self.envs):
             if self._done[i]:
                 continue
-            obs, reward, term, trunc, _ = guarded_call(i, lambda e=env, a=actions[i]: e.step(a))
+            obs, reward, term, trunc, info = guarded_call(i, lambda e=env, a=actions[i]: e.step(a))
             obs = checked_observation(obs, self.observation_space, i)
             self._obs[i], rewards[i], terminated[i], truncated[i] = obs, reward, term, trunc
+            self.success[i] = bool(info.get("success", False))
         self._t += 1
         truncated |= self._t >= self.max_episode_steps
         self._done |= terminated | truncated
@@ -163,6 +182,7 @@ class AsyncGymBatchEnv:
         self._terminated = np.zeros(num_envs, dtype=bool)
         self._obs: np.ndarray | None = None
         self._t = 0
+        self.success = np.zeros(num_envs, dtype=bool)
 
     def _guarded(self, call: Callable[[], Any]) -> Any:
         try:
@@ -198,15 +218,19 @@ class AsyncGymBatchEnv:
         self._obs = np.array(self._guarded(reset))
         self._done[:] = False
         self._terminated[:] = False
+        self.success[:] = False
         self._t = 0
         return self._obs.copy()
 
     def step(self, actions: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         assert self._obs is not None, "reset before step"
-        obs, rewards, terminated, truncated, _ = self._guarded(
+        obs, rewards, terminated, truncated, infos = self._guarded(
             lambda: self.vector.step(np.asarray(actions))
         )
         live = ~self._done
+        reported = np.asarray(infos.get("_success", np.zeros(self.num_envs, dtype=bool)))
+        values = np.asarray(infos.get("success", np.zeros(self.num_envs)))
+        self.success = live & reported & values.astype(bool)
         self._obs[live] = obs[live]
         rewards = np.where(live, rewards, 0.0)
         terminated = np.where(live, terminated, self._terminated)
@@ -247,7 +271,8 @@ def native_batch_env(
     native = getattr(family, "make_batch_env", None)
     if not callable(native):
         raise TaskFamilyError(
-            f"task family {family!r} has no native make_batch_env; use backend 'sync' or 'async'"
+            f"task family {family!r} has no native make_batch_env; use backend 'sync', "
+            "'async' or 'procs'"
         )
     parameters = inspect.signature(native).parameters
     kwargs: dict[str, Any] = {}
@@ -264,11 +289,22 @@ def native_batch_env(
 
 
 def resolved_backend(family: TaskFamily, backend: str) -> str:
-    """The backend `make_batch_env` uses for `backend` ("auto": native if the family has a
-    native batch environment, else sync)."""
+    """The backend `make_batch_env` uses for `backend`. "auto": native if the family has a
+    native batch environment, else its ``sampler_backend`` attribute if it has one (one of
+    `GYM_BACKENDS`, else TaskFamilyError), else sync."""
     if backend != "auto":
         return backend
-    return "native" if callable(getattr(family, "make_batch_env", None)) else "sync"
+    if callable(getattr(family, "make_batch_env", None)):
+        return "native"
+    preferred = getattr(family, "sampler_backend", None)
+    if preferred is None:
+        return "sync"
+    if preferred not in GYM_BACKENDS:
+        raise TaskFamilyError(
+            f"task family {family!r}: sampler_backend must be one of {GYM_BACKENDS}, "
+            f"got {preferred!r}"
+        )
+    return str(preferred)
 
 
 def make_batch_env(
@@ -276,14 +312,19 @@ def make_batch_env(
 ) -> BatchEnv:
     """A `BatchEnv` of `num_envs` environments of `family` on `backend` (see the module doc).
 
-    num_threads: threads of a native MuJoCo batch (default: all CPUs of this process)."""
+    num_threads: threads of a native MuJoCo batch, or worker processes of `procs` (a Ray
+    actor passes its CPUs; default: all CPUs of this process)."""
     if backend not in BACKENDS:
         raise TaskFamilyError(f"unknown sampler backend {backend!r}; choose one of {BACKENDS}")
-    has_native = callable(getattr(family, "make_batch_env", None))
-    if backend == "native" or (backend == "auto" and has_native):
+    backend = resolved_backend(family, backend)
+    if backend == "native":
         return native_batch_env(family, num_envs, num_threads=num_threads)
     if backend == "threads":
         return native_batch_env(family, num_envs, stepper="threads", num_threads=num_threads)
     if backend == "async":
         return AsyncGymBatchEnv(family.make_env, num_envs, horizon_of(family))
+    if backend == "procs":
+        from maml_rl.process_env import ProcessBatchEnv  # it imports this module
+
+        return ProcessBatchEnv(family.make_env, num_envs, horizon_of(family), num_threads)
     return GymBatchEnv(family.make_env, num_envs, horizon_of(family))
