@@ -1,0 +1,128 @@
+"""Meta-World ML1 / ML10 families (the optional `metaworld` extra; skipped without it)."""
+
+from __future__ import annotations
+
+import json
+import pickle
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("metaworld")
+
+import mujoco
+
+from maml_rl.checker import check_family
+from maml_rl.cli import main
+from maml_rl.config import Config
+from maml_rl.evaluate import held_out
+from maml_rl.tasks import make_family
+from maml_rl.vector import GymBatchEnv
+from maml_rl_envs.meta_world import (
+    MetaWorldTask,
+    apply_mujoco_compat,
+    expert_policy,
+    goal_of,
+    needs_weld_fix,
+)
+
+
+@pytest.fixture(scope="module")
+def reach():  # building the benchmark takes about a second
+    return make_family("metaworld-ml1", {"env_name": "reach-v3", "max_episode_steps": 150})
+
+
+def _goal(family, task: MetaWorldTask) -> tuple[float, ...]:
+    return tuple(pickle.loads(family.benchmark_task(task).data)["rand_vec"].round(12))
+
+
+def test_ml1_splits_are_disjoint_and_complete(reach) -> None:
+    train, test = reach.all_tasks("train"), reach.all_tasks("test")
+    assert len(train) == len(test) == 50
+    assert {_goal(reach, t) for t in train}.isdisjoint({_goal(reach, t) for t in test})
+    drawn = reach.sample_tasks(2000, np.random.default_rng(0))
+    assert {t.split for t in drawn} == {"train"} and {t.index for t in drawn} == set(range(50))
+    held = reach.sample_test_tasks(2000, np.random.default_rng(0))
+    assert {t.split for t in held} == {"test"} and {t.index for t in held} == set(range(50))
+
+
+def test_ml10_trains_on_ten_environments_and_holds_five_others_out() -> None:
+    family = make_family("metaworld-ml10", {"max_episode_steps": 20})
+    train_names, test_names = set(family.env_names("train")), set(family.env_names("test"))
+    assert len(train_names) == 10 and len(test_names) == 5
+    assert train_names.isdisjoint(test_names)
+    drawn = family.sample_tasks(500, np.random.default_rng(1))
+    assert {t.env_name for t in drawn} == train_names
+    assert {t.env_name for t in family.sample_test_tasks(300, np.random.default_rng(1))} == (
+        test_names
+    )
+    assert len(family.all_tasks("train")) == 500 and len(family.all_tasks("test")) == 250
+
+
+def test_evaluation_draws_the_held_out_split() -> None:
+    cfg = Config(env="metaworld-ml1", env_kwargs={"env_name": "reach-v3"})
+    tasks = held_out(cfg, num_tasks=10, num_steps=1, eval_seed=0).tasks
+    assert {t.split for t in tasks} == {"test"}
+
+
+def test_the_weld_fix_is_applied_exactly_when_mujoco_needs_it() -> None:
+    assert not needs_weld_fix(11) and needs_weld_fix(12)
+    assert apply_mujoco_compat() == needs_weld_fix(int(mujoco.mjNEQDATA))
+
+
+def test_bad_arguments_are_one_line_errors() -> None:
+    from maml_rl.tasks import TaskFamilyError
+
+    with pytest.raises(TaskFamilyError, match="not a Meta-World v3 environment"):
+        make_family("metaworld-ml1", {"env_name": "reach-v9"})
+    with pytest.raises(
+        TaskFamilyError, match=r"max_episode_steps must be an integer in \[1, 500\]"
+    ):
+        make_family("metaworld-ml1", {"max_episode_steps": 501})
+
+
+def test_the_family_passes_the_checker_and_pickles(reach) -> None:
+    check_family(reach, seed=0)
+    copy = pickle.loads(pickle.dumps(reach))
+    assert copy.all_tasks("test") == reach.all_tasks("test")
+
+
+def test_reach_experts_succeed_through_the_family_environment(reach) -> None:
+    """Meta-World's scripted reach policy (given the hidden goal) succeeds on held-out tasks
+    run through our environment, and the batch env reports it: the task reaches the simulator."""
+    expert = expert_policy("reach-v3")
+    tasks = reach.sample_test_tasks(3, np.random.default_rng(0))
+    batch = GymBatchEnv(reach.make_env, 3, reach.max_episode_steps)
+    obs = batch.reset(tasks, seed=0)
+    succeeded = np.zeros(3, dtype=bool)
+    for _ in range(reach.max_episode_steps):
+        actions = []
+        for i, env in enumerate(batch.envs):
+            seen = obs[i].copy()
+            seen[36:39] = goal_of(env)  # ML hides the goal; the expert needs it
+            actions.append(expert.get_action(seen))
+        obs, _, _, truncated = batch.step(np.stack(actions))
+        succeeded |= batch.success
+        if truncated.all():
+            break
+    assert succeeded.all()
+    # a different goal (another task) moves the target the expert is sent to
+    assert len({tuple(goal_of(env).round(6)) for env in batch.envs}) == 3
+    batch.close()
+
+
+def test_a_tiny_training_iteration_and_evaluation_from_the_cli(tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    overrides = [
+        "num_batches=1", "meta_batch_size=2", "fast_batch_size=2", "hidden_sizes=[8, 8]",
+        "env_kwargs={max_episode_steps: 10}", "sampler=sync",
+    ]  # fmt: skip
+    args = ["train", "metaworld-ml1-reach", "--out", str(run), "--no-progress", "--set"]
+    assert main(args + overrides) == 0
+    row = json.loads((run / "metrics.jsonl").read_text().splitlines()[-1])
+    assert {"success/pre_update", "success/post_update"} <= set(row)
+    assert 0.0 <= row["success/post_update"] <= 1.0
+    evaluate = ["evaluate", str(run), "--num-tasks", "2", "--num-steps", "1", "--no-progress"]
+    assert main(evaluate) == 0
+    assert (run / "eval" / "success_tasks.csv").is_file()
