@@ -216,6 +216,7 @@ class MetaWorldEnv(gym.Env):
     metadata: ClassVar[dict[str, Any]] = {"render_modes": []}
 
     def __init__(self, family: _MetaWorldFamily) -> None:
+        _import_metaworld()  # the MuJoCo fix, also in worker processes that unpickled the family
         self.family = family
         self.observation_space = family.observation_space
         self.action_space = family.action_space

@@ -112,6 +112,31 @@ def test_reach_experts_succeed_through_the_family_environment(reach) -> None:
     batch.close()
 
 
+def test_worker_processes_sample_what_this_process_samples(reach) -> None:
+    """The procs backend (auto's choice here) unpickles the family in fresh processes: the
+    MuJoCo fix must be in place there too, and the batch is the in-process one."""
+    import torch
+
+    from maml_rl.policy import build_policy, parameters_of
+    from maml_rl.sampler import Sampler
+
+    family = make_family("metaworld-ml1", {"env_name": "reach-v3", "max_episode_steps": 5})
+    policy = build_policy(
+        family.observation_space, family.action_space, (8,), "tanh", 1.0,
+        torch.Generator().manual_seed(0),
+    )  # fmt: skip
+    tasks = family.sample_tasks(2, np.random.default_rng(0))
+    batches = []
+    for backend in ("sync", "auto"):
+        sampler = Sampler(family, policy, trajectories_per_task=2, backend=backend)
+        try:
+            batches.append(sampler.sample(parameters_of(policy), tasks, seed=3, per_task=False))
+        finally:
+            sampler.close()
+    for name in ("observations", "actions", "rewards", "mask", "success"):
+        assert torch.equal(getattr(batches[0], name), getattr(batches[1], name)), name
+
+
 def test_a_tiny_training_iteration_and_evaluation_from_the_cli(tmp_path: Path) -> None:
     run = tmp_path / "run"
     overrides = [
