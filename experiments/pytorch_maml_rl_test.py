@@ -50,16 +50,20 @@ RUNNER = textwrap.dedent(
     '''
     """Runs pytorch-maml-rl's test.py unchanged, after the torch.lstsq fix (written by maml_rl's
     experiments/pytorch_maml_rl_test.py)."""
-    import runpy, sys
+
+    import runpy
+    import sys
 
     import torch
+
 
     def _lstsq(b, a):  # torch.lstsq(B, A) solved A X = B; since torch 2.0 it only raises
         return torch.linalg.lstsq(a, b).solution, None
 
+
     torch.lstsq = _lstsq
     torch.set_num_threads(1)
-    sys.argv = [sys.argv[1]] + sys.argv[2:]
+    sys.argv = sys.argv[1:]  # test.py's own path and arguments
     runpy.run_path(sys.argv[0], run_name="__main__")
     '''
 )
@@ -81,8 +85,15 @@ def their_state_dict(path: Path) -> dict[str, torch.Tensor]:
 
 
 def name_of(path: Path) -> str:
-    parts = [p for p in path.resolve().parts if p not in ("results", "experiments")]
-    return "-".join(parts[-3:]).replace(".pt", "").replace(".th", "")
+    """A folder name for a policy: its path below experiments/results/ (else its last two
+    parts) joined by '-', without the file suffix."""
+    resolved = path.resolve()
+    parts = list(resolved.parts)
+    if "results" in parts:
+        parts = parts[len(parts) - parts[::-1].index("results") :]
+    else:
+        parts = parts[-2:]
+    return "-".join(parts).replace(".pt", "").replace(".th", "")
 
 
 def paired(values: np.ndarray) -> tuple[float, float]:
@@ -107,7 +118,7 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     config = yaml.safe_load(PYTORCH_CONFIG)
     (args.out / "config.json").write_text(json.dumps(config, indent=1))
-    (args.out / "runner.py").write_text(RUNNER)
+    (args.out / "runner.py").write_text(RUNNER.lstrip())
     env = {
         **os.environ,
         "OMP_NUM_THREADS": "1",
