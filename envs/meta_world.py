@@ -21,6 +21,7 @@ only when ``mjNEQDATA != 11``.
 
 from __future__ import annotations
 
+import pickle
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -82,8 +83,8 @@ def _import_metaworld() -> Any:
         import metaworld
     except ImportError as error:
         raise TaskFamilyError(
-            f"Meta-World is not installed ({error}); install the extra: pip install -e "
-            "'.[metaworld]' (or pip install 'maml-rl[metaworld]')"
+            f"Meta-World is not installed ({error}); install the extra from the repository: "
+            "pip install -e '.[metaworld]'"
         ) from None
     apply_mujoco_compat()
     return metaworld
@@ -183,6 +184,12 @@ class MetaWorldML1(_MetaWorldFamily):
 
     def _build(self) -> Any:
         return _import_metaworld().ML1(self.env_name, seed=self.benchmark_seed)
+
+    def oracle_features(self, task: MetaWorldTask) -> np.ndarray:
+        """The task's parameters, Meta-World's ``rand_vec`` (object and goal positions, e.g.
+        [6] for reach-v3), appended to the observations by the oracle baseline. ML10 has no
+        oracle: its held-out environments are never trained on."""
+        return np.asarray(pickle.loads(self.benchmark_task(task).data)["rand_vec"], np.float32)
 
     def __repr__(self) -> str:
         return f"MetaWorldML1({self.env_name}, H={self.max_episode_steps})"

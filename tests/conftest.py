@@ -2,10 +2,26 @@
 
 from __future__ import annotations
 
+import importlib.util
+
 import torch
 
 from maml_rl.policy import GaussianMLPPolicy, parameters_of
+from maml_rl.tasks import available_families
 from maml_rl.types import Batch, Params
+
+# Families of optional extras: the module each needs (without it their tests skip, in
+# tests/test_meta_world.py, and the registry-wide tests leave them out).
+EXTRA_FAMILIES = {"metaworld-ml1": "metaworld", "metaworld-ml10": "metaworld"}
+
+
+def usable_families() -> list[str]:
+    """The registered families, less those of an extra that is not installed."""
+    return sorted(
+        name
+        for name in available_families()
+        if name not in EXTRA_FAMILIES or importlib.util.find_spec(EXTRA_FAMILIES[name])
+    )
 
 
 def make_batch(

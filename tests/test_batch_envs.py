@@ -16,11 +16,12 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
+from conftest import usable_families
 
 from maml_rl.oracle import OracleBatchEnv, OracleFamily
 from maml_rl.policy import GaussianMLPPolicy, parameters_of
 from maml_rl.sampler import Sampler
-from maml_rl.tasks import TaskFamily, TaskFamilyError, available_families, make_family
+from maml_rl.tasks import TaskFamily, TaskFamilyError, make_family
 from maml_rl.vector import AsyncGymBatchEnv, GymBatchEnv, WorkerDiedError, make_batch_env
 from maml_rl_envs import mujoco_batch as mujoco_batch_module
 from maml_rl_envs.mujoco_batch import MujocoBatchEnv, stack_tasks
@@ -28,7 +29,7 @@ from maml_rl_envs.navigation import Navigation2D, Navigation2DEnv, NavigationTas
 
 NATIVE = sorted(
     name
-    for name in available_families()
+    for name in usable_families()
     if callable(getattr(make_family(name), "make_batch_env", None))
 )
 # mujoco >= 4.0 has mujoco.batch; with an older MuJoCo the tests follow the "threads" fallback

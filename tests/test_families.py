@@ -13,12 +13,13 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 import pytest
+from conftest import usable_families
 
 from maml_rl.checker import check_family
 from maml_rl.tasks import TaskFamily, TaskFamilyError, available_families, make_family
 from maml_rl.vector import make_batch_env
 
-FAMILIES = sorted(available_families())
+FAMILIES = usable_families()  # the registry, less families of extras not installed
 BUILT_IN = {
     name for name, target in available_families().items() if target.startswith("maml_rl_envs.")
 }
@@ -70,7 +71,16 @@ CLOSED_FORMS: dict[str, Callable[[Step], float]] = {
         + 4.0
         + ant_costs(s)
     ),
+    # Meta-World's own v3 reward of the step, unchanged: its `evaluate_state` of the returned
+    # observation and the action, on the task's Sawyer environment
+    "metaworld-ml1": lambda s: metaworld_reward(s),
+    "metaworld-ml10": lambda s: metaworld_reward(s),
 }
+
+
+def metaworld_reward(step: Step) -> float:
+    sawyer = step["unwrapped"]._env
+    return float(sawyer.evaluate_state(step["obs"], step["action"])[0])
 
 
 @pytest.mark.parametrize("name", FAMILIES)
@@ -198,7 +208,22 @@ def check_goal_square(tasks: list, _: TaskFamily) -> None:
     assert (np.abs(goals) > 2.5).all(axis=1).any()
 
 
+def check_metaworld(tasks: list, family: TaskFamily) -> None:
+    """Training tasks come from the benchmark's train split only, each environment about
+    equally often, and almost all of its tasks are drawn (2000 draws: ML1's 50 all, ML10's 500
+    but about 9 by chance)."""
+    assert {t.split for t in tasks} == {"train"}
+    names = family.env_names("train")  # type: ignore[attr-defined]
+    counts = np.array([sum(t.env_name == n for t in tasks) for n in names])
+    assert (np.abs(counts / len(tasks) - 1 / len(names)) < 0.05).all()
+    every = {(t.env_name, t.index) for t in family.all_tasks("train")}  # type: ignore[attr-defined]
+    drawn = {(t.env_name, t.index) for t in tasks}
+    assert drawn <= every and len(drawn) >= 0.95 * len(every)
+
+
 TASK_RANGES: dict[str, Callable[[list, TaskFamily], None]] = {
+    "metaworld-ml1": check_metaworld,
+    "metaworld-ml10": check_metaworld,
     "navigation": check_navigation,
     "halfcheetah-vel": check_velocity(0.0, 2.0),
     "halfcheetah-dir": check_direction,
@@ -226,9 +251,15 @@ def test_task_ranges_follow_env_kwargs() -> None:
     assert abs((radius < 3.0 / np.sqrt(2.0)).mean() - 0.5) < 0.05
 
 
+NO_ORACLE = {"metaworld-ml10": "its held-out environments are never trained on"}
+
+
 @pytest.mark.parametrize("name", FAMILIES)
 def test_oracle_features_are_the_task_parameters(name: str) -> None:
     family = make_family(name)
+    if name in NO_ORACLE:
+        assert not hasattr(family, "oracle_features")
+        return
     task_a, task_b = family.sample_tasks(2, np.random.default_rng(3))
     features = family.oracle_features(task_a)
     assert features.ndim == 1 and np.isfinite(features).all()
