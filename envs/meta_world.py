@@ -95,6 +95,9 @@ class _MetaWorldFamily:
 
     reports_success: ClassVar[bool] = True
     sampler_backend: ClassVar[str] = "procs"
+    render_camera: ClassVar[str] = "topview"
+    """The camera `maml-rl render` films with: the Sawyer scene's view from above the table
+    (its "corner" cameras render upside down)."""
 
     def __init__(self, max_episode_steps: int, benchmark_seed: int) -> None:
         check_count("max_episode_steps", max_episode_steps, limit=MAX_PATH_LENGTH)
@@ -267,6 +270,24 @@ class MetaWorldEnv(gym.Env):
     def task(self) -> MetaWorldTask | None:
         """The current task (None before the first reset)."""
         return self._task
+
+    def _current(self) -> Any:
+        """The Sawyer environment of the current task (before any reset: the first held-out
+        environment, so that a renderer can be built on its model)."""
+        if self._env is None:
+            self._env = self._sawyer(self.family.env_names("test")[0])
+        return self._env
+
+    @property
+    def model(self) -> Any:
+        """The current Sawyer environment's MjModel (`maml-rl render` films it); in ML10 it
+        changes with the task's environment."""
+        return self._current().model
+
+    @property
+    def data(self) -> Any:
+        """The current Sawyer environment's MjData."""
+        return self._current().data
 
     def close(self) -> None:
         for env in self._envs.values():

@@ -13,7 +13,8 @@ largest step listed). Nothing is sampled a second time:
   environment reset with the seed the sampler used (MuJoCo is deterministic), checked step by
   step against the recorded observations, and rendered offscreen; the clips of one task play
   side by side, each labelled with its step, return and task, the camera following the robot
-  (``track`` camera when the model has one); tasks play one after another.
+  (``track`` camera when the model has one, or the family's ``render_camera``: Meta-World's
+  "topview"); tasks play one after another.
 
 Offscreen rendering needs an OpenGL backend: ``MUJOCO_GL=egl`` (the default `maml_rl` sets
 when there is no display, before MuJoCo is imported) or ``osmesa``. Writing MP4 needs
@@ -204,28 +205,51 @@ def _draw(clips: Clips, out: Path) -> Path:
     return out
 
 
+class _Renderers:
+    """One offscreen renderer per MuJoCo model the environment shows (a family like
+    Meta-World ML10 switches models with its tasks), and the camera of each.
+
+    The camera is the family's ``render_camera`` when the model has it, else ``track`` (the
+    MuJoCo robots' tracking camera) when it has one, else the free camera."""
+
+    def __init__(self, family: TaskFamily) -> None:
+        self.preferred = [c for c in (getattr(family, "render_camera", None), "track") if c]
+        self._made: dict[int, tuple[Any, str | int]] = {}
+
+    def __call__(self, model: Any) -> tuple[Any, str | int]:
+        import mujoco
+
+        if id(model) not in self._made:
+            model.light_castshadow[:] = 0  # 5-10x faster software rendering, same scene
+            model.mat_reflectance[:] = 0
+            named = [c for c in self.preferred
+                     if mujoco.mj_name2id(model, mujoco.mjtObj.mjOBJ_CAMERA, c) >= 0]  # fmt: skip
+            try:
+                renderer = mujoco.Renderer(model, 240, 320)
+            except Exception as error:  # no OpenGL backend
+                raise TaskFamilyError(
+                    f"offscreen rendering failed ({type(error).__name__}: {error}); set "
+                    "MUJOCO_GL=egl (package libegl1) or MUJOCO_GL=osmesa (package libosmesa6)"
+                ) from None
+            self._made[id(model)] = (renderer, named[0] if named else -1)
+        return self._made[id(model)]
+
+    def close(self) -> None:
+        for renderer, _ in self._made.values():
+            renderer.close()
+
+
 def _video_frames(clips: Clips, env: Any, trajectory: int) -> list[np.ndarray]:
     """Frames [H, W · len(steps), 3] of every task, clips of one task side by side."""
-    import mujoco
-
-    model = env.unwrapped.model
-    model.light_castshadow[:] = 0  # 5-10x faster software rendering, same scene
-    model.mat_reflectance[:] = 0
-    camera = "track" if mujoco.mj_name2id(model, mujoco.mjtObj.mjOBJ_CAMERA, "track") >= 0 else -1
-    try:
-        renderer = mujoco.Renderer(model, 240, 320)
-    except Exception as error:  # no OpenGL backend
-        raise TaskFamilyError(
-            f"offscreen rendering failed ({type(error).__name__}: {error}); set MUJOCO_GL=egl "
-            "(package libegl1) or MUJOCO_GL=osmesa (package libosmesa6)"
-        ) from None
+    renderers = _Renderers(clips.family)
+    renderers(env.unwrapped.model)  # fails here, in one line, without an OpenGL backend
     frames: list[np.ndarray] = []
     try:
         for n, task in enumerate(clips.tasks):
             row = []
             for step, batch, seed in zip(clips.steps, clips.batches, clips.seeds, strict=True):
                 index = (clips.first_task + n) * clips.num_trajectories + trajectory
-                images = _replay(env, renderer, camera, task, batch, n, trajectory, seed + index)
+                images = _replay(env, renderers, task, batch, n, trajectory, seed + index)
                 label = (
                     f"{step} steps  return {float(batch.episode_returns[n, trajectory]):.1f}  "
                     f"{describe_task(task)}"
@@ -235,14 +259,13 @@ def _video_frames(clips: Clips, env: Any, trajectory: int) -> list[np.ndarray]:
             for t in range(length):
                 frames.append(np.concatenate([clip[min(t, len(clip) - 1)] for clip in row], 1))
     finally:
-        renderer.close()
+        renderers.close()
     return frames
 
 
 def _replay(
     env: Any,
-    renderer: Any,
-    camera: str | int,
+    renderers: _Renderers,
     task: Task,
     batch: Batch,
     n: int,
@@ -255,6 +278,7 @@ def _replay(
     actions = batch.actions[:, n, k].double().cpu().numpy()
     length = int(batch.mask[:, n, k].sum())
     obs, _ = env.reset(seed=seed, options={"task": task})
+    renderer, camera = renderers(env.unwrapped.model)
     images = []
     for t in range(length):
         if not np.allclose(obs, observations[t], rtol=1e-4, atol=1e-4):

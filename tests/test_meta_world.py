@@ -151,3 +151,11 @@ def test_a_tiny_training_iteration_and_evaluation_from_the_cli(tmp_path: Path) -
     evaluate = ["evaluate", str(run), "--num-tasks", "2", "--num-steps", "1", "--no-progress"]
     assert main(evaluate) == 0
     assert (run / "eval" / "success_tasks.csv").is_file()
+    # watching it adapt: the held-out tasks replayed and filmed from above the table
+    gif = tmp_path / "adapt.gif"
+    render = ["render", str(run), "--steps", "0,1", "--eval-tasks", "2", "--out", str(gif)]
+    assert main(render) == 0
+    from PIL import Image
+
+    with Image.open(gif) as video:
+        assert video.size == (640, 240) and video.n_frames == 11  # 10 steps + the last state

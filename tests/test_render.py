@@ -15,7 +15,7 @@ import torch
 from maml_rl.cli import main
 from maml_rl.errors import TaskFamilyError
 from maml_rl.evaluate import held_out, load_run, maml_step_sizes, method_batches, step_size_schedule
-from maml_rl.render import _replay, adaptation_clips, describe_task, render
+from maml_rl.render import _Renderers, _replay, adaptation_clips, describe_task, render
 from maml_rl_envs.navigation import Navigation2D
 
 TINY = ["meta_batch_size=3", "fast_batch_size=3", "hidden_sizes=[8]", "cg_iters=2"]
@@ -64,17 +64,15 @@ def test_mujoco_clips_replay_the_sampled_trajectory_and_are_filmed(tmp_path: Pat
     # a trajectory that is not the one sampled is caught, not filmed
     batch = clips.batches[0]
     wrong = dataclasses.replace(batch, actions=batch.actions + 5.0)
-    import mujoco
-
     env = clips.family.make_env()
-    renderer = mujoco.Renderer(env.unwrapped.model, 24, 32)
+    renderers = _Renderers(clips.family)
     try:
         seed = clips.seeds[0] + 1
-        _replay(env, renderer, -1, clips.tasks[0], batch, 0, 1, seed)  # the true one replays
+        _replay(env, renderers, clips.tasks[0], batch, 0, 1, seed)  # the true one replays
         with pytest.raises(TaskFamilyError, match="diverged from the sampled trajectory"):
-            _replay(env, renderer, -1, clips.tasks[0], wrong, 0, 1, seed)
+            _replay(env, renderers, clips.tasks[0], wrong, 0, 1, seed)
     finally:
-        renderer.close()
+        renderers.close()
         env.close()
 
 
