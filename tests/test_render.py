@@ -131,3 +131,24 @@ def test_an_unavailable_gl_backend_is_one_line_naming_the_variable(tmp_path: Pat
     assert done.returncode == 2
     err = done.stderr.strip()
     assert len(err.splitlines()) == 1 and "MUJOCO_GL=bogus" in err and "libegl1" in err, err
+
+
+def test_one_renderer_per_model_with_the_family_camera_when_the_model_has_it() -> None:
+    """A family whose tasks switch MuJoCo models (Meta-World ML10) gets a renderer per model;
+    the camera is the family's render_camera if the model has it, else track, else free."""
+    from maml_rl.tasks import make_family
+
+    class Cheetah:
+        render_camera = "no-such-camera"
+
+    cheetah, ant = (make_family(n).make_env() for n in ("halfcheetah-vel", "ant-vel"))
+    renderers = _Renderers(Cheetah())  # type: ignore[arg-type]
+    try:
+        first, camera = renderers(cheetah.unwrapped.model)
+        assert camera == "track"  # the family's camera is missing from this model
+        assert renderers(cheetah.unwrapped.model)[0] is first  # built once per model
+        assert renderers(ant.unwrapped.model)[0] is not first
+    finally:
+        renderers.close()
+        cheetah.close()
+        ant.close()
