@@ -19,6 +19,12 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 __version__ = "0.1.0"
 
+# Freed tensors stay in the heap for the next one of their size instead of going back to the
+# system page by page: 1.6x faster CG products (allocator.py). MAML_RL_MALLOC=system opts out.
+from maml_rl.allocator import configure_from_environment
+
+configure_from_environment()
+
 # Offscreen MuJoCo rendering (`maml-rl render`): MuJoCo picks its OpenGL backend when it is
 # first imported, and its default (glfw) needs a display; without one, default to EGL. Set
 # here because the task families import maml_rl before mujoco. A value the user set is kept.
