@@ -127,6 +127,50 @@ def test_per_task_forward_uses_each_tasks_parameters() -> None:
         torch.testing.assert_close(dist.mean[n], forward(policy, theta, obs[n]).mean)
 
 
+@pytest.mark.parametrize("discrete", [False, True])
+def test_batched_per_task_forward_equals_vmap_with_gradients(discrete: bool) -> None:
+    """The batched-product path of forward(per_task=True) against vmap(functional_call), the
+    generic path, on obs [N, T, K, D]: values and gradients w.r.t. the stacked params."""
+    from torch.func import functional_call, vmap
+
+    make = CategoricalMLPPolicy if discrete else GaussianMLPPolicy
+    policy = make(3, 2, (8, 6), "elu", generator=gen(0))
+    thetas = [parameters_of(make(3, 2, (8, 6), "elu", generator=gen(s))) for s in range(4)]
+    if not discrete:
+        thetas[1]["log_std"] = torch.full((2,), -30.0)  # below the floor: clamped on both paths
+    stacked = {k: torch.stack([t[k] for t in thetas]).requires_grad_(True) for k in thetas[0]}
+    obs = torch.randn(4, 5, 7, 3, generator=gen(9))
+    fast = forward(policy, stacked, obs, per_task=True)
+    slow = vmap(lambda p, o: functional_call(policy, p, (o,)))(stacked, obs)
+    assert type(fast) is type(slow)
+    for a, b in zip(fast, slow, strict=True):
+        assert a.shape == b.shape == (4, 5, 7, 2)
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+    weights = torch.randn(4, 5, 7, 2, generator=gen(3))
+    grads = [
+        torch.autograd.grad(sum((w * t).sum() for t in d), list(stacked.values()))
+        for w, d in ((weights, fast), (weights, slow))
+    ]
+    for a, b in zip(*grads, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+
+
+def test_per_task_forward_of_a_custom_module_uses_vmap() -> None:
+    """A subclass may override forward: it is evaluated as written, not as a plain MLP."""
+
+    class Shifted(GaussianMLPPolicy):
+        def forward(self, obs: torch.Tensor) -> Normal:
+            dist = super().forward(obs)
+            return Normal(dist.mean + 1.0, dist.log_std)
+
+    policy = Shifted(3, 2, (8,), generator=gen(0))
+    theta = parameters_of(policy)
+    stacked = {k: v.expand(2, *v.shape) for k, v in theta.items()}
+    obs = torch.randn(2, 5, 3, generator=gen(1))
+    dist = forward(policy, stacked, obs, per_task=True)
+    torch.testing.assert_close(dist.mean[1], policy(obs[1]).mean)
+
+
 def test_sample_from_noise_has_right_moments() -> None:
     dist = Normal(torch.full((20000, 1), 2.0), torch.full((20000, 1), math.log(0.5)))
     noise = action_noise(Normal, (20000, 1), 3, 0, 1, dtype=torch.float64)[:, 0]
