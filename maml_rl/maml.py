@@ -29,7 +29,7 @@ from torch import Tensor, nn
 
 from maml_rl.baseline import advantages as compute_advantages
 from maml_rl.config import Config
-from maml_rl.curvature import GaussNewtonHVP
+from maml_rl.curvature import ChunkedGaussNewtonHVP, GaussNewtonHVP
 from maml_rl.estimators import emaml_loss, inner_objective
 from maml_rl.inner import StepSize, adapt, first_order_gradients, inner_step
 from maml_rl.policy import Distribution, detach, forward, kl, log_prob
@@ -291,8 +291,6 @@ def meta_step(
 
     layout = MetaParams.of(theta, step_size)
     x0 = layout.flatten(theta, step_size).detach()
-    with torch.no_grad():
-        old_dist = detach(_post_distribution(policy, layout, x0, data, cfg))
     # First order: gradient and curvature of the linear model phi = theta - alpha g (g fixed);
     # the line search below evaluates the true adaptation.
     frozen = None
@@ -305,18 +303,24 @@ def meta_step(
             [steps0 or cfg.fast_lr] * len(data.inner),
             inner_objective(cfg.meta_gradient, cfg.gamma),
         )
+    curvature = None
+    if cfg.hvp == "gauss_newton":  # adapts once and gives π_old on the post batch with it
+        curvature = _gauss_newton(policy, layout, x0, data, None, cfg, frozen)
+        old_dist = curvature.old_dist
+    else:
+        with torch.no_grad():
+            old_dist = detach(_post_distribution(policy, layout, x0, data, cfg))
     lap("adaptation_s")
 
     num_hvp_tasks = max(1, math.ceil(cfg.hvp_subsample * data.post.num_tasks))
     hvp_data, hvp_old = first_tasks(data, old_dist, num_hvp_tasks)
     hvp_frozen = None if frozen is None else [{n: g[:num_hvp_tasks] for n, g in f.items()}
                                               for f in frozen]  # fmt: skip
-    if cfg.hvp == "gauss_newton":
+    if curvature is not None:
         # --- meta-gradient by the adjoint recursion of the Gauss-Newton products ---
         with torch.no_grad():  # at x0 the ratio is 1 and the KL 0: no second forward pass
             loss, kl_before = _objective_terms(policy, layout, x0, data, old_dist, old_dist, cfg)
         loss_before = loss.item()
-        curvature = _gauss_newton(policy, layout, x0, data, old_dist, cfg, frozen)
         grad = _gauss_newton_gradient(curvature, policy, layout, x0, data, cfg)
         lap("meta_gradient_s")
         if num_hvp_tasks < data.post.num_tasks:
@@ -405,20 +409,22 @@ def _gauss_newton(
     layout: MetaParams,
     x0: Tensor,
     data: TaskData,
-    old_dist: Distribution,
+    old_dist: Distribution | None,
     cfg: Config,
     frozen_grads: Sequence[Params] | None,
-) -> GaussNewtonHVP:
+) -> ChunkedGaussNewtonHVP:
     """The meta-KL's Gauss-Newton products and the meta-gradient at x0 (curvature.py)."""
     theta, step_size = layout.unflatten(x0)
     steps: list[StepSize] = [step_size or cfg.fast_lr] * len(data.inner)
     objective = inner_objective(cfg.meta_gradient, cfg.gamma)
-    return GaussNewtonHVP(
+    return ChunkedGaussNewtonHVP(
         policy, theta, steps, data.inner, data.post, old_dist, frozen_grads, objective
     )
 
 
-def _damped(product: GaussNewtonHVP, layout: MetaParams, cfg: Config) -> Callable[[Tensor], Tensor]:
+def _damped(
+    product: ChunkedGaussNewtonHVP | GaussNewtonHVP, layout: MetaParams, cfg: Config
+) -> Callable[[Tensor], Tensor]:
     """v -> (H + damping I) v on the flat meta-parameter vector."""
 
     def hvp(v: Tensor) -> Tensor:
@@ -431,7 +437,7 @@ def _damped(product: GaussNewtonHVP, layout: MetaParams, cfg: Config) -> Callabl
 
 
 def _gauss_newton_gradient(
-    curvature: GaussNewtonHVP,
+    curvature: ChunkedGaussNewtonHVP | GaussNewtonHVP,
     policy: nn.Module,
     layout: MetaParams,
     x0: Tensor,

@@ -105,6 +105,10 @@ class Batch:
         """The trajectories of tasks 0..count-1: [T, count, K, ...]."""
         return self._map(lambda x: x[:, :count])
 
+    def task_slice(self, start: int, stop: int) -> Batch:
+        """The trajectories of tasks start..stop-1: [T, stop - start, K, ...]."""
+        return self._map(lambda x: x[:, start:stop])
+
     @classmethod
     def concat_tasks(cls, batches: Sequence[Batch]) -> Batch:
         """Batches of consecutive task slices as one [T, ΣN, K, ...], T the longest, shorter

@@ -211,3 +211,40 @@ def test_first_order_meta_gradient_by_the_recursion_equals_autograd(mode: str) -
     curvature = _gauss_newton(policy, layout, x0, data, old, cfg, frozen)
     grad = _gauss_newton_gradient(curvature, policy, layout, x0, data, cfg)
     assert ((grad - expected).norm() / expected.norm()).item() < 1e-10
+
+
+@pytest.mark.parametrize("tasks_per_chunk", [1, 2])  # of 3 tasks
+@pytest.mark.parametrize("closed_form", [True, False])
+def test_chunked_products_equal_the_products_over_all_tasks(
+    tasks_per_chunk: int, closed_form: bool
+) -> None:
+    """ChunkedGaussNewtonHVP: products, meta-gradient and π_old of chunks of tasks, summed,
+    equal one GaussNewtonHVP over every task (float64), unequal chunks included."""
+    from maml_rl.curvature import ChunkedGaussNewtonHVP
+
+    _cfg, policy, layout, x0, data, old = setup(2, "per_parameter")
+    theta, steps = layout.unflatten(x0)
+    args = (policy, theta, [steps] * 2, data.inner, data.post)
+    whole = GaussNewtonHVP(*args, None, None, closed_form=closed_form)
+    chunked = ChunkedGaussNewtonHVP(
+        *args, None, None, closed_form=closed_form, tasks_per_chunk=tasks_per_chunk
+    )
+    assert len(chunked.parts) == -(-data.post.num_tasks // tasks_per_chunk) > 1
+    for a, b in zip(chunked.old_dist, whole.old_dist, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+    for a, b in zip(chunked.old_dist, old, strict=True):  # and π_old of maml.py's adaptation
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+    g = torch.Generator().manual_seed(3)
+    v = torch.randn(x0.shape, generator=g, dtype=x0.dtype)
+    v_theta, v_step = layout.unflatten(v)
+    for got, want in (
+        (chunked(v_theta, v_step), whole(v_theta, v_step)),
+        (
+            chunked.meta_gradient(data.post_advantages, steps),
+            whole.meta_gradient(data.post_advantages, steps),
+        ),
+    ):
+        for part_got, part_want in zip(got, want, strict=True):
+            assert set(part_got) == set(part_want) and part_want
+            for k in part_want:
+                torch.testing.assert_close(part_got[k], part_want[k], rtol=1e-10, atol=1e-13)
