@@ -9,12 +9,15 @@ meta-gradient estimator (`meta_gradient`: maml, emaml, lvc, dice; default the co
 ``--modes gauss_newton:1.0:maml,gauss_newton:1.0:lvc,gauss_newton:1.0:dice`` for the cost each
 estimator adds. Every mode optimises from the same theta on the same sampled batch.
 Prints one row per mode and the ratio of the full meta-iteration to its sampling time.
+Without OMP_NUM_THREADS in the environment, torch's threads are chosen as in training with
+``torch_threads: null`` (maml_rl/threads.py: every core alone, fewer beside other work).
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 import time
 
 import torch
@@ -24,6 +27,7 @@ from maml_rl.cli import find_config
 from maml_rl.config import load
 from maml_rl.maml import collect, draw_seeds, meta_step
 from maml_rl.policy import parameters_of
+from maml_rl.threads import AutoThreads
 
 
 def main() -> None:
@@ -44,10 +48,11 @@ def main() -> None:
     streams = Streams.from_seed(cfg.seed)
     family, policy, sampler = build(cfg, streams.policy_init)
     theta = parameters_of(policy)
+    auto_threads = None if "OMP_NUM_THREADS" in os.environ else AutoThreads()
     print(
         f"{cfg.env}: N={cfg.meta_batch_size} tasks x K={cfg.fast_batch_size} trajectories, "
         f"policy {list(cfg.hidden_sizes)}, device {args.device}, torch threads "
-        f"{torch.get_num_threads()}"
+        f"{'auto' if auto_threads else torch.get_num_threads()}"
     )
     header = ("mode", "sampling", "adaptation", "meta_grad", "cg", "line_search", "total", "ratio")
     print(" ".join(f"{h:>14s}" for h in header))  # modes up to 14 characters stay aligned
@@ -68,10 +73,15 @@ def main() -> None:
             if args.device.startswith("cuda"):
                 torch.cuda.synchronize()
             start = time.perf_counter()
+            if auto_threads is not None:
+                auto_threads.start()
             _, _, info = meta_step(policy, theta, {}, data, mode_cfg)
             if args.device.startswith("cuda"):
                 torch.cuda.synchronize()
             optimisation = time.perf_counter() - start
+            threads = torch.get_num_threads()
+            if auto_threads is not None:
+                auto_threads.stop()
             t = info.timings
             total = sampling + optimisation
             row = (
@@ -80,7 +90,11 @@ def main() -> None:
                                        t["cg_s"], t["line_search_s"], total)),
                 f"{total / sampling:.2f}x",
             )  # fmt: skip
-            print(" ".join(f"{v:>14s}" for v in row), "(warm-up)" if repeat == 0 else "")
+            print(
+                " ".join(f"{v:>14s}" for v in row),
+                f"threads {threads}",
+                "(warm-up)" if repeat == 0 else "",
+            )
     sampler.close()
 
 

@@ -2,7 +2,7 @@
 process, for this code (and optionally an older checkout and pytorch-maml-rl), interleaved.
 
     python benchmarks/speed.py [--env navigation] [--modes gauss_newton:1.0,...]
-        [--threads 1,2] [--loads none,busy,twin] [--rounds 2] [--before PATH]
+        [--threads 1,2,auto] [--loads none,busy,twin] [--rounds 2] [--before PATH]
         [--pytorch-maml-rl PATH --pmrl-python VENV/bin/python]
 
 Every measurement is one fresh process of benchmarks/meta_step.py (a warm-up iteration, then
@@ -51,8 +51,12 @@ def parse_rows(output: str) -> list[dict[str, float | str]]:
     return rows
 
 
-def environment(threads: int, pythonpath: Path | None = None) -> dict[str, str]:
-    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
+def environment(threads: int | str, pythonpath: Path | None = None) -> dict[str, str]:
+    """The measured process's environment: threads a count, or ``auto`` (maml_rl's default,
+    threads.py: OMP_NUM_THREADS and MKL_NUM_THREADS unset)."""
+    env = {k: v for k, v in os.environ.items() if k not in ("OMP_NUM_THREADS", "MKL_NUM_THREADS")}
+    if threads != "auto":
+        env |= {"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
     if pythonpath is not None:
         env["PYTHONPATH"] = str(pythonpath)
     return env
@@ -115,11 +119,12 @@ def pmrl_rows(out: Path) -> list[dict[str, float | str]]:
 
 
 def print_table(
-    args: argparse.Namespace, results: dict[tuple[str, str, str, int], list[dict]], rounds: int
+    args: argparse.Namespace, results: dict[tuple[str, str, str, str], list[dict]], rounds: int
 ) -> None:
     """Median of every phase per (code, mode, load, threads)."""
     print(f"{args.env}: median seconds per meta-iteration over {rounds} rounds x "
-          f"{args.repeats} repeats; torch threads = OMP_NUM_THREADS")  # fmt: skip
+          f"{args.repeats} repeats; torch threads = OMP_NUM_THREADS; auto: unset (maml_rl's "
+          "default, maml_rl/threads.py; torch's own default for older code)")  # fmt: skip
     header = ("code", "mode", "load", "threads", *PHASES, "total/sampling")
     print("| " + " | ".join(header) + " |")
     print("|" + "---|" * len(header))
@@ -140,7 +145,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--env", default="navigation")
     parser.add_argument("--modes", default="finite_difference:1.0,gauss_newton:1.0")
-    parser.add_argument("--threads", default="1,2")
+    parser.add_argument("--threads", default="1,2,auto")
     parser.add_argument("--loads", default="none,twin")
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=2)
@@ -152,11 +157,11 @@ def main() -> None:
     codes: dict[str, Path] = {"this": ROOT}
     if args.before is not None:
         codes["before"] = args.before.resolve()
-    results: dict[tuple[str, str, str, int], list[dict]] = defaultdict(list)
+    results: dict[tuple[str, str, str, str], list[dict]] = defaultdict(list)
     with tempfile.TemporaryDirectory() as scratch:
         for round_index in range(args.rounds):
             for load in args.loads.split(","):
-                for threads in (int(t) for t in args.threads.split(",")):
+                for threads in args.threads.split(","):
                     for name, code in codes.items():
                         env = environment(threads, code)
                         command = ours(code, args)
@@ -169,12 +174,12 @@ def main() -> None:
                             sys.exit(f"{name} failed: {done.stderr.strip().splitlines()[-1:]}")
                         for row in parse_rows(done.stdout):
                             results[(name, str(row["mode"]), load, threads)].append(row)
-                    if args.pytorch_maml_rl and args.env == "navigation":
+                    if args.pytorch_maml_rl and args.env == "navigation" and threads != "auto":
                         out = Path(scratch) / f"pmrl-{round_index}-{load}-{threads}"
                         out.mkdir()
-                        command = pmrl_command(args, out, threads)
+                        command = pmrl_command(args, out, int(threads))
                         (out / "twin").mkdir()
-                        twin = pmrl_command(args, out / "twin", threads)
+                        twin = pmrl_command(args, out / "twin", int(threads))
                         env = environment(threads, Path(args.pytorch_maml_rl))
                         background = start_load(load, twin, env, args.pytorch_maml_rl)
                         subprocess.run(

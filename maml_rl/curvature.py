@@ -43,7 +43,7 @@ Either way every CG iteration reuses them, instead of differentiating the whole 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -255,21 +255,20 @@ class ChunkedGaussNewtonHVP:
     H v = Σ_c (n_c / N) H_c v. A chunk's temporaries ([n_c, M, hidden] per layer) stay in the
     cache between the batched products of one CG product: 15–20 % faster products on
     half-cheetah velocity's 40 tasks × 2,000 samples in chunks of 10 tasks (2 threads).
-    tasks_per_chunk: None: about `ROWS_PER_CHUNK` samples per chunk. Arguments otherwise as
-    for `GaussNewtonHVP`.
+
+    build(inner_data, post, old_dist, frozen_grads): a `GaussNewtonHVP` of the tasks of these
+    (e.g. ``functools.partial(GaussNewtonHVP, policy, theta, step_sizes)``), called with each
+    chunk's slice of the arguments that follow (shapes as for `GaussNewtonHVP`).
+    tasks_per_chunk: None: about `ROWS_PER_CHUNK` samples per chunk.
     """
 
     def __init__(
         self,
-        policy: nn.Module,
-        theta: Params,
-        step_sizes: Sequence[StepSize],
+        build: Callable[..., GaussNewtonHVP],
         inner_data: Sequence[tuple[Batch, Tensor]],
         post: Batch,
         old_dist: Distribution | None,
         frozen_grads: Sequence[Params] | None,
-        objective: InnerObjective | None = None,
-        closed_form: bool | None = None,
         tasks_per_chunk: int | None = None,
     ) -> None:
         self.num_tasks = num_tasks = post.num_tasks
@@ -277,18 +276,13 @@ class ChunkedGaussNewtonHVP:
         size = tasks_per_chunk or max(1, ROWS_PER_CHUNK // max(1, rows))
         self.bounds = [(a, min(num_tasks, a + size)) for a in range(0, num_tasks, size)]
         self.parts = [
-            GaussNewtonHVP(
-                policy,
-                theta,
-                step_sizes,
+            build(
                 [(batch.task_slice(a, b), adv[:, a:b]) for batch, adv in inner_data],
                 post.task_slice(a, b),
                 None if old_dist is None else type(old_dist)(*(t[a:b] for t in old_dist)),
                 None
                 if frozen_grads is None
                 else [{n: g[a:b] for n, g in grads.items()} for grads in frozen_grads],
-                objective,
-                closed_form,
             )
             for a, b in self.bounds
         ]

@@ -18,6 +18,7 @@ post_batch. Everything after sampling is a pure function of x and the collected 
 
 from __future__ import annotations
 
+import functools
 import math
 import time
 from collections.abc import Callable, Sequence
@@ -417,9 +418,8 @@ def _gauss_newton(
     theta, step_size = layout.unflatten(x0)
     steps: list[StepSize] = [step_size or cfg.fast_lr] * len(data.inner)
     objective = inner_objective(cfg.meta_gradient, cfg.gamma)
-    return ChunkedGaussNewtonHVP(
-        policy, theta, steps, data.inner, data.post, old_dist, frozen_grads, objective
-    )
+    build = functools.partial(GaussNewtonHVP, policy, theta, steps, objective=objective)
+    return ChunkedGaussNewtonHVP(build, data.inner, data.post, old_dist, frozen_grads)
 
 
 def _damped(

@@ -31,6 +31,7 @@ from maml_rl.maml import NonFiniteError, collect, draw_seeds, meta_step
 from maml_rl.policy import parameters_of
 from maml_rl.promp import promp_step
 from maml_rl.tasks import TaskFamily, TaskFamilyError, add_import_root, import_root
+from maml_rl.threads import AutoThreads
 from maml_rl.types import Params
 from maml_rl.vector import resolved_backend
 
@@ -171,6 +172,8 @@ def _train(
 
     if cfg.torch_threads is not None:  # before any torch work of this run
         torch.set_num_threads(cfg.torch_threads)
+    # null: every core alone, fewer beside other CPU-bound processes (threads.py)
+    auto_threads = AutoThreads() if cfg.torch_threads is None else None
 
     # --- seeding: one seed, independent streams, no global RNG ---
     streams = Streams.from_seed(cfg.seed)
@@ -266,8 +269,13 @@ def _train(
 
             # --- outer step: TRPO on the post-adaptation surrogate ---
             outer_step = promp_step if cfg.outer == "promp" else meta_step
+            threads = torch.get_num_threads()
+            if auto_threads is not None:
+                auto_threads.start()
             theta, step_size, info = outer_step(policy, theta, step_size, data, cfg)
             t2 = time.perf_counter()
+            if auto_threads is not None:
+                auto_threads.stop()  # the next iteration's threads
 
             # --- log ---
             batches = [batch for batch, _ in data.inner] + [data.post]
@@ -283,6 +291,7 @@ def _train(
                 **info.as_metrics(),
                 "time/sampling_s": t1 - t0,
                 "time/optimization_s": t2 - t1,
+                "time/torch_threads": float(threads),
                 "env_steps": float(env_steps),
                 **diagnostics.exploration(theta),
                 **adapt_metrics,

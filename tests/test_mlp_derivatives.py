@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 
 import pytest
 import torch
@@ -224,10 +225,10 @@ def test_chunked_products_equal_the_products_over_all_tasks(
 
     _cfg, policy, layout, x0, data, old = setup(2, "per_parameter")
     theta, steps = layout.unflatten(x0)
-    args = (policy, theta, [steps] * 2, data.inner, data.post)
-    whole = GaussNewtonHVP(*args, None, None, closed_form=closed_form)
+    build = functools.partial(GaussNewtonHVP, policy, theta, [steps] * 2, closed_form=closed_form)
+    whole = build(data.inner, data.post, None, None)
     chunked = ChunkedGaussNewtonHVP(
-        *args, None, None, closed_form=closed_form, tasks_per_chunk=tasks_per_chunk
+        build, data.inner, data.post, None, None, tasks_per_chunk=tasks_per_chunk
     )
     assert len(chunked.parts) == -(-data.post.num_tasks // tasks_per_chunk) > 1
     for a, b in zip(chunked.old_dist, whole.old_dist, strict=True):
