@@ -2,9 +2,10 @@
 
 No fixed count is the fast one both alone and beside other work. On this project's 2-core
 machine (benchmarks/speed.py, navigation, `experiments/results/speed/`), one meta-iteration
-took 0.77 s on 2 threads against 1.35 s on 1 alone, but 2.94 s on 2 against 1.57 s on 1 beside
-a second identical run: two OpenMP threads per process on oversubscribed cores wait for each
-other at the end of every parallel region, hundreds of times per CG product.
+took 0.78 s on 2 threads against 1.49 s on 1 alone, but 2.64 s on 2 against 1.43 s on 1 beside
+a second identical run (17.8 s against 1.32 s beside a busy loop): two OpenMP threads per
+process on oversubscribed cores wait for each other at the end of every parallel region,
+hundreds of times per CG product.
 
 `AutoThreads` measures, over each optimisation phase (when this process's sampler threads and
 workers are idle), how much CPU time other processes took on the CPUs this process may use,

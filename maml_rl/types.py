@@ -103,7 +103,7 @@ class Batch:
 
     def first_tasks(self, count: int) -> Batch:
         """The trajectories of tasks 0..count-1: [T, count, K, ...]."""
-        return self._map(lambda x: x[:, :count])
+        return self.task_slice(0, count)
 
     def task_slice(self, start: int, stop: int) -> Batch:
         """The trajectories of tasks start..stop-1: [T, stop - start, K, ...]."""
