@@ -35,7 +35,14 @@ from maml_rl.checkpoint import CheckpointError
 from maml_rl.config import ConfigError
 from maml_rl.evaluate import load_run, read_task_returns, step_size_schedule, write_csv
 from maml_rl.plot import plot_adaptation, plot_training
-from maml_rl.results import RunCost, markdown_table, paired_rows, pooled_rows, run_cost
+from maml_rl.results import (
+    RunCost,
+    markdown_table,
+    median_rows,
+    paired_rows,
+    pooled_rows,
+    run_cost,
+)
 from maml_rl.train import LATEST
 
 HERE = Path(__file__).resolve().parent
@@ -212,7 +219,7 @@ def task_section(out: Path, task: str) -> str | None:
         + ", ".join(f"{a:g}" for a in schedule)
         + ".",
         "",
-        markdown_table(task, rows + paired_rows(evaluations)),
+        markdown_table(task, rows + median_rows(evaluations) + paired_rows(evaluations)),
         "",
     ]
     lines += ["| run | iterations | env steps | wall time |", "|---|---|---|---|"]

@@ -34,6 +34,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from maml_rl.activations import tanh
 from maml_rl.policy import GaussianMLPPolicy
 from maml_rl.types import Params
 
@@ -50,7 +51,7 @@ class Activation:
 
 
 def _tanh(z: Tensor) -> tuple[Tensor, Tensor]:
-    h = torch.tanh(z)
+    h = tanh(z)
     return h, 1.0 - h * h
 
 
@@ -68,7 +69,9 @@ ELU = Activation(_elu, lambda h, delta: torch.where(h > 0, torch.zeros_like(delt
 def _activation(module: nn.Module) -> Activation | None:
     if isinstance(module, nn.ELU):
         return ELU if float(module.alpha) == 1.0 else None
-    return {nn.Tanh: TANH, nn.ReLU: RELU}.get(type(module))
+    if isinstance(module, nn.Tanh):  # also activations.Tanh
+        return TANH
+    return RELU if type(module) is nn.ReLU else None
 
 
 def supports(policy: nn.Module) -> bool:

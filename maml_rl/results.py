@@ -80,6 +80,23 @@ def paired_rows(
     return summarize(pooled[method] - pooled[other], f"{method} − {other}")
 
 
+def median_rows(
+    evaluations: Sequence[Mapping[str, np.ndarray]], method: str = "maml"
+) -> list[SummaryRow]:
+    """Rows "METHOD, median": the median return over all pooled (seed, task) pairs per step,
+    with no interval (NaN), beside the mean rows where a few tasks diverge. Empty if the method
+    is missing."""
+    pooled = pool(evaluations)
+    if method not in pooled:
+        return []
+    returns = pooled[method]
+    nan = math.nan
+    return [
+        SummaryRow(f"{method}, median", step, float(np.median(values)), nan, nan, nan, values.size)
+        for step, values in enumerate(returns)
+    ]
+
+
 @dataclass(frozen=True)
 class RunCost:
     """What a training run used, from its metrics.jsonl: iterations, environment steps, and

@@ -13,7 +13,14 @@ from scipy import stats
 
 from maml_rl.checkpoint import CheckpointError
 from maml_rl.evaluate import read_task_returns, write_task_returns
-from maml_rl.results import markdown_table, paired_rows, pool, pooled_rows, run_cost
+from maml_rl.results import (
+    markdown_table,
+    median_rows,
+    paired_rows,
+    pool,
+    pooled_rows,
+    run_cost,
+)
 
 
 def test_per_task_returns_round_trip_exactly(tmp_path: Path) -> None:
@@ -112,3 +119,15 @@ def test_paired_rows_are_the_t_interval_of_per_task_differences() -> None:
     assert row.mean_return == pytest.approx(mean, rel=1e-12)
     assert row.ci95_high - row.mean_return == pytest.approx(half, rel=1e-12)
     assert paired_rows([seed_a, seed_b], other="oracle") == []
+
+
+def test_median_rows_pool_tasks_of_all_seeds_and_have_no_interval() -> None:
+    seed_a = {"maml": np.array([[1.0, 2.0, 3.0], [-500.0, 4.0, 5.0]])}
+    seed_b = {"maml": np.array([[4.0, 5.0, 6.0], [6.0, 7.0, -900.0]])}
+    rows = median_rows([seed_a, seed_b])
+    assert [r.step for r in rows] == [0, 1]
+    assert [r.mean_return for r in rows] == [3.5, 4.5]  # outliers do not move a median
+    assert rows[0].method == "maml, median" and rows[0].num_tasks == 6
+    assert math.isnan(rows[0].ci95_high)
+    assert "| maml, median | 3.5 | 4.5 |" in markdown_table("navigation", rows)
+    assert median_rows([seed_a], method="oracle") == []
