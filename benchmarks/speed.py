@@ -51,7 +51,7 @@ def parse_rows(output: str) -> list[dict[str, float | str]]:
     return rows
 
 
-def environment(threads: int | str, pythonpath: Path | None = None) -> dict[str, str]:
+def environment(threads: int | str, pythonpath: str | Path | None = None) -> dict[str, str]:
     """The measured process's environment: threads a count, or ``auto`` (maml_rl's default,
     threads.py: OMP_NUM_THREADS and MKL_NUM_THREADS unset)."""
     env = {k: v for k, v in os.environ.items() if k not in ("OMP_NUM_THREADS", "MKL_NUM_THREADS")}
@@ -60,6 +60,20 @@ def environment(threads: int | str, pythonpath: Path | None = None) -> dict[str,
     if pythonpath is not None:
         env["PYTHONPATH"] = str(pythonpath)
     return env
+
+
+def code_path(code: Path, scratch: Path) -> str:
+    """PYTHONPATH that imports `code`'s own packages: its maml_rl, and its envs/ folder as
+    ``maml_rl_envs`` (a link in `scratch`; the editable install of this checkout maps that name
+    to this checkout's envs/, and a PYTHONPATH entry comes before that mapping)."""
+    if not (code / "envs").is_dir():
+        return str(code)
+    shim = scratch / f"envs-of-{abs(hash(code))}"
+    shim.mkdir(exist_ok=True)
+    link = shim / "maml_rl_envs"
+    if not link.exists():
+        link.symlink_to(code / "envs", target_is_directory=True)
+    return os.pathsep.join([str(code), str(shim)])
 
 
 def start_load(
@@ -163,7 +177,7 @@ def main() -> None:
             for load in args.loads.split(","):
                 for threads in args.threads.split(","):
                     for name, code in codes.items():
-                        env = environment(threads, code)
+                        env = environment(threads, code_path(code, Path(scratch)))
                         command = ours(code, args)
                         background = start_load(load, command, env)
                         done = subprocess.run(
