@@ -2,8 +2,8 @@
 
 No fixed count is the fast one both alone and beside other work. On this project's 2-core
 machine (benchmarks/speed.py, navigation, `experiments/results/speed/`), one meta-iteration
-took 0.78 s on 2 threads against 1.49 s on 1 alone, but 2.64 s on 2 against 1.43 s on 1 beside
-a second identical run (17.8 s against 1.32 s beside a busy loop): two OpenMP threads per
+took 0.99 s on 2 threads against 1.79 s on 1 alone, but 9.32 s on 2 against 2.19 s on 1 beside
+a second identical run (21.8 s against 1.79 s beside a busy loop): two OpenMP threads per
 process on oversubscribed cores wait for each other at the end of every parallel region,
 hundreds of times per CG product.
 
