@@ -34,7 +34,7 @@ from maml_rl import checkpoint
 from maml_rl.checkpoint import CheckpointError
 from maml_rl.config import ConfigError
 from maml_rl.evaluate import load_run, read_task_returns, step_size_schedule, write_csv
-from maml_rl.plot import plot_adaptation, plot_training
+from maml_rl.plot import plot_adaptation, plot_training_bands
 from maml_rl.results import (
     RunCost,
     markdown_table,
@@ -206,7 +206,6 @@ def task_section(out: Path, task: str) -> str | None:
     num_tasks = rows[0].num_tasks
     title = f"{task}: {len(seeds)} seed{'s' * (len(seeds) > 1)}, {num_tasks} held-out tasks"
     plot_adaptation(rows, out / task / "adaptation.png", title)
-    plot_training(seeds, out / task / "training.png")
     cfg = load_run(seeds[0]).cfg
     schedule = step_size_schedule(cfg.fast_lr, rows[-1].step)
     lines = [
@@ -234,6 +233,15 @@ def task_section(out: Path, task: str) -> str | None:
         for b in BASELINES:
             cost = run_cost(out / task / f"seed{seed}" / "baselines" / b)
             lines.append(f"| {b}, seed{seed} | {cost_cells(cost)} |")
+    groups: dict[str, list[Path]] = {"maml": list(seeds)}
+    for b in BASELINES:
+        groups[b] = [out / task / f"seed{seed}" / "baselines" / b for seed in baseline_seeds]
+    plot_training_bands(
+        groups,
+        out / task / "training.png",
+        f"{task}: training curves, mean over runs (MAML: {len(seeds)} seed"
+        f"{'s' * (len(seeds) > 1)})",
+    )
     walls = [json.loads((d / "eval" / "reproduce.json").read_text())["wall_s"] for d in seeds]
     lines.append(f"| evaluation, per seed | | | {duration(min(walls))} to {duration(max(walls))} |")
     lines.append("")

@@ -7,13 +7,15 @@ state), so it works on machines without a display and inside other programs.
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
+from scipy import stats
 
 from maml_rl.checkpoint import CheckpointError
 from maml_rl.logger import read_metrics
@@ -76,6 +78,77 @@ def plot_training(run_dirs: Sequence[str | Path], out: str | Path) -> Path:
         axis.grid(alpha=0.3)
     by_iteration.legend(fontsize="small")
     figure.suptitle("Training curves: average return of the sampled trajectories")
+    return _save(figure, out)
+
+
+def moving_average(values: np.ndarray, window: int) -> np.ndarray:
+    """Trailing mean over the last min(window, i + 1) values: [L] -> [L]."""
+    values = np.asarray(values, dtype=np.float64)
+    sums = np.cumsum(np.concatenate([[0.0], values]))
+    index = np.arange(1, len(values) + 1)
+    start = np.maximum(0, index - window)
+    return (sums[index] - sums[start]) / (index - start)
+
+
+def seed_band(curves: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(mean, low, high) over seeds of curves [L_i], cut to the shortest length L.
+
+    With n >= 2 seeds: mean ± t_{0.975, n-1} · std(ddof=1) / sqrt(n), the 95% Student-t
+    interval of the mean over seeds; with one seed low = high = mean (no band).
+    """
+    if not curves:
+        raise ValueError("seed_band needs at least one curve")
+    length = min(len(c) for c in curves)
+    stacked = np.stack([np.asarray(c, dtype=np.float64)[:length] for c in curves])
+    mean = stacked.mean(axis=0)
+    if len(curves) < 2:
+        return mean, mean.copy(), mean.copy()
+    half = stats.t.ppf(0.975, len(curves) - 1) * stacked.std(axis=0, ddof=1) / np.sqrt(len(curves))
+    return mean, mean - half, mean + half
+
+
+def plot_training_bands(
+    groups: Mapping[str, Sequence[str | Path]], out: str | Path, title: str, window: int = 10
+) -> Path:
+    """Training curves of groups of runs (e.g. "maml" -> its seeds, "oracle" -> [one run]):
+    per group the mean over its runs of the post-update return, `moving_average`d over
+    `window` iterations, with the 95% interval over runs shaded (`seed_band`), and the mean
+    pre-update return dashed where it differs; against iteration and against environment
+    steps (the mean over runs)."""
+    figure = Figure(figsize=(11, 4.2), layout="constrained")
+    by_iteration, by_steps = figure.subplots(1, 2, sharey=True)
+    for index, (label, run_dirs) in enumerate(groups.items()):
+        runs = []
+        for run_dir in run_dirs:
+            rows = read_metrics(run_dir)
+            if not rows:
+                raise CheckpointError(f"{run_dir} has no metrics.jsonl rows to plot")
+            runs.append(rows)
+        color = f"C{index % 10}"
+        post = [moving_average(np.array([r[POST] for r in rows]), window) for rows in runs]
+        pre = [moving_average(np.array([r[PRE] for r in rows]), window) for rows in runs]
+        mean, low, high = seed_band(post)
+        length = len(mean)
+        iterations = np.arange(length)
+        steps = np.mean([[r.get("env_steps", np.nan) for r in rows[:length]] for rows in runs], 0)
+        name = f"{label} ({len(runs)} run{'s' * (len(runs) > 1)})"
+        pre_mean = seed_band(pre)[0]
+        adapted = not np.allclose(pre_mean, mean)  # pretrained, oracle: pre == post
+        for axis, x in ((by_iteration, iterations), (by_steps, steps)):
+            axis.plot(x, mean, color=color, label=f"{name}, post-update" if adapted else name)
+            if len(runs) > 1:
+                axis.fill_between(x, low, high, color=color, alpha=0.2, linewidth=0)
+            if adapted:
+                axis.plot(x, pre_mean, color=color, linestyle="--", label=f"{name}, pre-update")
+    by_iteration.set_xlabel("meta-iteration")
+    by_iteration.xaxis.set_major_locator(MaxNLocator(integer=True))
+    by_iteration.set_ylabel(f"average return ({window}-iteration moving average)")
+    by_steps.set_xlabel("environment steps")
+    by_steps.ticklabel_format(axis="x", style="sci", scilimits=(-3, 4))
+    for axis in (by_iteration, by_steps):
+        axis.grid(alpha=0.3)
+    by_iteration.legend(fontsize="small", title="shaded: 95% interval over seeds")
+    figure.suptitle(title)
     return _save(figure, out)
 
 

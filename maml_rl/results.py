@@ -133,8 +133,9 @@ def markdown_table(env: str, rows: Sequence[SummaryRow]) -> str:
         header.append("paper (" + " / ".join(str(s) for s in steps) + " steps, H = 200)")
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     cells = {(row.method, row.step): row for row in rows}
-    methods = [m for m in METHODS if any(k[0] == m for k in cells)]
-    methods += sorted({k[0] for k in cells} - set(methods))
+    present = {k[0] for k in cells}
+    methods = [n for m in METHODS for n in (m, f"{m}, median") if n in present]
+    methods += sorted(present - set(methods))
     for method in methods:
         line = [method, *(format_cell(cells[method, s]) for s in steps if (method, s) in cells)]
         if paper:
