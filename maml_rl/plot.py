@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -40,6 +40,31 @@ def run_labels(run_dirs: Sequence[Path]) -> list[str]:
     return [n if names.count(n) == 1 else str(d) for n, d in zip(names, run_dirs, strict=True)]
 
 
+def _read_runs(run_dirs: Sequence[str | Path]) -> list[list[dict]]:
+    """Each run's metrics.jsonl rows (CheckpointError for a missing or empty run)."""
+    runs = []
+    for run_dir in map(Path, run_dirs):
+        if not run_dir.is_dir():
+            raise CheckpointError(f"run directory not found: {run_dir}")
+        rows = read_metrics(run_dir)
+        if not rows:
+            raise CheckpointError(f"{run_dir} has no metrics.jsonl rows to plot")
+        runs.append(rows)
+    return runs
+
+
+def _style_training_axes(by_iteration: Any, by_steps: Any, ylabel: str, legend: str | None) -> None:
+    """Labels, ticks, grid and legend of the (iteration, env steps) training panels."""
+    by_iteration.set_xlabel("meta-iteration")
+    by_iteration.xaxis.set_major_locator(MaxNLocator(integer=True))
+    by_iteration.set_ylabel(ylabel)
+    by_steps.set_xlabel("environment steps")
+    by_steps.ticklabel_format(axis="x", style="sci", scilimits=(-3, 4))
+    for axis in (by_iteration, by_steps):
+        axis.grid(alpha=0.3)
+    by_iteration.legend(fontsize="small", title=legend)
+
+
 def plot_training(run_dirs: Sequence[str | Path], out: str | Path) -> Path:
     """Pre- and post-update return of each run against iteration and against env steps.
 
@@ -47,15 +72,7 @@ def plot_training(run_dirs: Sequence[str | Path], out: str | Path) -> Path:
     without inner steps (pretrained, oracle: pre == post) gets one line.
     """
     run_dirs = [Path(d) for d in run_dirs]
-    runs = []
-    for run_dir in run_dirs:
-        if not run_dir.is_dir():
-            raise CheckpointError(f"run directory not found: {run_dir}")
-        rows = read_metrics(run_dir)
-        if not rows:
-            raise CheckpointError(f"{run_dir} has no metrics.jsonl rows to plot")
-        runs.append(rows)
-
+    runs = _read_runs(run_dirs)
     figure = Figure(figsize=(11, 4.2), layout="constrained")
     by_iteration, by_steps = figure.subplots(1, 2, sharey=True)
     for index, (label, rows) in enumerate(zip(run_labels(run_dirs), runs, strict=True)):
@@ -69,14 +86,7 @@ def plot_training(run_dirs: Sequence[str | Path], out: str | Path) -> Path:
             else:
                 axis.plot(x, post, color=color, label=f"{label} (post-update)")
                 axis.plot(x, pre, color=color, linestyle="--", label=f"{label} (pre-update)")
-    by_iteration.set_xlabel("meta-iteration")
-    by_iteration.xaxis.set_major_locator(MaxNLocator(integer=True))
-    by_iteration.set_ylabel("average return")
-    by_steps.set_xlabel("environment steps")
-    by_steps.ticklabel_format(axis="x", style="sci", scilimits=(-3, 4))
-    for axis in (by_iteration, by_steps):
-        axis.grid(alpha=0.3)
-    by_iteration.legend(fontsize="small")
+    _style_training_axes(by_iteration, by_steps, "average return", None)
     figure.suptitle("Training curves: average return of the sampled trajectories")
     return _save(figure, out)
 
@@ -118,12 +128,7 @@ def plot_training_bands(
     figure = Figure(figsize=(11, 4.2), layout="constrained")
     by_iteration, by_steps = figure.subplots(1, 2, sharey=True)
     for index, (label, run_dirs) in enumerate(groups.items()):
-        runs = []
-        for run_dir in run_dirs:
-            rows = read_metrics(run_dir)
-            if not rows:
-                raise CheckpointError(f"{run_dir} has no metrics.jsonl rows to plot")
-            runs.append(rows)
+        runs = _read_runs(run_dirs)
         color = f"C{index % 10}"
         post = [moving_average(np.array([r[POST] for r in rows]), window) for rows in runs]
         pre = [moving_average(np.array([r[PRE] for r in rows]), window) for rows in runs]
@@ -140,14 +145,8 @@ def plot_training_bands(
                 axis.fill_between(x, low, high, color=color, alpha=0.2, linewidth=0)
             if adapted:
                 axis.plot(x, pre_mean, color=color, linestyle="--", label=f"{name}, pre-update")
-    by_iteration.set_xlabel("meta-iteration")
-    by_iteration.xaxis.set_major_locator(MaxNLocator(integer=True))
-    by_iteration.set_ylabel(f"average return ({window}-iteration moving average)")
-    by_steps.set_xlabel("environment steps")
-    by_steps.ticklabel_format(axis="x", style="sci", scilimits=(-3, 4))
-    for axis in (by_iteration, by_steps):
-        axis.grid(alpha=0.3)
-    by_iteration.legend(fontsize="small", title="shaded: 95% interval over seeds")
+    ylabel = f"average return ({window}-iteration moving average)"
+    _style_training_axes(by_iteration, by_steps, ylabel, "shaded: 95% interval over seeds")
     figure.suptitle(title)
     return _save(figure, out)
 
