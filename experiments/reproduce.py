@@ -47,7 +47,7 @@ from maml_rl.train import LATEST
 
 HERE = Path(__file__).resolve().parent
 # iterations of MAML and of each baseline per task: what fitted this repository's 2-core
-# machine (README "Results"); --iterations TASK=N or --full (the configs' 500) for more
+# machine (README "Results"); --iterations TASK=N[:B[:O]] or --full (the configs' 500) for more
 PLAN = {
     "navigation": (100, 100),
     "halfcheetah-vel": (30, 30),
@@ -105,7 +105,7 @@ def train_job(
 def plan_jobs(args: argparse.Namespace) -> list[Job]:
     jobs: list[Job] = []
     for task in args.tasks:
-        n, n_baseline = args.iterations[task]
+        n, n_baselines = args.iterations[task]
         for seed in args.seeds:
             run_dir = args.out / task / f"seed{seed}"
             name = f"{task}/seed{seed}/maml"
@@ -117,10 +117,14 @@ def plan_jobs(args: argparse.Namespace) -> list[Job]:
             if base_seed == seed:
                 for b, b_dir in base_dirs.items():
                     name = f"{task}/seed{seed}/{b}"
-                    jobs.append(train_job(name, task, b_dir, seed, n_baseline, b, args.set))
+                    jobs.append(train_job(name, task, b_dir, seed, n_baselines[b], b, args.set))
             eval_dir = run_dir / "eval"
             record = eval_dir / "reproduce.json"
-            wanted = {"iteration": n - 1, "baseline_iterations": n_baseline, "seed": base_seed}
+            wanted = {
+                "iteration": n - 1,
+                "baseline_iterations": baseline_record(n_baselines),
+                "seed": base_seed,
+            }
             finished = record.exists() and all(
                 json.loads(record.read_text()).get(k) == v for k, v in wanted.items()
             )
@@ -132,6 +136,26 @@ def plan_jobs(args: argparse.Namespace) -> list[Job]:
             name = f"{task}/seed{seed}/evaluate"
             jobs.append(Job(name, argv, finished, after, record, wanted))
     return jobs
+
+
+def baseline_record(n_baselines: dict[str, int]) -> int | dict[str, int]:
+    """What an evaluation record notes of the baselines' iterations: one count when they
+    share it, else the count of each."""
+    counts = set(n_baselines.values())
+    return counts.pop() if len(counts) == 1 else dict(n_baselines)
+
+
+def parse_iterations(item: str, plan: dict[str, tuple[int, dict[str, int]]]) -> None:
+    """Apply one TASK=N[:B[:O]] to `plan`: MAML N, pretrained B (default N) and oracle O
+    (default B) iterations; ValueError if it is malformed."""
+    task, _, counts = item.partition("=")
+    fields = counts.split(":")
+    if task not in plan or len(fields) > 3 or not all(f.isdigit() and int(f) > 0 for f in fields):
+        raise ValueError(item)
+    n = int(fields[0])
+    b = int(fields[1]) if len(fields) > 1 else n
+    o = int(fields[2]) if len(fields) > 2 else b
+    plan[task] = (n, {"pretrained": b, "oracle": o})
 
 
 def run_job(job: Job, command: list[str], logs: Path, env: dict[str, str]) -> float:
@@ -274,8 +298,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--iterations",
         nargs="+",
         default=[],
-        metavar="TASK=N[:B]",
-        help="MAML iterations N (and baseline iterations B, default N) for a task",
+        metavar="TASK=N[:B[:O]]",
+        help="MAML iterations N for a task, and the baselines' B (default N); O, when given, "
+        "is the oracle's (default B)",
     )
     parser.add_argument("--full", action="store_true", help="500 iterations (the configs)")
     parser.add_argument(
@@ -296,13 +321,18 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--out", type=Path, default=HERE / "results" / "reproduce")
     args = parser.parse_args(argv)
-    plan = {task: (500, 500) if args.full else PLAN[task] for task in PLAN}
+    plan: dict[str, tuple[int, dict[str, int]]] = {}
+    for task in PLAN:
+        n, b = (500, 500) if args.full else PLAN[task]
+        plan[task] = (n, dict.fromkeys(BASELINES, b))
     for item in args.iterations:
-        task, _, counts = item.partition("=")
-        n, _, b = counts.partition(":")
-        if task not in plan or not n.isdigit() or (b and not b.isdigit()) or int(n) < 1:
-            parser.error(f"--iterations expects TASK=N or TASK=N:B with a task of {list(PLAN)}")
-        plan[task] = (int(n), int(b or n))
+        try:
+            parse_iterations(item, plan)
+        except ValueError:
+            parser.error(
+                f"--iterations expects TASK=N, TASK=N:B or TASK=N:B:O (positive counts) with a "
+                f"task of {list(PLAN)}, not {item!r}"
+            )
     if args.jobs < 1 or args.num_tasks < 2:
         parser.error("--jobs must be >= 1 and --num-tasks >= 2")
     args.iterations = plan

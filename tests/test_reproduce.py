@@ -74,6 +74,16 @@ def test_reproduce_trains_evaluates_pools_and_resumes(
     assert checkpoint.load(task / "seed0" / "checkpoint_latest.pt")["iteration"] == 1
     assert json.loads((task / "seed0" / "eval" / "reproduce.json").read_text())["iteration"] == 1
 
+    # the oracle alone extended (TASK=N:B:O): it resumes, the pretrained policy is left as it is
+    assert reproduce.main([*args, "--seeds", "0", "--iterations", "navigation=2:1:2"]) == 0
+    again = capsys.readouterr().out
+    assert again.count("start  ") == 2 and "seed0/oracle: maml-rl train --resume" in again
+    baselines = task / "seed0" / "baselines"
+    assert checkpoint.load(baselines / "oracle" / "checkpoint_latest.pt")["iteration"] == 1
+    assert checkpoint.load(baselines / "pretrained" / "checkpoint_latest.pt")["iteration"] == 0
+    record = json.loads((task / "seed0" / "eval" / "reproduce.json").read_text())
+    assert record["baseline_iterations"] == {"pretrained": 1, "oracle": 2}
+
 
 def test_a_failing_step_is_one_line_naming_its_log(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
@@ -86,12 +96,24 @@ def test_a_failing_step_is_one_line_naming_its_log(
     assert "fast_lr" in Path(error.rsplit("see ", 1)[1]).read_text()
 
 
-def test_bad_iterations_are_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
+@pytest.mark.parametrize(
+    "item", ["navigation=lots", "navigation=0", "navigation=5:0", "navigation=1:2:3:4", "moon=5"]
+)
+def test_bad_iterations_are_a_usage_error(item: str, capsys: pytest.CaptureFixture[str]) -> None:
     reproduce = load_script()
     with pytest.raises(SystemExit) as stop:
-        reproduce.main(["--iterations", "navigation=lots"])
+        reproduce.main(["--iterations", item])
     assert stop.value.code == 2
     assert "--iterations expects TASK=N" in capsys.readouterr().err
+
+
+def test_iterations_set_maml_pretrained_and_oracle_counts() -> None:
+    reproduce = load_script()
+    args = reproduce.parse_args(["--full", "--iterations", "ant-vel=500:300", "navigation=9:8:7"])
+    assert args.iterations["ant-vel"] == (500, {"pretrained": 300, "oracle": 300})
+    assert args.iterations["navigation"] == (9, {"pretrained": 8, "oracle": 7})
+    assert args.iterations["halfcheetah-dir"] == (500, {"pretrained": 500, "oracle": 500})
+    assert reproduce.baseline_record({"pretrained": 500, "oracle": 500}) == 500
 
 
 def test_a_corrupt_checkpoint_or_nothing_to_tabulate_is_one_line(
