@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import shutil
 import subprocess
@@ -214,7 +215,8 @@ def duration(seconds: float) -> str:
 
 
 def cost_cells(cost: RunCost) -> str:
-    return f"{cost.iterations} | {cost.env_steps / 1e6:.1f} M | {duration(cost.wall_s)}"
+    gain = "" if math.isnan(cost.late_gain) else f"{cost.late_gain:+.1f}"
+    return f"{cost.iterations} | {cost.env_steps / 1e6:.1f} M | {duration(cost.wall_s)} | {gain}"
 
 
 def task_section(out: Path, task: str) -> str | None:
@@ -245,7 +247,10 @@ def task_section(out: Path, task: str) -> str | None:
         markdown_table(task, rows + median_rows(evaluations) + paired_rows(evaluations)),
         "",
     ]
-    lines += ["| run | iterations | env steps | wall time |", "|---|---|---|---|"]
+    lines += [
+        "| run | iterations | env steps | wall time | training return, last 10% − previous 10% |",
+        "|---|---|---|---|---|",
+    ]
     baseline_seeds: list[int] = []
     for seed_dir in seeds:
         cost = run_cost(seed_dir)
@@ -267,7 +272,8 @@ def task_section(out: Path, task: str) -> str | None:
         f"{'s' * (len(seeds) > 1)})",
     )
     walls = [json.loads((d / "eval" / "reproduce.json").read_text())["wall_s"] for d in seeds]
-    lines.append(f"| evaluation, per seed | | | {duration(min(walls))} to {duration(max(walls))} |")
+    spread = f"{duration(min(walls))} to {duration(max(walls))}"
+    lines.append(f"| evaluation, per seed | | | {spread} | |")
     lines.append("")
     return "\n".join(lines)
 

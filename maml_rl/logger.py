@@ -17,6 +17,9 @@ from tqdm import tqdm
 
 from maml_rl.errors import CheckpointError
 
+# The training returns every run logs per meta-iteration (a baseline logs pre == post).
+PRE_UPDATE, POST_UPDATE = "returns/pre_update", "returns/post_update"
+
 
 class RunLogger:
     """Appends one JSON object per meta-iteration to `DIR/metrics.jsonl`, mirrors scalars to

@@ -18,12 +18,12 @@ from matplotlib.ticker import MaxNLocator
 from scipy import stats
 
 from maml_rl.checkpoint import CheckpointError
-from maml_rl.logger import read_metrics
+from maml_rl.logger import POST_UPDATE, PRE_UPDATE, read_metrics
 
 if TYPE_CHECKING:
     from maml_rl.evaluate import SummaryRow
 
-PRE, POST = "returns/pre_update", "returns/post_update"
+PRE, POST = PRE_UPDATE, POST_UPDATE
 
 
 def _save(figure: Figure, path: str | Path) -> Path:

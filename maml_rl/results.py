@@ -18,7 +18,7 @@ import numpy as np
 
 from maml_rl.checkpoint import CheckpointError
 from maml_rl.evaluate import SummaryRow, summarize
-from maml_rl.logger import read_metrics
+from maml_rl.logger import POST_UPDATE, read_metrics
 
 METHODS = ("maml", "pretrained", "random", "oracle")
 
@@ -100,11 +100,25 @@ def median_rows(
 @dataclass(frozen=True)
 class RunCost:
     """What a training run used, from its metrics.jsonl: iterations, environment steps, and
-    wall time as the sum of its sampling and optimisation times (resumes included)."""
+    wall time as the sum of its sampling and optimisation times (resumes included); and
+    `late_gain`, how much its training return still rose at its end (see `late_gain`)."""
 
     iterations: int
     env_steps: int
     wall_s: float
+    late_gain: float
+
+
+def late_gain(returns: Sequence[float], fraction: float = 0.1) -> float:
+    """How much a training curve still rose at its end: with w = max(1, floor(fraction · T))
+    for T iterations, mean(R[T-w:]) − mean(R[T-2w:T-w]) of the per-iteration training returns
+    R [T]. Near zero (against the curve's rise) for a curve that has flattened; NaN when
+    T < 2w."""
+    values = np.asarray(returns, dtype=np.float64)
+    window = max(1, math.floor(fraction * values.size))
+    if values.size < 2 * window:
+        return math.nan
+    return float(values[-window:].mean() - values[-2 * window : -window].mean())
 
 
 def run_cost(run_dir: str | Path) -> RunCost:
@@ -113,7 +127,8 @@ def run_cost(run_dir: str | Path) -> RunCost:
     if not rows:
         raise CheckpointError(f"{run_dir} has no metrics.jsonl rows")
     wall = sum(r["time/sampling_s"] + r["time/optimization_s"] for r in rows)
-    return RunCost(rows[-1]["iteration"] + 1, int(rows[-1]["env_steps"]), float(wall))
+    gain = late_gain([r[POST_UPDATE] for r in rows]) if POST_UPDATE in rows[0] else math.nan
+    return RunCost(rows[-1]["iteration"] + 1, int(rows[-1]["env_steps"]), float(wall), gain)
 
 
 def format_cell(row: SummaryRow) -> str:

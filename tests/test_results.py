@@ -14,6 +14,7 @@ from scipy import stats
 from maml_rl.checkpoint import CheckpointError
 from maml_rl.evaluate import read_task_returns, write_task_returns
 from maml_rl.results import (
+    late_gain,
     markdown_table,
     median_rows,
     paired_rows,
@@ -104,6 +105,7 @@ def test_run_cost_sums_sampling_and_optimisation_time(tmp_path: Path) -> None:
     (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     cost = run_cost(tmp_path)
     assert (cost.iterations, cost.env_steps, cost.wall_s) == (3, 300, pytest.approx(10.5))
+    assert math.isnan(cost.late_gain)  # no training returns logged
     with pytest.raises(CheckpointError, match="no metrics"):
         run_cost(tmp_path / "empty")
 
@@ -131,3 +133,30 @@ def test_median_rows_pool_tasks_of_all_seeds_and_have_no_interval() -> None:
     assert math.isnan(rows[0].ci95_high)
     assert "| maml, median | 3.5 | 4.5 |" in markdown_table("navigation", rows)
     assert median_rows([seed_a], method="oracle") == []
+
+
+def test_late_gain_is_the_last_window_mean_minus_the_one_before() -> None:
+    returns = np.arange(20.0) ** 2  # T = 20, w = 2: mean(324, 361) - mean(256, 289)
+    assert late_gain(returns) == pytest.approx((324 + 361 - 256 - 289) / 2)
+    assert late_gain(np.full(50, 3.0)) == 0.0  # a flat curve
+    assert late_gain(np.arange(30.0), fraction=0.5) == pytest.approx(15.0)
+    assert late_gain([1.0, 4.0]) == pytest.approx(3.0)  # w = 1 at T < 10
+    assert math.isnan(late_gain([1.0]))
+
+
+def test_run_cost_late_gain_reads_post_update_returns(tmp_path: Path) -> None:
+    rows = [
+        {
+            "iteration": i,
+            "env_steps": 10.0 * (i + 1),
+            "time/sampling_s": 1.0,
+            "time/optimization_s": 1.0,
+            "returns/post_update": float(min(i, 15)),  # rises, then flat from iteration 15
+        }
+        for i in range(40)
+    ]
+    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert run_cost(tmp_path).late_gain == 0.0
+    rows = rows[:16]  # T = 16, w = 1: R[15] - R[14]
+    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert run_cost(tmp_path).late_gain == pytest.approx(1.0)
