@@ -272,8 +272,10 @@ def task_section(out: Path, task: str) -> str | None:
         f"{'s' * (len(seeds) > 1)})",
     )
     walls = [json.loads((d / "eval" / "reproduce.json").read_text())["wall_s"] for d in seeds]
-    spread = f"{duration(min(walls))} to {duration(max(walls))}"
-    lines.append(f"| evaluation, per seed | | | {spread} | |")
+    low, high = duration(min(walls)), duration(max(walls))
+    spread = low if low == high else f"{low} to {high}"
+    label = "evaluation" if len(walls) == 1 else "evaluation, per seed"
+    lines.append(f"| {label} | | | {spread} | |")
     lines.append("")
     return "\n".join(lines)
 

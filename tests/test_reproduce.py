@@ -64,6 +64,7 @@ def test_reproduce_trains_evaluates_pools_and_resumes(
     )
     record = json.loads((task / "seed1" / "eval" / "reproduce.json").read_text())
     assert (record["iteration"], record["baseline_iterations"], record["seed"]) == (0, 1, 0)
+    assert "| evaluation, per seed | | | " in results
 
     assert reproduce.main([*args, "--iterations", "navigation=1:1"]) == 0
     assert "start  " not in capsys.readouterr().out  # everything was done
@@ -83,6 +84,12 @@ def test_reproduce_trains_evaluates_pools_and_resumes(
     assert checkpoint.load(baselines / "pretrained" / "checkpoint_latest.pt")["iteration"] == 0
     record = json.loads((task / "seed0" / "eval" / "reproduce.json").read_text())
     assert record["baseline_iterations"] == {"pretrained": 1, "oracle": 2}
+
+    # one evaluated seed: its evaluation time is one figure, not "per seed" nor "X to X"
+    (task / "seed1" / "eval" / "reproduce.json").unlink()
+    results = reproduce.write_tables(tmp_path).read_text()
+    evaluation = next(line for line in results.splitlines() if line.startswith("| evaluation"))
+    assert evaluation.startswith("| evaluation | | | ") and " to " not in evaluation
 
 
 def test_a_failing_step_is_one_line_naming_its_log(
