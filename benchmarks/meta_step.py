@@ -99,4 +99,9 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    from maml_rl.cli import USER_ERRORS
+
+    try:
+        main()
+    except USER_ERRORS as error:  # a bad --env or --device: one line, as the CLI says it
+        raise SystemExit(f"meta_step.py: error: {error}") from None

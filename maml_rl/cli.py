@@ -129,9 +129,10 @@ def _baseline_dir(run_dir: Path, name: str, given: str | None, args: argparse.Na
     if (target / LATEST).exists():
         if checkpoint.load(target / LATEST)["iteration"] + 1 >= iterations:
             return target
-        cfg, resume = load_resume_config(target, {"num_batches": iterations}), True
+        device = {} if args.device is None else {"device": args.device}
+        cfg, resume = load_resume_config(target, {"num_batches": iterations} | device), True
     else:
-        run_cfg = load_run(run_dir).cfg
+        run_cfg = load_run(run_dir, device=args.device).cfg
         cfg = config_module.from_dict({"algo": name, "num_batches": iterations}, base=run_cfg)
         resume = False
     print(f"training the {name} baseline for {iterations} iterations in {target}")
@@ -155,7 +156,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     given = {"pretrained": args.pretrained, "oracle": args.oracle}
     names = _comma_list(args.baselines)
     names += [name for name, path in given.items() if path is not None and name not in names]
-    check_request(run_dir, args.num_steps, args.num_tasks, args.checkpoint, step_sizes, names)
+    check_request(
+        run_dir, args.num_steps, args.num_tasks, args.checkpoint, step_sizes, names, args.device
+    )
     if "oracle" in names:  # before any baseline trains: can this family have an oracle?
         from maml_rl.evaluate import load_run
         from maml_rl.oracle import OracleFamily
@@ -175,6 +178,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         which=args.checkpoint,
         step_sizes=step_sizes,
         eval_seed=args.eval_seed,
+        device=args.device,
     )
     csv_path, png_path = save(evaluation, run_dir / "eval")
     schedule = ", ".join(f"{a:g}" for a in evaluation.step_sizes) or "none"
@@ -242,7 +246,14 @@ def cmd_render(args: argparse.Namespace) -> int:
         raise ConfigError(f"--steps expects numbers like 0,1,3, got {args.steps!r}") from None
     first, count = (args.task, 1) if args.task is not None else (0, args.num_tasks or 1)
     clips = adaptation_clips(
-        args.run_dir, steps, first, count, args.checkpoint, args.eval_seed, args.eval_tasks
+        args.run_dir,
+        steps,
+        first,
+        count,
+        args.checkpoint,
+        args.eval_seed,
+        args.eval_tasks,
+        device=args.device,
     )
     out = Path(args.out) if args.out else (
         Path(args.run_dir) / "render" / f"tasks{first}-{first + count - 1}"
@@ -352,6 +363,9 @@ def parser() -> argparse.ArgumentParser:
         metavar="N",
         help="seed of the held-out tasks and environments (default: the run's seed)",
     )
+    evaluate.add_argument(
+        "--device", help="cpu or cuda: where the policies run (default: where each trained)"
+    )
     evaluate.add_argument("--no-progress", action="store_true", help="hide progress bars")
     evaluate.set_defaults(func=cmd_evaluate)
 
@@ -392,6 +406,7 @@ def parser() -> argparse.ArgumentParser:
     show.add_argument(
         "--eval-tasks", type=int, default=40, metavar="N", help="held-out set size (evaluate's)"
     )
+    show.add_argument("--device", help="cpu or cuda (default: where the run trained)")
     show.set_defaults(func=cmd_render)
 
     check = commands.add_parser(

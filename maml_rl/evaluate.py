@@ -172,8 +172,12 @@ class LoadedRun:
     iteration: int
 
 
-def load_run(run_dir: str | Path, which: str = "latest") -> LoadedRun:
-    """The config and parameters of `DIR/checkpoint_<which>.pt` (CheckpointError if absent)."""
+def load_run(run_dir: str | Path, which: str = "latest", device: str | None = None) -> LoadedRun:
+    """The config and parameters of `DIR/checkpoint_<which>.pt` (CheckpointError if absent).
+
+    The parameters are loaded onto the CPU; device: where the run's policy is to run from now
+    on (default: the device it trained on), e.g. 'cpu' for a run trained on 'cuda'.
+    """
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise CheckpointError(f"run directory not found: {run_dir}")
@@ -181,7 +185,7 @@ def load_run(run_dir: str | Path, which: str = "latest") -> LoadedRun:
         raise ConfigError(f"--checkpoint must be one of {list(CHECKPOINTS)}, got {which!r}")
     state = checkpoint.load(run_dir / CHECKPOINTS[which])
     add_import_root(state.get("import_root"))  # a module:Class family, from any directory
-    cfg = from_saved(state["config"])
+    cfg = from_saved(state["config"] | ({} if device is None else {"device": device}))
     return LoadedRun(run_dir, cfg, state["theta"], state["step_size"], state["iteration"])
 
 
@@ -192,6 +196,7 @@ def check_request(
     which: str,
     step_sizes: Sequence[float] = (),
     baselines: Sequence[str] = (),
+    device: str | None = None,
 ) -> LoadedRun:
     """The MAML run to evaluate, after checking the request (one-line errors, nothing run)."""
     for name in baselines:
@@ -201,7 +206,7 @@ def check_request(
         raise ConfigError(
             f"evaluation needs --num-steps >= 0 and --num-tasks >= 1, got {num_steps}, {num_tasks}"
         )
-    run = load_run(run_dir, which)
+    run = load_run(run_dir, which, device)
     if run.cfg.algo != "maml":
         raise ConfigError(
             f"{run.run_dir} is an algo={run.cfg.algo} run; evaluate a MAML run and pass this "
@@ -327,20 +332,24 @@ def evaluate_run(
     which: str = "latest",
     step_sizes: Sequence[float] = (),
     eval_seed: int | None = None,
+    device: str | None = None,
 ) -> Evaluation:
     """Adaptation curves of the MAML run in `run_dir` and of the requested baselines.
 
     baselines: name -> run directory ('pretrained', 'oracle') or None ('random').
+    device: where every method's policy runs (default: the device each trained on).
     Held-out tasks and the S + 1 sampling seeds come from the evaluation stream of
     `eval_seed` (default: the run's seed); every method sees the same tasks and seeds.
     """
     baselines = dict(baselines or {})
-    run = check_request(run_dir, num_steps, num_tasks, which, step_sizes, list(baselines))
+    run = check_request(run_dir, num_steps, num_tasks, which, step_sizes, list(baselines), device)
     cfg = run.cfg
     for name, path in baselines.items():
         if name != "random" and path is None:
             raise ConfigError(f"the {name} baseline needs the directory of an algo={name} run")
-    loaded = {name: load_run(path, which) for name, path in baselines.items() if path is not None}
+    loaded = {
+        name: load_run(path, which, device) for name, path in baselines.items() if path is not None
+    }
     for name, baseline in loaded.items():
         _check_compatible(name, run, baseline)
 

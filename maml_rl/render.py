@@ -67,10 +67,12 @@ def adaptation_clips(
     which: str = "latest",
     eval_seed: int | None = None,
     num_eval_tasks: int = 40,
+    device: str | None = None,
 ) -> Clips:
     """Sample held-out tasks first_task .. first_task + num_tasks - 1 (of `num_eval_tasks`, as
     `evaluate` draws them) with the run's policy, adapted as `evaluate` adapts it; keep the
-    batches after each number of steps in `steps`."""
+    batches after each number of steps in `steps`. device: where the policy runs (default:
+    the device the run trained on)."""
     steps = tuple(sorted(set(int(s) for s in steps)))
     if not steps or steps[0] < 0:
         raise ConfigError(f"--steps must be numbers of gradient steps >= 0, got {list(steps)}")
@@ -79,7 +81,7 @@ def adaptation_clips(
             f"tasks {first_task}..{first_task + num_tasks - 1} are not among the "
             f"{num_eval_tasks} held-out tasks (0..{num_eval_tasks - 1})"
         )
-    run = load_run(run_dir, which)
+    run = load_run(run_dir, which, device)
     cfg = run.cfg
     if cfg.algo != "maml":
         raise ConfigError(f"{run.run_dir} is an algo={cfg.algo} run; render a MAML run")

@@ -218,3 +218,56 @@ def test_a_second_evaluation_keeps_the_first_ones_methods_or_archives_it(tmp_pat
     assert set(read_task_returns(run / "eval" / "adaptation_tasks.csv")) == {"maml"}
     archived = read_task_returns(run / "eval" / "replaced" / "1" / "adaptation_tasks.csv")
     assert set(archived) == {"maml", "random"}
+
+
+def _as_if_trained_on_cuda(run_dir: Path) -> None:
+    """Rewrite a CPU run's checkpoints as those of a run trained with device=cuda."""
+    for name in ("checkpoint_latest.pt", "checkpoint_best.pt"):
+        state = checkpoint.load(run_dir / name)
+        state["config"]["device"] = "cuda"
+        checkpoint.save_atomic(state, run_dir / name)
+
+
+def test_a_run_trained_on_cuda_is_evaluated_and_rendered_on_the_cpu_with_device_cpu(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Without --device a GPU-trained run asks for CUDA (one line); --device cpu runs it, with
+    every method, and gives the returns of the same run trained on the CPU, bit for bit."""
+    from maml_rl.cli import main
+    from maml_rl.evaluate import read_task_returns
+
+    monkeypatch.setattr("torch.cuda.is_available", lambda: False)
+    runs = {}
+    for where in ("cpu", "cuda"):
+        runs[where] = fake_run(tmp_path / where / "run")
+        pretrained = fake_run(tmp_path / where / "pretrained", init_seed=2, algo="pretrained")
+        if where == "cuda":
+            _as_if_trained_on_cuda(runs[where])
+            _as_if_trained_on_cuda(pretrained)
+    common = ["--num-tasks", "3", "--num-steps", "1", "--baselines", "random", "--no-progress"]
+
+    def evaluate(where: str, *extra: str) -> int:
+        pretrained = str(tmp_path / where / "pretrained")
+        return main(["evaluate", str(runs[where]), "--pretrained", pretrained, *common, *extra])
+
+    capsys.readouterr()
+    assert evaluate("cuda") == 2
+    err = capsys.readouterr().err.strip()
+    assert "device 'cuda' requested but CUDA is not available" in err
+    assert len(err.splitlines()) == 1 and "Traceback" not in err
+    assert evaluate("cuda", "--device", "cpu") == 0
+    assert evaluate("cpu") == 0
+    on_cpu, from_cuda = (
+        read_task_returns(runs[where] / "eval" / "adaptation_tasks.csv") for where in runs
+    )
+    assert set(from_cuda) == {"maml", "pretrained", "random"}
+    for name, returns in on_cpu.items():
+        np.testing.assert_array_equal(from_cuda[name], returns)
+
+    out = tmp_path / "nav.png"
+    show = ["render", str(runs["cuda"]), "--steps", "0,1", "--eval-tasks", "3", "--out", str(out)]
+    assert main(show) == 2
+    assert main([*show, "--device", "cpu"]) == 0 and out.exists()
+    capsys.readouterr()
+    assert main([*show, "--device", "tpu"]) == 2
+    assert "device" in capsys.readouterr().err
