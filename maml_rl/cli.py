@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -147,7 +148,15 @@ def _baseline_dir(run_dir: Path, name: str, given: str | None, args: argparse.Na
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from maml_rl.evaluate import check_request, evaluate_run, format_table, save
+    from maml_rl.evaluate import (
+        PROTOCOL,
+        RAN_ON,
+        check_request,
+        evaluate_run,
+        format_table,
+        mixed_devices_note,
+        save,
+    )
 
     run_dir = Path(args.run_dir)
     if args.eval_seed is not None and args.eval_seed < 0:
@@ -191,6 +200,10 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     print(format_table(evaluation.rows))
     if evaluation.success:
         print(format_table(evaluation.success_rows, "success rate"))
+    record = json.loads((run_dir / "eval" / PROTOCOL).read_text())
+    note = mixed_devices_note(record.get(RAN_ON, {}))
+    if note:
+        print(note)
     print(f"wrote {csv_path} and {png_path}")
     return 0
 

@@ -16,10 +16,11 @@ from pathlib import Path
 import numpy as np
 
 from maml_rl.checkpoint import CheckpointError
-from maml_rl.evaluate import PROTOCOL, SummaryRow, read_task_returns, summarize
+from maml_rl.evaluate import PROTOCOL, RAN_ON, SummaryRow, read_task_returns, summarize
 
-# Protocol keys that may differ between the two runs (which checkpoint was evaluated).
-RUN_SPECIFIC = ("checkpoint",)
+# Keys of evaluation.json that may differ between the two runs: which checkpoint was
+# evaluated, and where each method ran (round-off only).
+RUN_SPECIFIC = ("checkpoint", RAN_ON)
 
 
 @dataclass(frozen=True)

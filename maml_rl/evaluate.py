@@ -299,6 +299,10 @@ class Evaluation:
     success: dict[str, np.ndarray] = field(default_factory=dict)
     """Per-task success rates of every method ([S + 1, N] each), for families reporting
     success; empty otherwise."""
+    ran_on: dict[str, str] = field(default_factory=dict)
+    """Where each method's policy ran ('cpu/float32', 'cuda/float64'); 'unrecorded' for a
+    method kept from an evaluation saved before this was recorded. Not part of the protocol:
+    the same tasks and seeds on another device differ only by round-off."""
 
     @property
     def protocol(self) -> dict[str, object]:
@@ -313,6 +317,11 @@ class Evaluation:
             "num_steps": int(shape[0]) - 1,
             "num_tasks": int(shape[1]),
         }
+
+    @property
+    def record(self) -> dict[str, object]:
+        """What `evaluation.json` holds: the protocol and, under RAN_ON, where each method ran."""
+        return {**self.protocol, RAN_ON: dict(self.ran_on)}
 
     @property
     def rows(self) -> list[SummaryRow]:
@@ -361,12 +370,14 @@ def evaluate_run(
 
     returns: dict[str, np.ndarray] = {}
     success: dict[str, np.ndarray] = {}
+    ran_on: dict[str, str] = {}
 
     def curve(
         name: str, method_cfg: Config, theta: Params | None, steps: Sequence[StepSize]
     ) -> None:
         batches = method_batches(method_cfg, theta, k, cfg, tasks, steps, seeds, seed)
         returns[name], rates = mean_returns(batches), mean_success(batches)
+        ran_on[name] = f"{method_cfg.device}/{method_cfg.dtype}"
         if rates is not None:
             success[name] = rates
         if not steps:  # the oracle: sampled once, not adapted
@@ -385,7 +396,7 @@ def evaluate_run(
             curve(name, loaded[name].cfg, loaded[name].theta, [])
     checkpoint = f"{which}@{run.iteration}"
     return Evaluation(
-        cfg.env, returns, tuple(schedule), learned, seed, k, checkpoint, success=success
+        cfg.env, returns, tuple(schedule), learned, seed, k, checkpoint, success, ran_on
     )
 
 
@@ -445,10 +456,21 @@ def read_task_returns(path: str | Path) -> dict[str, np.ndarray]:
 
 
 PROTOCOL = "evaluation.json"
+RAN_ON = "ran_on"
+"""The key of `evaluation.json` that records where each method ran (not a protocol key)."""
 # Success rates (families reporting success) use the same layouts; their `mean_return` column
 # holds the mean success rate.
 SUCCESS_OUTPUTS = ("success.csv", "success_tasks.csv")
 OUTPUTS = ("adaptation.csv", "adaptation_tasks.csv", "adaptation.png", PROTOCOL, *SUCCESS_OUTPUTS)
+
+
+def mixed_devices_note(ran_on: dict[str, str]) -> str:
+    """'' when every method ran on one device and dtype; else one line naming where each ran
+    (their returns then differ from a one-device evaluation by round-off)."""
+    if len(set(ran_on.values())) <= 1:
+        return ""
+    where = ", ".join(f"{method} on {place}" for method, place in ran_on.items())
+    return f"note: this evaluation merges methods run on different devices ({where})"
 
 
 def merged(evaluation: Evaluation, out_dir: Path) -> Evaluation:
@@ -458,15 +480,18 @@ def merged(evaluation: Evaluation, out_dir: Path) -> Evaluation:
     previous = out_dir / PROTOCOL
     if not (out_dir / "adaptation_tasks.csv").is_file():
         return evaluation
-    same = previous.is_file() and json.loads(previous.read_text()) == evaluation.protocol
-    if same:
+    record = json.loads(previous.read_text()) if previous.is_file() else None
+    earlier_ran_on = record.pop(RAN_ON, {}) if isinstance(record, dict) else {}
+    if record == evaluation.protocol:
         earlier = read_task_returns(out_dir / "adaptation_tasks.csv")
         kept = {m: r for m, r in earlier.items() if m not in evaluation.returns}
         success = dict(evaluation.success)
         if (out_dir / "success_tasks.csv").is_file():
             earlier_success = read_task_returns(out_dir / "success_tasks.csv")
             success.update({m: r for m, r in earlier_success.items() if m in kept})
-        return replace(evaluation, returns={**evaluation.returns, **kept}, success=success)
+        ran_on = {**{m: earlier_ran_on.get(m, "unrecorded") for m in kept}, **evaluation.ran_on}
+        returns = {**evaluation.returns, **kept}
+        return replace(evaluation, returns=returns, success=success, ran_on=ran_on)
     archive = out_dir / "replaced"
     number = 1 + max((int(p.name) for p in archive.glob("[0-9]*") if p.name.isdigit()), default=0)
     target = archive / str(number)
@@ -485,7 +510,7 @@ def save(evaluation: Evaluation, out_dir: str | Path) -> tuple[Path, Path]:
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     evaluation = merged(evaluation, out_dir)
-    (out_dir / PROTOCOL).write_text(json.dumps(evaluation.protocol, indent=1) + "\n")
+    (out_dir / PROTOCOL).write_text(json.dumps(evaluation.record, indent=1) + "\n")
     csv_path, png_path = out_dir / "adaptation.csv", out_dir / "adaptation.png"
     rows = evaluation.rows
     write_csv(rows, csv_path)

@@ -31,7 +31,8 @@ def test_paired_difference_is_the_t_interval_of_the_per_task_differences(tmp_pat
     ra = shared + rng.normal(1.0, 0.5, size=(2, 5))
     rb = shared + rng.normal(0.0, 0.5, size=(2, 5))
     a = _evaluated(tmp_path / "a", {"maml": ra, "random": rb})
-    b = _evaluated(tmp_path / "b", {"maml": rb}, checkpoint="best@3")  # checkpoints may differ
+    # checkpoints and devices may differ
+    b = _evaluated(tmp_path / "b", {"maml": rb}, checkpoint="best@3", ran_on={"maml": "cuda/f"})
     rows_a, rows_b, diff = paired_difference(load_evaluation(a), load_evaluation(b))
     for step in range(2):
         d = ra[step] - rb[step]

@@ -3,6 +3,7 @@ rules (oracle not adapted, learned step sizes), common random numbers and reprod
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 
@@ -214,6 +215,8 @@ def test_a_second_evaluation_keeps_the_first_ones_methods_or_archives_it(tmp_pat
     assert set(second) == {"maml", "random"}
     np.testing.assert_array_equal(second["random"], first["random"])
     np.testing.assert_array_equal(second["maml"], first["maml"])
+    record = json.loads((run / "eval" / "evaluation.json").read_text())
+    assert record["ran_on"] == {"maml": "cpu/float32", "random": "cpu/float32"}
     assert main([*common[:3], "4", *common[4:]]) == 0  # another protocol: the old one moves
     assert set(read_task_returns(run / "eval" / "adaptation_tasks.csv")) == {"maml"}
     archived = read_task_returns(run / "eval" / "replaced" / "1" / "adaptation_tasks.csv")
@@ -271,3 +274,33 @@ def test_a_run_trained_on_cuda_is_evaluated_and_rendered_on_the_cpu_with_device_
     capsys.readouterr()
     assert main([*show, "--device", "tpu"]) == 2
     assert "device" in capsys.readouterr().err
+
+
+def test_an_evaluation_records_where_each_method_ran_and_notes_a_merge_across_devices(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`ran_on` is recorded beside the protocol, not in it: a method kept from an evaluation
+    that ran elsewhere (or that predates the record) keeps its entry, and the CLI says so."""
+    from maml_rl.cli import main
+    from maml_rl.compare import load_evaluation
+
+    run = fake_run(tmp_path / "run")
+    common = ["evaluate", str(run), "--num-tasks", "3", "--num-steps", "1", "--no-progress"]
+    assert main([*common, "--baselines", "random"]) == 0
+    assert "different devices" not in capsys.readouterr().out
+    path = run / "eval" / "evaluation.json"
+    record = json.loads(path.read_text())
+    assert record.pop("ran_on") == {"maml": "cpu/float32", "random": "cpu/float32"}
+    path.write_text(json.dumps(record | {"ran_on": {"random": "cuda/float32"}}))
+    assert main(common) == 0  # same protocol: random is kept with the device it ran on
+    out = capsys.readouterr().out
+    assert "merges methods run on different devices (random on cuda/float32, maml on cpu" in out
+    assert json.loads(path.read_text())["ran_on"] == {
+        "random": "cuda/float32",
+        "maml": "cpu/float32",
+    }
+    path.write_text(json.dumps(record))  # saved before `ran_on` existed: same protocol still
+    assert main(common) == 0
+    assert "random on unrecorded" in capsys.readouterr().out
+    assert not (run / "eval" / "replaced").exists()
+    assert set(load_evaluation(run).returns) == {"maml", "random"}
