@@ -16,6 +16,7 @@ import torch
 from torch import Tensor
 
 from maml_rl.returns import discounted_returns, gae, masked_normalize
+from maml_rl.threads import torch_threads
 
 __all__ = ["advantages", "features", "fit", "predict"]
 
@@ -128,10 +129,13 @@ def fit(
     (Xₙᵀ Wₙ Xₙ + reg·I) wₙ = Xₙᵀ Wₙ yₙ,   Wₙ = diag(mask of task n),
 
     with Xₙ the ``[T·K, F]`` features of task n and yₙ its ``[T·K]`` returns. The algebra is
-    done in float64 with a batched Cholesky solve. A task whose factorisation fails or whose
-    solution is non-finite is retried with reg multiplied by 10 (only the failing tasks), up to
-    ``max_tries`` attempts in total; a task that still fails gets zero weights (prediction 0).
-    Escalation cannot help when ``reg_coeff`` is 0.
+    done in float64 with a batched Cholesky solve, on one torch thread: on wide inputs (the
+    ant's 105 observations) torch splits the sums of Xᵀ W X by thread, and their rounding, which
+    the solve amplifies to about 1e-4 in float32 weights, would depend on the thread count. A
+    task whose factorisation fails or whose solution is non-finite is retried with reg
+    multiplied by 10 (only the failing tasks), up to ``max_tries`` attempts in total; a task
+    that still fails gets zero weights (prediction 0). Escalation cannot help when
+    ``reg_coeff`` is 0.
 
     Args:
         observations: ``[T, N, K, D]``.
@@ -150,8 +154,9 @@ def fit(
         raise ValueError(f"reg_coeff must be finite and >= 0, got {reg_coeff}")
     if max_tries < 1:
         raise ValueError(f"max_tries must be >= 1, got {max_tries}")
-    gram, rhs = _normal_equations(observations, returns, mask)
-    weights = _solve_with_escalation(gram, rhs, reg_coeff, max_tries)
+    with torch_threads(1):  # the sums' rounding would depend on the thread count otherwise
+        gram, rhs = _normal_equations(observations, returns, mask)
+        weights = _solve_with_escalation(gram, rhs, reg_coeff, max_tries)
     return weights.to(observations.dtype)
 
 

@@ -17,8 +17,7 @@ both close the mask the same way: the step that ends an episode is its last vali
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from typing import Protocol
 
 import gymnasium as gym
@@ -28,6 +27,7 @@ from torch import nn
 
 from maml_rl.policy import Categorical, Normal, action_noise, forward, sample
 from maml_rl.tasks import BatchEnv, Task, TaskFamily, TaskFamilyError
+from maml_rl.threads import torch_threads
 from maml_rl.types import Batch, Params
 from maml_rl.vector import BACKENDS, EnvironmentFailure, make_batch_env
 
@@ -119,7 +119,7 @@ class Sampler:
         yields the same trajectories whichever sampler runs it. Steps after an episode ended
         hold zeros (mask 0); T is the longest episode.
         """
-        with _torch_threads(self.policy_threads):
+        with torch_threads(self.policy_threads):
             return self._sample(params, tasks, seed, per_task, first_task)
 
     def _sample(
@@ -207,15 +207,3 @@ class Sampler:
         for env in self._envs.values():
             env.close()
         self._envs.clear()
-
-
-@contextmanager
-def _torch_threads(num_threads: int | None) -> Iterator[None]:
-    """torch's intra-op thread count set to `num_threads` inside the block (None: unchanged)."""
-    previous = torch.get_num_threads()
-    if num_threads is not None:
-        torch.set_num_threads(num_threads)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(previous)

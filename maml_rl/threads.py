@@ -22,11 +22,25 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
 
 PROC_STAT = Path("/proc/stat")
+
+
+@contextmanager
+def torch_threads(num_threads: int | None) -> Iterator[None]:
+    """torch's intra-op thread count set to `num_threads` inside the block (None: unchanged)."""
+    previous = torch.get_num_threads()
+    if num_threads is not None:
+        torch.set_num_threads(num_threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
 
 
 def allowed_cpus() -> list[int]:

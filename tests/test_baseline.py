@@ -340,3 +340,24 @@ def test_inputs_are_not_mutated() -> None:
         call()
         for orig, now in zip(before, (obs, returns, mask, w), strict=True):
             torch.testing.assert_close(now, orig, equal_nan=True, msg=f"{name} mutated input")
+
+
+def test_fit_does_not_depend_on_torchs_thread_count() -> None:
+    """An ant-sized batch ([T=100, N=10, K=10, D=105], F = 214): the normal equations' sums
+    round differently on 1 and 2 threads unless the fit runs on one. On ant batches the
+    difference reached 1e-4 in float32 weights, and every advantage, inner step and
+    evaluation would depend on the machine's load."""
+    g = torch.Generator().manual_seed(0)
+    obs = torch.randn(100, 10, 10, 105, generator=g, dtype=torch.float64)  # float64 weights:
+    returns = torch.randn(100, 10, 10, generator=g, dtype=torch.float64)  # no rounding hides it
+    mask = (torch.rand(100, 10, 10, generator=g) > 0.1).float()
+    previous = torch.get_num_threads()
+    weights = []
+    try:
+        for count in (1, 2):
+            torch.set_num_threads(count)
+            weights.append(fit(obs, returns, mask))
+            assert torch.get_num_threads() == count  # restored after the fit
+    finally:
+        torch.set_num_threads(previous)
+    assert torch.equal(weights[0], weights[1])

@@ -86,7 +86,8 @@ def test_this_machines_counters_are_read() -> None:
 
 def test_a_meta_iteration_is_bit_identical_on_one_and_two_threads() -> None:
     """AutoThreads changes the thread count with the machine's load, mid-run: resumed and
-    uninterrupted runs stay bit-identical only because the result does not depend on it."""
+    uninterrupted navigation runs stay bit-identical only because the result does not depend
+    on it. (An ant meta-iteration's TRPO step does, by about 4e-8: README, `torch_threads`.)"""
     from maml_rl.build import Streams, build
     from maml_rl.cli import find_config
     from maml_rl.config import load
