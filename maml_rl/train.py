@@ -7,24 +7,18 @@ import json
 import shutil
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from maml_rl.errors import RunInterrupted, RunStopped
-
-try:
-    import fcntl
-except ImportError:  # Windows: runs are not locked
-    fcntl = None  # type: ignore[assignment]
-
-from maml_rl import checkpoint, diagnostics
+from maml_rl import artifacts, checkpoint, diagnostics
 from maml_rl.build import Streams, build
 from maml_rl.checker import check_family
 from maml_rl.checkpoint import CheckpointError
 from maml_rl.config import Config, from_dict, from_saved, save
+from maml_rl.errors import RunInterrupted, RunStopped
 from maml_rl.inner import init_step_size
 from maml_rl.logger import RunLogger, truncate_metrics
 from maml_rl.maml import NonFiniteError, collect, draw_seeds, meta_step
@@ -42,44 +36,65 @@ from (`import_root`), and the sampler backend `auto` chose."""
 MAX_CONSECUTIVE_SKIPS = 3
 
 
-LOCK = ".lock"
+LOCK = artifacts.LOCK
 
 
 @contextmanager
 def hold_run_dir(run_dir: Path, resume: bool, overwrite: bool) -> Iterator[None]:
-    """Own `run_dir` while training: refuse to clobber an existing run unless asked to resume
-    or overwrite it, and hold an exclusive lock on `DIR/.lock` so that a second process
-    training into the same directory (a rerun while the first is still going) stops at once
-    with a one-line error instead of interleaving checkpoints. The lock is released when the
-    block ends or the process dies (POSIX `flock`; not taken where `fcntl` is missing)."""
+    """Own `run_dir` while training, under its lock (`artifacts.locked` on `DIR/.lock`): a
+    second process training into the same directory stops at once with a one-line error
+    instead of interleaving checkpoints; the lock dies with its holder.
+
+    A directory holds a run once it has a checkpoint: a new start there is refused unless asked
+    to resume or overwrite it. A run directory without one (`run.json` only: a start that
+    crashed or was killed before its first checkpoint) is a failed start, which a new start
+    reuses. A non-empty directory that holds no run (a user's folder) is refused, even with
+    --overwrite. Clearing a run deletes only what `maml_rl` writes there
+    (`artifacts.RUN_ENTRIES`), never a user's other files."""
     if resume and not (run_dir / LATEST).exists():
-        raise CheckpointError(f"nothing to resume: {run_dir / LATEST} does not exist")
+        raise CheckpointError(_nothing_to_resume(run_dir))
     run_dir.mkdir(parents=True, exist_ok=True)
-    with (run_dir / LOCK).open("a") as lock:
-        if fcntl is not None:
-            try:
-                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                raise CheckpointError(
-                    f"another process is training in {run_dir}; wait for it to finish or stop it"
-                ) from None
-        has_run = (run_dir / LATEST).exists() or (run_dir / "metrics.jsonl").exists()
-        if has_run and not (resume or overwrite):
-            raise CheckpointError(
-                f"run directory {run_dir} already holds a run; pass --resume to continue it "
-                "or --overwrite to replace it"
-            )
-        if has_run and overwrite and not resume:
-            busy = _locked_runs_inside(run_dir)
-            if busy:
-                raise CheckpointError(
-                    f"cannot overwrite {run_dir}: a process is training in {busy[0]} "
-                    "(e.g. evaluate --train-baselines); wait for it to finish or stop it"
-                )
-            for path in run_dir.iterdir():  # everything but the lock we hold
-                if path.name != LOCK:
-                    shutil.rmtree(path) if path.is_dir() else path.unlink()
+    busy = f"another process is training in {run_dir}; wait for it to finish or stop it"
+    with artifacts.locked(run_dir / LOCK, busy):
+        if not resume:
+            _clear_for_start(run_dir, overwrite)
         yield
+
+
+def _nothing_to_resume(run_dir: Path) -> str:
+    if (run_dir / RUN_RECORD).exists():  # a start killed before its first checkpoint
+        return (
+            f"nothing to resume: {run_dir} holds a run that never completed an iteration (no "
+            f"{LATEST}); start it again with: maml-rl train CONFIG --out {run_dir}"
+        )
+    return f"nothing to resume: {run_dir / LATEST} does not exist"
+
+
+def _clear_for_start(run_dir: Path, overwrite: bool) -> None:
+    """Make `run_dir` ready for a new run (see `hold_run_dir`), or a one-line error."""
+    has_run = (run_dir / LATEST).exists()
+    if has_run and not overwrite:
+        raise CheckpointError(
+            f"run directory {run_dir} already holds a run; pass --resume to continue it "
+            "or --overwrite to replace it"
+        )
+    entries = sorted(p for p in run_dir.iterdir() if p.name != LOCK)
+    if entries and not has_run and not (run_dir / RUN_RECORD).exists():
+        names = ", ".join(p.name for p in entries[:3]) + (", ..." if len(entries) > 3 else "")
+        raise CheckpointError(
+            f"{run_dir} is not empty and holds no maml_rl run ({names}); give --out a new or "
+            "empty directory"
+        )
+    with ExitStack() as held:  # every lock below it (evaluate, a baseline it trains)
+        for lock_path in sorted(run_dir.glob(f"*/**/{LOCK}")):
+            held.enter_context(artifacts.locked(lock_path, (
+                f"cannot {'overwrite' if has_run else 'reuse'} {run_dir}: a process is using "
+                f"{lock_path.parent} (evaluate, or a baseline it trains); wait for it to "
+                "finish or stop it"
+            )))  # fmt: skip
+        for path in entries:
+            if artifacts.is_run_entry(path.name):
+                shutil.rmtree(path) if path.is_dir() else path.unlink()
 
 
 def describe_sampler(family: TaskFamily, cfg: Config) -> str:
@@ -99,28 +114,12 @@ mode computes the same curvature, the finite-difference one approximately). Ever
 defines the experiment (what is learned, its shapes, dtype, data and estimator)."""
 
 
-def _locked_runs_inside(run_dir: Path) -> list[Path]:
-    """Run directories below `run_dir` whose lock another process holds right now."""
-    held = []
-    for lock_path in sorted(run_dir.glob(f"*/**/{LOCK}")):
-        if fcntl is None:
-            break
-        with lock_path.open("a") as lock:
-            try:
-                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                held.append(lock_path.parent)
-            else:
-                fcntl.flock(lock, fcntl.LOCK_UN)
-    return held
-
-
 def load_resume_config(run_dir: Path, overrides: dict[str, Any]) -> Config:
     """The config a run was started with, plus the overrides allowed on resume (num_batches,
     sampler, device: `RESUMABLE_KEYS`); any other key given with a new value is refused in one
     line that names it (overrides equal to the saved values are fine)."""
     if not (run_dir / LATEST).exists():
-        raise CheckpointError(f"nothing to resume: {run_dir / LATEST} does not exist")
+        raise CheckpointError(_nothing_to_resume(run_dir))
     state = checkpoint.load(run_dir / LATEST)
     add_import_root(state.get("import_root"))
     saved = from_saved(state["config"])
@@ -193,7 +192,7 @@ def _train(
                 f"task family {family!r}: the family check raised {type(error).__name__}: {error}"
             ) from error
     origin = import_root(cfg.env)  # where a module:Class family was found, for later loads
-    (run_dir / RUN_RECORD).write_text(
+    artifacts.write_text(run_dir / RUN_RECORD,
         json.dumps({"env": cfg.env, "import_root": origin,
                     "sampler": describe_sampler(family, cfg)}, indent=1) + "\n"
     )  # fmt: skip
