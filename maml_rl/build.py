@@ -9,13 +9,18 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+import gymnasium as gym
 import numpy as np
 import torch
+from torch import nn
 
 from maml_rl.config import Config, ConfigError
 from maml_rl.memory import RunSizes, check_run
+from maml_rl.mlp_derivatives import supports
+from maml_rl.observations import FlatObservationFamily, describe, is_flat
 from maml_rl.oracle import OracleFamily
-from maml_rl.policy import Policy, build_policy
+from maml_rl.policy import build_policy
+from maml_rl.policy_adapter import build_custom_policy
 from maml_rl.sampler import Sampler, TrajectorySampler
 from maml_rl.tasks import TaskFamily, TaskFamilyError, make_family
 from maml_rl.vector import horizon_of
@@ -57,9 +62,18 @@ class Streams:
 
 
 def _flat_size(space: object) -> int:
-    """Numbers per observation or action (1 for a discrete space)."""
+    """Numbers per action (1 for a discrete space)."""
     shape = getattr(space, "shape", None) or (1,)
     return int(np.prod(shape))
+
+
+def describe_policy(policy: nn.Module, cfg: Config) -> str:
+    """What the start-up line says of the policy and its derivative path."""
+    if cfg.policy is None:
+        path = "closed-form Gauss-Newton products" if supports(policy) else "autograd products"
+        return f"built-in MLP {list(cfg.hidden_sizes)} {cfg.nonlinearity}, {path}"
+    count = sum(p.numel() for p in policy.parameters())
+    return f"{cfg.policy} ({count:,} parameters), generic autograd products"
 
 
 def resolve_device(name: str) -> torch.device:
@@ -73,7 +87,7 @@ def build(
     generator: torch.Generator | None,
     on_event: Callable[[str], None] | None = None,
     num_tasks: int | None = None,
-) -> tuple[TaskFamily, Policy, TrajectorySampler]:
+) -> tuple[TaskFamily, nn.Module, TrajectorySampler]:
     """The task family, the policy (initialised from `generator`) and the sampler of a config.
 
     on_event: where a distributed sampler reports faults it recovered from (one line each).
@@ -86,8 +100,16 @@ def build(
     probe = family.make_env()
     observation_space, action_space = probe.observation_space, probe.action_space
     probe.close()
+    if cfg.policy is None and not is_flat(observation_space):
+        raise TaskFamilyError(
+            f"task family '{cfg.env}': the built-in MLP policy needs a flat Box observation "
+            f"space, got {describe(observation_space)}; give a policy that takes it "
+            "(config key `policy: module:callable`)"
+        )
+    if not is_flat(observation_space):  # the sampler steps flat observations
+        family = FlatObservationFamily(family, observation_space)
     sizes = RunSizes(
-        _flat_size(observation_space),
+        int(gym.spaces.flatdim(observation_space)),
         _flat_size(action_space),
         tuple(cfg.hidden_sizes),
         horizon_of(family),
@@ -97,19 +119,25 @@ def build(
         DTYPES[cfg.dtype].itemsize,
     )
     check_run(sizes)
-    try:
-        policy = build_policy(
-            observation_space,
-            action_space,
-            cfg.hidden_sizes,
-            cfg.nonlinearity,
-            cfg.init_std,
-            generator=generator,
-        )
-    except ValueError as error:  # spaces the policy cannot handle
-        raise TaskFamilyError(f"task family '{cfg.env}': {error}") from error
     device, dtype = resolve_device(cfg.device), DTYPES[cfg.dtype]
-    policy = policy.to(device=device, dtype=dtype)
+    if cfg.policy is not None:
+        policy: nn.Module = build_custom_policy(
+            cfg.policy, cfg.policy_kwargs, observation_space, action_space, generator, device,
+            dtype,
+        )  # fmt: skip
+    else:
+        try:
+            policy = build_policy(
+                observation_space,
+                action_space,
+                cfg.hidden_sizes,
+                cfg.nonlinearity,
+                cfg.init_std,
+                generator=generator,
+            )
+        except ValueError as error:  # spaces the policy cannot handle
+            raise TaskFamilyError(f"task family '{cfg.env}': {error}") from error
+        policy = policy.to(device=device, dtype=dtype)
     if cfg.sampler == "ray":
         from maml_rl.ray_sampler import RaySampler  # optional dependency
 

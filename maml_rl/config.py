@@ -18,6 +18,8 @@ from typing import Any
 
 import yaml
 
+from maml_rl.imports import ImportTargetError, target_of
+
 
 class ConfigError(ValueError):
     """A user mistake in a configuration (file, key or value); the message is one line."""
@@ -79,6 +81,16 @@ class Config:
     """Hidden activation: tanh, relu, elu, gelu or silu."""
     init_std: float = 1.0
     """Initial standard deviation of the Gaussian policy (state-independent log-std)."""
+    policy: str | None = None
+    """The policy network: null for the built-in MLP (`hidden_sizes`, `nonlinearity`,
+    `init_std`), or `module:callable` for your own: called as
+    `callable(observation_space, action_space, **policy_kwargs)`, it returns a
+    `torch.nn.Module` whose `forward(observations)` returns `maml_rl.Normal(mean, log_std)`
+    (Box actions) or `maml_rl.Categorical(logits)` (Discrete actions). From Python the callable
+    itself may be given; the run records it as `module:name`, and `evaluate`, `render` and
+    `--resume` rebuild it from any directory."""
+    policy_kwargs: dict[str, Any] = field(default_factory=dict)
+    """Keyword arguments of `policy` (ignored by the built-in MLP)."""
     fast_lr: float = 0.1
     """Inner-loop (adaptation) step size alpha."""
     learn_step_size: str = "none"
@@ -175,6 +187,8 @@ class Config:
     a machine: oversubscribed OpenMP threads spin and slow every run down."""
 
     def __post_init__(self) -> None:
+        if self.policy is not None and not isinstance(self.policy, str):
+            object.__setattr__(self, "policy", policy_target(self.policy))
         _validate(self)
 
     @property
@@ -186,6 +200,18 @@ class Config:
         out = dataclasses.asdict(self)
         out["hidden_sizes"] = list(self.hidden_sizes)
         return out
+
+
+def policy_target(policy: Any) -> str:
+    """The `module:name` a policy callable given from Python is recorded as; ConfigError if
+    it cannot be imported back (a lambda, a nested function)."""
+    if not callable(policy):
+        raise ConfigError(f"config key 'policy' must be null, 'module:callable' or a callable, "
+                          f"got {policy!r}")  # fmt: skip
+    try:
+        return target_of(policy, "policy")
+    except ImportTargetError as error:
+        raise ConfigError(f"config key 'policy': {error}") from error
 
 
 def _check(ok: bool, key: str, message: str, value: Any) -> None:
@@ -247,6 +273,12 @@ def _validate(cfg: Config) -> None:
         _check(
             getattr(cfg, key) in allowed, key, f"must be one of {list(allowed)}", getattr(cfg, key)
         )
+    _check(
+        cfg.policy is None or all(cfg.policy.partition(":")[::2]),
+        "policy",
+        "must be null or 'module:callable'",
+        cfg.policy,
+    )
     _check(
         cfg.device == "cpu" or cfg.device.startswith("cuda"),
         "device",
@@ -322,6 +354,8 @@ def from_dict(
             close = difflib.get_close_matches(key, FIELD_NAMES, n=1)
             hint = f"; did you mean '{close[0]}'?" if close else ""
             raise ConfigError(f"unknown config key '{raw_key}'{hint}")
+        if key == "policy" and callable(value):
+            value = policy_target(value)
         updates[key] = _coerce(key, value, FIELD_TYPES[key])
     return dataclasses.replace(base or Config(), **updates)
 

@@ -26,3 +26,17 @@ class RunInterrupted(KeyboardInterrupt):
 
 class ResourceError(ValueError):
     """Sizes whose estimated memory exceeds what the machine has; the message is one line."""
+
+
+class StopTraining(Exception):
+    """Raised by a training callback to end the run cleanly after the current iteration (as
+    returning False does); the iteration is saved and the run resumes with ``resume=True``.
+
+    >>> def stop_when_good(info):
+    ...     if info.metrics["returns/post_update"] > -20:
+    ...         raise StopTraining("good enough")
+    """
+
+
+class PolicyError(ValueError):
+    """A policy that cannot be built, or that the algorithm cannot use; the message is one line."""

@@ -16,19 +16,16 @@ Families are looked up by name from the ``maml_rl.task_families`` entry-point gr
 
 from __future__ import annotations
 
-import importlib
 import inspect
-import os
 import re
-import sys
 from collections.abc import Sequence
 from importlib.metadata import entry_points
-from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 import gymnasium as gym
 import numpy as np
 
+from maml_rl import imports
 from maml_rl.errors import TaskFamilyError
 
 ENTRY_POINT_GROUP = "maml_rl.task_families"
@@ -77,35 +74,11 @@ def available_families() -> dict[str, str]:
     return {ep.name: ep.value for ep in entry_points(group=ENTRY_POINT_GROUP)}
 
 
-def _import_module(name: str) -> Any:
-    """Import a module; a top-level module not on sys.path is also looked for in the current
-    directory (console scripts do not put it on sys.path, `python -m` does)."""
-    try:
-        return importlib.import_module(name)
-    except ModuleNotFoundError as error:
-        cwd = os.getcwd()
-        if error.name != name.split(".")[0] or cwd in sys.path:
-            raise
-        sys.path.append(cwd)
-        return importlib.import_module(name)
-
-
 def _import_target(target: str) -> Any:
-    module_name, _, attribute = target.partition(":")
-    if not module_name or not attribute:
-        raise TaskFamilyError(f"task family path {target!r} must look like 'module:Class'")
     try:
-        module = _import_module(module_name)
-    except Exception as error:  # ImportError, or any error raised while importing the module
-        raise TaskFamilyError(
-            f"cannot import task family module '{module_name}': {type(error).__name__}: {error}"
-        ) from error
-    obj: Any = module
-    for part in attribute.split("."):
-        if not hasattr(obj, part):
-            raise TaskFamilyError(f"module '{module_name}' has no attribute '{attribute}'")
-        obj = getattr(obj, part)
-    return obj
+        return imports.import_target(target, "task family")
+    except imports.ImportTargetError as error:
+        raise TaskFamilyError(str(error)) from error
 
 
 def import_root(name: str) -> str | None:
@@ -114,23 +87,10 @@ def import_root(name: str) -> str | None:
     record it (`train`), so `evaluate`, `render` and `--resume` work from any directory."""
     if name in available_families() or ":" not in name:
         return None
-    module_name = name.partition(":")[0]
-    module = sys.modules.get(module_name) or _import_module(module_name)
-    path = getattr(module, "__file__", None)
-    if path is None:
-        return None
-    root = Path(path).resolve().parent
-    if Path(path).name == "__init__.py":
-        root = root.parent
-    for _ in range(module_name.count(".")):
-        root = root.parent
-    return str(root)
+    return imports.import_root(name)
 
 
-def add_import_root(root: str | None) -> None:
-    """Make a recorded `import_root` importable (appended to sys.path, if it still exists)."""
-    if root and Path(root).is_dir() and root not in sys.path:
-        sys.path.append(root)
+add_import_root = imports.add_import_root
 
 
 def resolve_family_class(name: str) -> Any:

@@ -440,6 +440,8 @@ def test_save_load_round_trip_non_defaults(tmp_path: Path) -> None:
             "seed": 123,
             "device": "cuda:0",
             "dtype": "float64",
+            "policy": "my_policies:LayerNormMLP",
+            "policy_kwargs": {"hidden": 32},
         }
     )
     # every field differs from its default, so the round trip covers all of them
