@@ -20,6 +20,7 @@ import json
 import os
 import re
 import secrets
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -131,14 +132,18 @@ def read_json(path: str | Path, remedy: str) -> Any:
 
 
 @contextmanager
-def locked(lock_path: str | Path, busy: str) -> Iterator[None]:
+def locked(lock_path: str | Path, busy: str, wait_s: float = 0.0) -> Iterator[None]:
     """Hold an exclusive lock on `lock_path` (created if missing) for the block; if another
-    process holds it, a one-line ArtifactError `busy` at once. The lock dies with its holder
-    (POSIX `flock`; not taken where `fcntl` is missing)."""
+    process holds it for longer than `wait_s` seconds, a one-line ArtifactError `busy`. The
+    lock dies with its holder (POSIX `flock`; not taken where `fcntl` is missing)."""
+    deadline = time.monotonic() + wait_s
     with Path(lock_path).open("a") as handle:
-        if fcntl is not None:
+        while fcntl is not None:
             try:
                 fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
             except BlockingIOError:
-                raise ArtifactError(busy) from None
+                if time.monotonic() >= deadline:
+                    raise ArtifactError(busy) from None
+                time.sleep(0.1)
         yield

@@ -148,6 +148,13 @@ def _baseline_dir(run_dir: Path, name: str, given: str | None, args: argparse.Na
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
+    from maml_rl.evaluate import hold_eval_dir
+
+    with hold_eval_dir(Path(args.run_dir) / "eval"):  # a second evaluate or --overwrite: refused
+        return _evaluate(args)
+
+
+def _evaluate(args: argparse.Namespace) -> int:
     from maml_rl.evaluate import (
         PROTOCOL,
         RAN_ON,
@@ -189,7 +196,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         eval_seed=args.eval_seed,
         device=args.device,
     )
-    csv_path, png_path = save(evaluation, run_dir / "eval")
+    csv_path, png_path = save(evaluation, run_dir / "eval", report=print)
     schedule = ", ".join(f"{a:g}" for a in evaluation.step_sizes) or "none"
     learned = "; maml uses its meta-learned step sizes" if evaluation.learned_step_size else ""
     print(

@@ -9,12 +9,13 @@ own interval: mean(d) ± t_{0.975, N-1} · std(d, ddof=1) / sqrt(N) (`evaluate.s
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from maml_rl import artifacts
+from maml_rl.artifacts import ArtifactError
 from maml_rl.checkpoint import CheckpointError
 from maml_rl.evaluate import PROTOCOL, RAN_ON, SummaryRow, read_task_returns, summarize
 
@@ -40,13 +41,16 @@ def load_evaluation(run_dir: str | Path) -> RunEvaluation:
     protocol_path = run_dir / "eval" / PROTOCOL
     if not protocol_path.is_file():
         raise CheckpointError(f"{run_dir} has no evaluation; run `maml-rl evaluate {run_dir}`")
-    try:
-        protocol = json.loads(protocol_path.read_text())
-    except json.JSONDecodeError as error:
-        raise CheckpointError(f"{protocol_path} is not valid JSON: {error}") from None
-    returns = read_task_returns(run_dir / "eval" / "adaptation_tasks.csv")
+    remedy = f"evaluate the run again: maml-rl evaluate {run_dir}"
+    protocol = artifacts.read_json(protocol_path, remedy)
+    if not isinstance(protocol, dict):
+        raise ArtifactError(f"{protocol_path} is not an evaluation record; {remedy}")
+    shape = None  # the per-task rows must fill the protocol's (S + 1) x N where it gives them
+    if isinstance(protocol.get("num_steps"), int) and isinstance(protocol.get("num_tasks"), int):
+        shape = (protocol["num_steps"] + 1, protocol["num_tasks"])
+    returns = read_task_returns(run_dir / "eval" / "adaptation_tasks.csv", shape)
     success_path = run_dir / "eval" / "success_tasks.csv"
-    success = read_task_returns(success_path) if success_path.is_file() else {}
+    success = read_task_returns(success_path, shape) if success_path.is_file() else {}
     return RunEvaluation(run_dir, protocol, returns, success)
 
 

@@ -15,9 +15,13 @@ observes the task parameters, not adapted: its 0-step return at every step).
 from __future__ import annotations
 
 import csv
+import io
 import json
 import math
-from collections.abc import Sequence
+import shutil
+import warnings
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import astuple, dataclass, field, fields, replace
 from pathlib import Path
 
@@ -25,7 +29,8 @@ import numpy as np
 import torch
 from scipy import stats
 
-from maml_rl import checkpoint
+from maml_rl import artifacts, checkpoint
+from maml_rl.artifacts import ArtifactError
 from maml_rl.build import Streams, build
 from maml_rl.checkpoint import CheckpointError
 from maml_rl.config import Config, ConfigError, from_saved
@@ -400,14 +405,18 @@ def evaluate_run(
     )
 
 
+def _csv_text(header: Sequence[str], rows: Iterable[Sequence[object]]) -> str:
+    buffer = io.StringIO(newline="")
+    writer = csv.writer(buffer)
+    writer.writerow(header)
+    writer.writerows(rows)
+    return buffer.getvalue()
+
+
 def write_csv(rows: Sequence[SummaryRow], path: str | Path) -> None:
-    """`path` with a header of COLUMNS and one line per row (floats at full precision)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w", newline="") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(COLUMNS)
-        writer.writerows(astuple(row) for row in rows)
+    """`path` with a header of COLUMNS and one line per row (floats at full precision),
+    written atomically (`artifacts`)."""
+    artifacts.write_text(path, _csv_text(COLUMNS, (astuple(row) for row in rows)))
 
 
 TASK_COLUMNS = ("method", "step", "task", "mean_return")
@@ -415,40 +424,52 @@ TASK_COLUMNS = ("method", "step", "task", "mean_return")
 
 def write_task_returns(returns: dict[str, np.ndarray], path: str | Path) -> None:
     """`path` with one line per (method, step, task): the per-task returns ([S + 1, N] per
-    method) that the summary rows average, so evaluations of several seeds can be pooled."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w", newline="") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(TASK_COLUMNS)
-        for method, values in returns.items():
-            for (step, task), value in np.ndenumerate(values):
-                writer.writerow((method, step, task, repr(float(value))))
+    method) that the summary rows average, so evaluations of several seeds can be pooled;
+    written atomically (`artifacts`)."""
+    lines = (
+        (method, step, task, repr(float(value)))
+        for method, values in returns.items()
+        for (step, task), value in np.ndenumerate(values)
+    )
+    artifacts.write_text(path, _csv_text(TASK_COLUMNS, lines))
 
 
-def read_task_returns(path: str | Path) -> dict[str, np.ndarray]:
-    """The per-task returns written by `write_task_returns`: method -> [S + 1, N] (float64)."""
+def read_task_returns(
+    path: str | Path, shape: tuple[int, int] | None = None
+) -> dict[str, np.ndarray]:
+    """The per-task returns written by `write_task_returns`: method -> [S + 1, N] (float64).
+
+    A file that is not one, a malformed or repeated row, or a method whose rows do not fill
+    its steps x tasks (or `shape`, the protocol's (S + 1, N), when given) is a one-line
+    ArtifactError naming the file."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"no per-task returns at {path}; run `maml-rl evaluate` first")
     cells: dict[str, dict[tuple[int, int], float]] = {}
-    with path.open(newline="") as handle:
+    with path.open(newline="", errors="replace") as handle:
         reader = csv.DictReader(handle)
         if tuple(reader.fieldnames or ()) != TASK_COLUMNS:
-            raise CheckpointError(f"{path} is not a per-task returns file (columns {TASK_COLUMNS})")
+            raise ArtifactError(f"{path} is not a per-task returns file (columns {TASK_COLUMNS})")
         for number, line in enumerate(reader, start=2):
             try:
                 step, task = int(line["step"]), int(line["task"])
                 value = float(line["mean_return"])
             except (TypeError, ValueError):
-                raise CheckpointError(f"{path}, line {number}: malformed row {line}") from None
-            cells.setdefault(line["method"], {})[step, task] = value
+                raise ArtifactError(f"{path}, line {number}: malformed row {line}") from None
+            method = cells.setdefault(line["method"], {})
+            if (step, task) in method or step < 0 or task < 0:
+                raise ArtifactError(f"{path}, line {number}: repeated or negative step/task")
+            method[step, task] = value
     returns = {}
     for method, values in cells.items():
-        shape = (1 + max(s for s, _ in values), 1 + max(t for _, t in values))
-        if len(values) != shape[0] * shape[1]:
-            raise CheckpointError(f"{path}: the {method} rows do not fill steps x tasks")
-        array = np.empty(shape)
+        filled = (1 + max(s for s, _ in values), 1 + max(t for _, t in values))
+        if len(values) != filled[0] * filled[1] or filled != (shape or filled):
+            expected = f"the protocol's {shape[0]} x {shape[1]}" if shape else "steps x tasks"
+            raise ArtifactError(
+                f"{path}: the {method} rows ({len(values)}) do not fill {expected} (a cut or "
+                "edited file)"
+            )
+        array = np.empty(filled)
         for index, value in values.items():
             array[index] = value
         returns[method] = array
@@ -462,6 +483,8 @@ RAN_ON = "ran_on"
 # holds the mean success rate.
 SUCCESS_OUTPUTS = ("success.csv", "success_tasks.csv")
 OUTPUTS = ("adaptation.csv", "adaptation_tasks.csv", "adaptation.png", PROTOCOL, *SUCCESS_OUTPUTS)
+WAIT_TO_SAVE_S = 60.0
+"""How long `save` waits for another process saving into the same directory."""
 
 
 def mixed_devices_note(ran_on: dict[str, str]) -> str:
@@ -473,25 +496,58 @@ def mixed_devices_note(ran_on: dict[str, str]) -> str:
     return f"note: this evaluation merges methods run on different devices ({where})"
 
 
-def merged(evaluation: Evaluation, out_dir: Path) -> Evaluation:
-    """An earlier evaluation in `out_dir` is never lost: with the same protocol (checkpoint,
-    tasks, seeds, steps) its methods that this one did not recompute are kept beside this one's;
-    with another protocol its files move to `out_dir/replaced/<n>/`."""
+_HELD: set[Path] = set()
+
+
+@contextmanager
+def hold_eval_dir(out_dir: str | Path, wait_s: float = 0.0) -> Iterator[None]:
+    """Own an evaluation directory (`DIR/eval`) for the block through its lock
+    (`artifacts.locked` on `out_dir/.lock`): a second evaluate of the same run, or a
+    `train --overwrite` of it, is refused in one line (after waiting up to `wait_s`) instead of
+    interleaving. Re-entrant within a process. Nothing is created, and no lock taken, where
+    the run directory does not exist (loading the run then says so)."""
+    out_dir = Path(out_dir).absolute()
+    if out_dir in _HELD or not out_dir.parent.is_dir():
+        yield
+        return
+    created = not out_dir.exists()
+    out_dir.mkdir(exist_ok=True)
+    busy = (
+        f"another process is evaluating {out_dir.parent} (writing {out_dir}); wait for it to "
+        "finish or stop it"
+    )
+    try:
+        with artifacts.locked(out_dir / artifacts.LOCK, busy, wait_s):
+            _HELD.add(out_dir)
+            try:
+                yield
+            finally:
+                _HELD.discard(out_dir)
+    finally:
+        if created and [p.name for p in out_dir.iterdir()] == [artifacts.LOCK]:
+            shutil.rmtree(out_dir, ignore_errors=True)
+
+
+def _earlier(evaluation: Evaluation, out_dir: Path) -> Evaluation | None:
+    """The earlier evaluation in `out_dir` if it has this one's protocol, else None;
+    ArtifactError if its files are unreadable or do not fit the protocol."""
     previous = out_dir / PROTOCOL
-    if not (out_dir / "adaptation_tasks.csv").is_file():
-        return evaluation
-    record = json.loads(previous.read_text()) if previous.is_file() else None
-    earlier_ran_on = record.pop(RAN_ON, {}) if isinstance(record, dict) else {}
-    if record == evaluation.protocol:
-        earlier = read_task_returns(out_dir / "adaptation_tasks.csv")
-        kept = {m: r for m, r in earlier.items() if m not in evaluation.returns}
-        success = dict(evaluation.success)
-        if (out_dir / "success_tasks.csv").is_file():
-            earlier_success = read_task_returns(out_dir / "success_tasks.csv")
-            success.update({m: r for m, r in earlier_success.items() if m in kept})
-        ran_on = {**{m: earlier_ran_on.get(m, "unrecorded") for m in kept}, **evaluation.ran_on}
-        returns = {**evaluation.returns, **kept}
-        return replace(evaluation, returns=returns, success=success, ran_on=ran_on)
+    remedy = "it cannot be merged"
+    record = artifacts.read_json(previous, remedy) if previous.is_file() else None
+    if record is not None and not isinstance(record, dict):
+        raise ArtifactError(f"{previous} is not an evaluation record; {remedy}")
+    earlier_ran_on = record.pop(RAN_ON, {}) if record is not None else {}
+    if record != evaluation.protocol:
+        return None
+    shape = (int(evaluation.protocol["num_steps"]) + 1, int(evaluation.protocol["num_tasks"]))
+    returns = read_task_returns(out_dir / "adaptation_tasks.csv", shape)
+    success_path = out_dir / "success_tasks.csv"
+    success = read_task_returns(success_path, shape) if success_path.is_file() else {}
+    return replace(evaluation, returns=returns, success=success, ran_on=earlier_ran_on)
+
+
+def _set_aside(out_dir: Path) -> Path:
+    """Move the evaluation files in `out_dir` to `out_dir/replaced/<n>/`; the folder."""
     archive = out_dir / "replaced"
     number = 1 + max((int(p.name) for p in archive.glob("[0-9]*") if p.name.isdigit()), default=0)
     target = archive / str(number)
@@ -499,28 +555,63 @@ def merged(evaluation: Evaluation, out_dir: Path) -> Evaluation:
     for name in OUTPUTS:
         if (out_dir / name).exists():
             (out_dir / name).rename(target / name)
-    return evaluation
+    return target
 
 
-def save(evaluation: Evaluation, out_dir: str | Path) -> tuple[Path, Path]:
+def merged(
+    evaluation: Evaluation, out_dir: Path, report: Callable[[str], None] | None = None
+) -> Evaluation:
+    """An earlier evaluation in `out_dir` is never lost: with the same protocol (checkpoint,
+    tasks, seeds, steps) its methods that this one did not recompute are kept beside this one's;
+    with another protocol its files move to `out_dir/replaced/<n>/`. So do files that cannot
+    be merged (an empty or cut `evaluation.json`, per-task rows that do not fill the protocol's
+    (S + 1) x N: a killed write or an edit), with a one-line note to `report` (else a warning):
+    they are kept for inspection and never block a later evaluation."""
+    if not (out_dir / "adaptation_tasks.csv").is_file():
+        return evaluation
+    try:
+        earlier = _earlier(evaluation, out_dir)
+    except ArtifactError as error:
+        note = f"note: set the earlier evaluation aside in {_set_aside(out_dir)}: {error}"
+        (report or warnings.warn)(note)
+        return evaluation
+    if earlier is None:
+        _set_aside(out_dir)
+        return evaluation
+    kept = {m: r for m, r in earlier.returns.items() if m not in evaluation.returns}
+    success = dict(evaluation.success)
+    success.update({m: r for m, r in earlier.success.items() if m in kept})
+    ran_on = {**{m: earlier.ran_on.get(m, "unrecorded") for m in kept}, **evaluation.ran_on}
+    returns = {**evaluation.returns, **kept}
+    return replace(evaluation, returns=returns, success=success, ran_on=ran_on)
+
+
+def save(
+    evaluation: Evaluation, out_dir: str | Path, report: Callable[[str], None] | None = None
+) -> tuple[Path, Path]:
     """Write `adaptation.csv` (summary rows), `adaptation_tasks.csv` (per-task returns),
     `adaptation.png` and `evaluation.json` (the protocol), and for families reporting success
     `success.csv` and `success_tasks.csv` (the same layouts) into `out_dir`, after `merged` kept
-    what an earlier evaluation there had; returns the paths of the summary and the figure."""
+    what an earlier evaluation there had; returns the paths of the summary and the figure.
+
+    Every file is written atomically, under the directory's lock (`hold_eval_dir`, waiting up
+    to WAIT_TO_SAVE_S for another process saving there), the protocol last: a crash leaves the
+    old files or the new ones, and a concurrent evaluation's methods are merged, not lost."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    evaluation = merged(evaluation, out_dir)
-    (out_dir / PROTOCOL).write_text(json.dumps(evaluation.record, indent=1) + "\n")
-    csv_path, png_path = out_dir / "adaptation.csv", out_dir / "adaptation.png"
-    rows = evaluation.rows
-    write_csv(rows, csv_path)
-    write_task_returns(evaluation.returns, out_dir / "adaptation_tasks.csv")
-    if evaluation.success:
-        write_csv(evaluation.success_rows, out_dir / "success.csv")
-        write_task_returns(evaluation.success, out_dir / "success_tasks.csv")
-    num_tasks = rows[0].num_tasks
-    title = f"{evaluation.env}: adaptation on {num_tasks} held-out tasks"
-    plot_adaptation(rows, png_path, title)
+    with hold_eval_dir(out_dir, WAIT_TO_SAVE_S):
+        evaluation = merged(evaluation, out_dir, report)
+        csv_path, png_path = out_dir / "adaptation.csv", out_dir / "adaptation.png"
+        rows = evaluation.rows
+        write_csv(rows, csv_path)
+        write_task_returns(evaluation.returns, out_dir / "adaptation_tasks.csv")
+        if evaluation.success:
+            write_csv(evaluation.success_rows, out_dir / "success.csv")
+            write_task_returns(evaluation.success, out_dir / "success_tasks.csv")
+        num_tasks = rows[0].num_tasks
+        title = f"{evaluation.env}: adaptation on {num_tasks} held-out tasks"
+        plot_adaptation(rows, png_path, title)
+        artifacts.write_text(out_dir / PROTOCOL, json.dumps(evaluation.record, indent=1) + "\n")
     return csv_path, png_path
 
 

@@ -15,6 +15,7 @@ from typing import Any
 
 from tqdm import tqdm
 
+from maml_rl import artifacts
 from maml_rl.errors import CheckpointError
 
 # The training returns every run logs per meta-iteration (a baseline logs pre == post).
@@ -143,6 +144,4 @@ def truncate_metrics(run_dir: str | Path, last_iteration: int) -> None:
     lines = _rows(path, strict=False) if path.exists() else []
     rows = [r for r in lines if r["iteration"] <= last_iteration]
     rows = list({r["iteration"]: r for r in rows}.values())  # a row written twice counts once
-    tmp = path.with_suffix(".jsonl.tmp")
-    tmp.write_text("".join(json.dumps(r, allow_nan=True) + "\n" for r in rows))
-    tmp.replace(path)
+    artifacts.write_text(path, "".join(json.dumps(r, allow_nan=True) + "\n" for r in rows))

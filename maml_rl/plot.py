@@ -17,6 +17,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 from scipy import stats
 
+from maml_rl import artifacts
 from maml_rl.checkpoint import CheckpointError
 from maml_rl.logger import POST_UPDATE, PRE_UPDATE, read_metrics
 
@@ -27,10 +28,11 @@ PRE, POST = PRE_UPDATE, POST_UPDATE
 
 
 def _save(figure: Figure, path: str | Path) -> Path:
+    """Write `figure` to `path` atomically (`artifacts`), in the format its suffix names."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     FigureCanvasAgg(figure)
-    figure.savefig(path, dpi=120)
+    fmt = path.suffix.lstrip(".") or "png"
+    artifacts.write_with(path, lambda handle: figure.savefig(handle, dpi=120, format=fmt))
     return path
 
 

@@ -30,6 +30,7 @@ from typing import Any
 
 import numpy as np
 
+from maml_rl import artifacts
 from maml_rl.config import ConfigError
 from maml_rl.errors import TaskFamilyError
 from maml_rl.evaluate import (
@@ -201,9 +202,10 @@ def _draw(clips: Clips, out: Path) -> Path:
             mean_return = float(batch.episode_returns[n].mean())
             ax.set_title(f"task {clips.first_task + n}, {step} steps: return {mean_return:.1f}")
     figure.tight_layout()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(out, dpi=100)
-    plt.close(figure)
+    try:
+        artifacts.write_with(out, lambda handle: figure.savefig(handle, dpi=100, format="png"))
+    finally:
+        plt.close(figure)
     return out
 
 
@@ -309,7 +311,6 @@ def _label(image: np.ndarray, text: str) -> np.ndarray:
 def _write_video(frames: list[np.ndarray], out: Path, fps: int) -> Path:
     import imageio.v2 as imageio
 
-    out.parent.mkdir(parents=True, exist_ok=True)
     if out.suffix == ".mp4":
         try:
             import imageio_ffmpeg  # noqa: F401
@@ -318,7 +319,9 @@ def _write_video(frames: list[np.ndarray], out: Path, fps: int) -> Path:
                 "writing .mp4 needs imageio-ffmpeg (pip install 'maml-rl[render]'); "
                 "or give --out FILE.gif"
             ) from None
-        imageio.mimwrite(out, frames, fps=fps, macro_block_size=1)
-    else:
-        imageio.mimwrite(out, frames, duration=1000 / fps, loop=0)
+    with artifacts.replacing(out) as tmp:  # a killed render leaves no cut video behind
+        if out.suffix == ".mp4":
+            imageio.mimwrite(tmp, frames, fps=fps, macro_block_size=1)
+        else:
+            imageio.mimwrite(tmp, frames, duration=1000 / fps, loop=0)
     return out

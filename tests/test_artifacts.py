@@ -4,6 +4,7 @@ crash cannot wedge, and a user's files that a run never mixes with or deletes (i
 from __future__ import annotations
 
 import errno
+import importlib
 import os
 import signal
 import subprocess
@@ -139,6 +140,9 @@ def test_checkpoints_written_before_the_checksum_still_load() -> None:
     assert found[0].read_bytes() == before
 
 
+RUN_CLI = "import sys; from maml_rl.cli import main; sys.exit(main(sys.argv[1:]))"
+
+
 # --- item 7: a run killed at its first checkpoint's rename is started again, not wedged ---
 
 KILL_AT_FIRST_LATEST = textwrap.dedent(
@@ -208,3 +212,155 @@ def test_overwrite_deletes_only_the_run_files(
     assert (run / "mydata" / "x.csv").read_text() == "1\n"
     assert not (run / ".checkpoint_best.pt.0123abcd.tmp.pt").exists()
     assert checkpoint.load(run / LATEST)["iteration"] == 0
+
+
+# --- item 8: evaluation and render files are written atomically; a broken earlier evaluation
+# is set aside (kept in eval/replaced/<n>/) with a one-line note, never a traceback or a wedge ---
+
+EVALUATE = ["--num-tasks", "2", "--num-steps", "1", "--no-progress"]
+
+
+@pytest.fixture
+def evaluated(trained: Path, tmp_path: Path) -> Path:
+    """A copy of the tiny run, evaluated with maml and random on 2 tasks x 2 steps."""
+    run = copy_run(trained, tmp_path / "run")
+    assert main(["evaluate", str(run), *EVALUATE, "--baselines", "random"]) == 0
+    return run
+
+
+@pytest.mark.parametrize(
+    "damage",
+    [
+        pytest.param(
+            lambda eval_dir: (eval_dir / "evaluation.json").write_text(""), id="empty-json"
+        ),
+        pytest.param(
+            lambda eval_dir: (eval_dir / "adaptation_tasks.csv").write_bytes(
+                (eval_dir / "adaptation_tasks.csv").read_bytes()[:60]
+            ),
+            id="cut-csv",
+        ),
+    ],
+)
+def test_a_broken_earlier_evaluation_is_set_aside_with_one_note(
+    evaluated: Path, capsys: pytest.CaptureFixture[str], damage: object
+) -> None:
+    eval_dir = evaluated / "eval"
+    damage(eval_dir)  # type: ignore[operator]
+    broken = {p.name: p.read_bytes() for p in eval_dir.iterdir() if p.is_file()}
+    capsys.readouterr()
+    assert main(["evaluate", str(evaluated), *EVALUATE]) == 0
+    out, err = capsys.readouterr()
+    notes = [line for line in out.splitlines() if line.startswith("note:")]
+    assert len(notes) == 1 and "set the earlier evaluation aside" in notes[0]
+    assert "Traceback" not in out + err
+    assert str(eval_dir / "replaced" / "1") in notes[0]
+    for name in ("evaluation.json", "adaptation_tasks.csv"):  # kept for inspection, as they were
+        assert (eval_dir / "replaced" / "1" / name).read_bytes() == broken[name]
+    assert artifacts.read_json(eval_dir / "evaluation.json", "")["num_tasks"] == 2
+    assert main(["compare", str(evaluated), str(evaluated)]) == 0
+
+
+def test_evaluation_and_figure_writes_killed_midway_leave_the_old_files(
+    evaluated: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from matplotlib.figure import Figure
+
+    from maml_rl.evaluate import load_run
+
+    eval_dir = evaluated / "eval"
+    before = {p.name: p.read_bytes() for p in eval_dir.iterdir() if p.is_file()}
+
+    def killed(self: Figure, target: object, **kwargs: object) -> None:
+        Path(target).write_bytes(b"\x89PNG cut") if isinstance(target, str | Path) else (
+            target.write(b"\x89PNG cut")  # type: ignore[attr-defined]
+        )
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(Figure, "savefig", killed)
+    assert main(["evaluate", str(evaluated), *EVALUATE]) == 130  # Ctrl-C in the figure
+    after = {p.name: p.read_bytes() for p in eval_dir.iterdir() if p.is_file()}
+    assert after["adaptation.png"] == before["adaptation.png"]
+    assert after["evaluation.json"] == before["evaluation.json"]  # the protocol is written last
+    assert not [name for name in after if ".tmp" in name]
+    assert load_run(evaluated).iteration == 1
+
+
+def test_a_render_killed_while_writing_leaves_no_cut_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import imageio.v2 as imageio
+    import numpy as np
+
+    from maml_rl.render import _write_video
+
+    def killed(target: object, frames: object, **kwargs: object) -> None:
+        Path(str(target)).write_bytes(b"GIF89a cut")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(imageio, "mimwrite", killed)
+    out = tmp_path / "render" / "clip.gif"
+    with pytest.raises(KeyboardInterrupt):
+        _write_video([np.zeros((4, 4, 3), np.uint8)] * 3, out, 10)
+    assert not out.exists() and list(out.parent.iterdir()) == []
+
+
+# --- item 5: merged per-task rows must fill the protocol's (S + 1) x N ---
+
+
+def test_an_edited_per_task_file_is_not_merged_but_set_aside(
+    evaluated: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from maml_rl.evaluate import read_task_returns
+
+    path = evaluated / "eval" / "adaptation_tasks.csv"
+    lines = path.read_text().splitlines(keepends=True)
+    # drop random's rows of task 1: random still fills a smaller 2 x 1 rectangle
+    path.write_text("".join(line for line in lines if not line.startswith("random,") or
+                            not line.split(",")[2] == "1"))  # fmt: skip
+    edited = path.read_bytes()
+    capsys.readouterr()
+    assert main(["evaluate", str(evaluated), *EVALUATE]) == 0
+    note = [line for line in capsys.readouterr().out.splitlines() if line.startswith("note:")]
+    assert len(note) == 1 and "do not fill the protocol's 2 x 2" in note[0]
+    (evaluated / "edited.csv").write_bytes(edited)
+    with pytest.raises(artifacts.ArtifactError, match="2 x 2") as error:
+        read_task_returns(evaluated / "edited.csv", (2, 2))
+    assert "\n" not in str(error.value)
+    merged = read_task_returns(path, (2, 2))
+    assert set(merged) == {"maml"}  # the edited random rows are not carried over
+    assert "random" in read_task_returns(evaluated / "eval" / "replaced" / "1" / path.name)
+
+
+# --- items 2 and 1: evaluate holds DIR/eval's lock from loading the run to its last write ---
+
+
+def test_evaluate_holds_its_lock_against_a_second_evaluate_and_an_overwrite(
+    evaluated: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    evaluate_module = importlib.import_module("maml_rl.evaluate")  # the module, not the API's
+
+    before = (evaluated / "eval" / "adaptation_tasks.csv").read_bytes()
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    original = evaluate_module.held_out
+    inside: list[tuple[int, str]] = []
+
+    def meanwhile(*args: object, **kwargs: object) -> object:
+        if not inside:  # while the first evaluate computes: what another process would do
+            second = subprocess.run(
+                [sys.executable, "-c", RUN_CLI, "evaluate", str(evaluated), *EVALUATE],
+                capture_output=True, text=True, timeout=300, env=env,
+            )  # fmt: skip
+            inside.append((second.returncode, second.stderr.strip()))
+            capsys.readouterr()
+            inside.append((train(evaluated, "--overwrite"), one_line_error(capsys)))
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(evaluate_module, "held_out", meanwhile)
+    assert main(["evaluate", str(evaluated), *EVALUATE, "--baselines", "random"]) == 0
+    (second, second_err), (overwrite, overwrite_err) = inside
+    assert second == 2 and "another process is evaluating" in second_err
+    assert len(second_err.splitlines()) == 1
+    assert overwrite == 2 and f"cannot overwrite {evaluated}" in overwrite_err
+    assert checkpoint.load(evaluated / LATEST)["iteration"] == 1  # the run was not replaced
+    assert (evaluated / "eval" / "adaptation_tasks.csv").read_bytes() == before
