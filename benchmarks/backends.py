@@ -29,6 +29,10 @@ import statistics
 import time
 from typing import Any
 
+from maml_rl.runtime import configure_process
+
+configure_process()  # as `maml-rl train` does (maml_rl/runtime.py): before torch is imported
+
 import numpy as np
 import torch
 

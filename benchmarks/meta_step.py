@@ -20,11 +20,15 @@ import dataclasses
 import os
 import time
 
+from maml_rl.runtime import configure_process
+
+configure_process()  # as `maml-rl train` does (maml_rl/runtime.py): before torch is imported
+
 import torch
 
 from maml_rl.build import Streams, build
-from maml_rl.cli import find_config
 from maml_rl.config import load
+from maml_rl.configs import find_config
 from maml_rl.maml import collect, draw_seeds, meta_step
 from maml_rl.policy import parameters_of
 from maml_rl.threads import AutoThreads

@@ -40,6 +40,10 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
+from maml_rl.runtime import configure_process
+
+configure_process()  # as `maml-rl train` does (maml_rl/runtime.py): before torch is imported
+
 import gymnasium as gym
 import mujoco
 import mujoco.rollout

@@ -1,32 +1,92 @@
-"""maml_rl: Model-Agnostic Meta-Learning for RL, vectorized in PyTorch."""
+"""maml_rl: Model-Agnostic Meta-Learning for RL, vectorized in PyTorch.
 
-import os
+The Python API (`maml_rl.api`), beside the ``maml-rl`` command line::
 
-# Intel MKL (torch's CPU BLAS) may round a matrix product differently depending on where its
-# rows sit in memory; strict conditional numerical reproducibility makes results independent
-# of alignment at no measured cost, so a slice of a meta-batch sampled alone (a Ray actor's
-# share) gives bit-identical trajectories. Read by MKL when it first runs: set it before any
-# torch computation. A value the user set is kept.
-os.environ.setdefault("MKL_CBWR", "AUTO,STRICT")
+    import maml_rl
 
-# torch's OpenMP threads spin after every parallel region by default; when another CPU-bound
-# process (a second run, the physics threads) wants the cores, two spinning threads per run
-# made a navigation meta-iteration 5x slower than one thread (benchmarks/speed.py: 16.9 s
-# against 4.35 s), while with passive waiting two threads are the faster choice alone (3.3 s
-# against 5.0 s) and beside a twin run (4.8 s against 5.1 s). Read by libgomp when torch is
-# imported: set before it. A value the user set is kept.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    cfg = maml_rl.load_config("navigation", num_batches=20)
+    maml_rl.train(cfg, "runs/navigation")
+    result = maml_rl.evaluate("runs/navigation", num_tasks=40, num_steps=3)
+    result.returns["maml"]  # [S + 1, N]: per-task mean return after 0..S gradient steps
+
+Importing maml_rl changes nothing in the process (no environment variables, no allocator
+settings) and imports no torch: the names below load on first use, and the process-wide
+settings of a run are applied where it starts (`maml_rl.runtime.configure_process`).
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+import types
+from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
 
-# Freed tensors stay in the heap for the next one of their size instead of going back to the
-# system page by page: 1.6x faster CG products (allocator.py). MAML_RL_MALLOC=system opts out.
-from maml_rl.allocator import configure_from_environment
+EXPORTS = {
+    "Config": "maml_rl.config",
+    "ConfigError": "maml_rl.config",
+    "load_config": "maml_rl.api",
+    "train": "maml_rl.api",
+    "evaluate": "maml_rl.api",
+    "load_run": "maml_rl.evaluate",
+    "IterationInfo": "maml_rl.train",
+    "StopTraining": "maml_rl.errors",
+    "Evaluation": "maml_rl.evaluate",
+    "LoadedRun": "maml_rl.evaluate",
+    "Normal": "maml_rl.policy",
+    "Categorical": "maml_rl.policy",
+    "configure_process": "maml_rl.runtime",
+}
+"""Public name -> the module that defines it, imported on first use."""
 
-configure_from_environment()
+if TYPE_CHECKING:
+    from maml_rl.api import evaluate, load_config, train
+    from maml_rl.config import Config, ConfigError
+    from maml_rl.errors import StopTraining
+    from maml_rl.evaluate import Evaluation, LoadedRun, load_run
+    from maml_rl.policy import Categorical, Normal
+    from maml_rl.runtime import configure_process
+    from maml_rl.train import IterationInfo
 
-# Offscreen MuJoCo rendering (`maml-rl render`): MuJoCo picks its OpenGL backend when it is
-# first imported, and its default (glfw) needs a display; without one, default to EGL. Set
-# here because the task families import maml_rl before mujoco. A value the user set is kept.
-if not (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")):
-    os.environ.setdefault("MUJOCO_GL", "egl")
+
+def __getattr__(name: str) -> Any:
+    if name not in EXPORTS:
+        raise AttributeError(f"module 'maml_rl' has no attribute '{name}'")
+    value = getattr(importlib.import_module(EXPORTS[name]), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *EXPORTS})
+
+
+class _Package(types.ModuleType):
+    """`maml_rl.train` and `maml_rl.evaluate` stay the API functions: importing the modules of
+    the same names (maml_rl/train.py, maml_rl/evaluate.py) would otherwise rebind them. Reach
+    those modules with ``from maml_rl.train import ...`` or ``importlib.import_module``."""
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name in EXPORTS and isinstance(value, types.ModuleType):
+            return
+        super().__setattr__(name, value)
+
+
+sys.modules[__name__].__class__ = _Package
+
+__all__ = [
+    "Categorical",
+    "Config",
+    "ConfigError",
+    "Evaluation",
+    "IterationInfo",
+    "LoadedRun",
+    "Normal",
+    "StopTraining",
+    "configure_process",
+    "evaluate",
+    "load_config",
+    "load_run",
+    "train",
+]

@@ -13,8 +13,10 @@ machine (benchmarks/meta_step.py, navigation, 2 torch threads): a Gauss-Newton C
 two thresholds gains nothing. The cost: up to `trim_threshold` of freed memory stays mapped
 in each process.
 
-Applied when maml_rl is imported (``maml_rl/__init__.py``) unless the environment sets
-``MAML_RL_MALLOC=system``; where the C library is not glibc (macOS, musl) nothing changes.
+Applied where a run starts (`maml_rl.runtime.configure_process`: the command line, the Python
+API's `train` and `evaluate`), never on import, unless the environment sets
+``MAML_RL_MALLOC=system`` (or ``MAML_RL_PROCESS_SETTINGS=off``); where the C library is not
+glibc (macOS, musl) nothing changes.
 """
 
 from __future__ import annotations

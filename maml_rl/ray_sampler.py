@@ -39,6 +39,7 @@ import torch
 from torch import nn
 
 from maml_rl.errors import RaySamplerError
+from maml_rl.runtime import ENVIRONMENT, SWITCH, configure_process
 from maml_rl.sampler import Sampler
 from maml_rl.tasks import Task, TaskFamily, TaskFamilyError
 from maml_rl.types import Batch, Params
@@ -73,6 +74,7 @@ class SamplerActor:
         backend: str,
         num_threads: int,
     ) -> None:
+        configure_process()  # the allocator; the variables came with the actor's environment
         torch.set_num_threads(num_threads)
         self.sampler = Sampler(
             family,
@@ -386,6 +388,10 @@ def _cpu_copy(policy: nn.Module) -> nn.Module:
 
 def _actor_environment() -> dict[str, str]:
     """Environment of the actors of a local instance: this process's import path (plug-in
-    families given as module:Class) and MKL's reproducibility mode (see maml_rl/__init__.py)."""
+    families given as module:Class) and its process settings (maml_rl/runtime.py: MKL's
+    reproducibility mode, thread waiting, their opt-outs), which the actors apply in turn."""
     parts = [os.getcwd(), *filter(None, os.environ.get("PYTHONPATH", "").split(os.pathsep))]
-    return {"PYTHONPATH": os.pathsep.join(parts), "MKL_CBWR": os.environ["MKL_CBWR"]}
+    names = (*ENVIRONMENT, SWITCH, "MAML_RL_MALLOC")
+    return {"PYTHONPATH": os.pathsep.join(parts)} | {
+        name: os.environ[name] for name in names if name in os.environ
+    }

@@ -6,8 +6,9 @@ import dataclasses
 import json
 import shutil
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +19,7 @@ from maml_rl.build import Streams, build
 from maml_rl.checker import check_family
 from maml_rl.checkpoint import CheckpointError
 from maml_rl.config import Config, from_dict, from_saved, save
-from maml_rl.errors import RunInterrupted, RunStopped
+from maml_rl.errors import RunInterrupted, RunStopped, StopTraining
 from maml_rl.inner import init_step_size
 from maml_rl.logger import RunLogger, truncate_metrics
 from maml_rl.maml import NonFiniteError, collect, draw_seeds, meta_step
@@ -37,6 +38,50 @@ MAX_CONSECUTIVE_SKIPS = 3
 
 
 LOCK = artifacts.LOCK
+
+
+@dataclass(frozen=True)
+class IterationInfo:
+    """What a training callback receives after each iteration, once it is checkpointed.
+
+    A callback is ``callback(info) -> bool | None``: returning False, or raising
+    `maml_rl.StopTraining`, ends the run cleanly after this iteration (it stays resumable with
+    ``resume=True`` / ``maml-rl train --resume``); None or True carry on. The tensors are the
+    run's own: read or clone them, never modify them in place.
+
+    >>> def log_and_stop(info: IterationInfo) -> bool:
+    ...     print(info.iteration, info.metrics["returns/post_update"])
+    ...     return info.metrics["returns/post_update"] < -10  # stop once good enough
+    """
+
+    iteration: int
+    """The iteration just completed, from 0 (as in metrics.jsonl)."""
+    num_iterations: int
+    """The run's num_batches."""
+    metrics: dict[str, float]
+    """The metrics row of the iteration (`returns/post_update`, `meta/kl_after`, ...)."""
+    theta: Params
+    """The meta-parameters after the iteration's outer step."""
+    step_size: Params
+    """The meta-learned inner step sizes (empty unless learn_step_size)."""
+    run_dir: Path
+    config: Config
+
+
+Callback = Callable[[IterationInfo], bool | None]
+
+
+def stop_reason(callbacks: Sequence[Callback], info: IterationInfo) -> str | None:
+    """Call every callback; why the run should stop (a callback returned False or raised
+    `StopTraining`), or None to go on."""
+    reasons = []
+    for callback in callbacks:
+        try:
+            if callback(info) is False:
+                reasons.append(f"{getattr(callback, '__name__', 'a callback')} returned False")
+        except StopTraining as stop:
+            reasons.append(str(stop) or "StopTraining")
+    return "; ".join(reasons) or None
 
 
 @contextmanager
@@ -145,14 +190,16 @@ def train(
     progress: bool = True,
     tensorboard: bool = True,
     check: bool = True,
+    callbacks: Sequence[Callback] = (),
 ) -> list[dict[str, float]]:
     """Meta-train with MAML-TRPO into `run_dir` (held by `hold_run_dir`); returns the
-    metrics rows written by this call."""
+    metrics rows written by this call. `callbacks` run after every checkpointed iteration
+    (`IterationInfo`) and may stop the run."""
     run_dir = Path(run_dir)
     created = not run_dir.exists()
     try:
         with hold_run_dir(run_dir, resume, overwrite):
-            return _train(cfg, run_dir, resume, progress, tensorboard, check)
+            return _train(cfg, run_dir, resume, progress, tensorboard, check, callbacks)
     except BaseException:
         # a start that failed (bad device, broken family, Ctrl-C) leaves no empty directory
         if created and run_dir.is_dir() and not (run_dir / LATEST).exists():
@@ -167,6 +214,7 @@ def _train(
     progress: bool,
     tensorboard: bool,
     check: bool,
+    callbacks: Sequence[Callback],
 ) -> list[dict[str, float]]:
 
     if cfg.torch_threads is not None:  # before any torch work of this run
@@ -322,6 +370,15 @@ def _train(
                 checkpoint.save_atomic(state, run_dir / BEST)
                 best_return = metrics["returns/post_update"]
             checkpoint.save_atomic(state, run_dir / LATEST)
+
+            # --- callbacks: the caller's logging and early stopping, once it is saved ---
+            done = IterationInfo(
+                iteration, cfg.num_batches, metrics, theta, step_size, run_dir, cfg
+            )
+            reason = stop_reason(callbacks, done)
+            if reason is not None:
+                logger.message(_saved(run_dir, f"stopped after iteration {iteration} ({reason})"))
+                break
     except KeyboardInterrupt:
         raise RunInterrupted(_saved(run_dir, "interrupted")) from None
     finally:

@@ -8,6 +8,7 @@ import subprocess
 import sys
 
 import pytest
+from malloc_probe import MALLINFO2
 
 from maml_rl.allocator import configure_from_environment
 
@@ -15,25 +16,26 @@ GLIBC = platform.system() == "Linux" and platform.libc_ver()[0] == "glibc"
 
 # How many bytes of a fresh tensor of argv[1] MiB glibc served from mmap (mallinfo2's hblkhd
 # grows by the block when it does): 0 once the mmap threshold is above its size.
-PROBE = """
-import ctypes, sys, torch
-import maml_rl  # applies the setting unless MAML_RL_MALLOC=system
+PROBE = (
+    MALLINFO2
+    + """
+import sys, torch
+from maml_rl.runtime import configure_process
 
-class MallInfo2(ctypes.Structure):
-    _fields_ = [(name, ctypes.c_size_t) for name in (
-        "arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks",
-        "fordblks", "keepcost")]
-
-mallinfo2 = ctypes.CDLL("libc.so.6").mallinfo2
-mallinfo2.restype = MallInfo2
+configure_process()  # where a run starts; applies the setting unless MAML_RL_MALLOC=system
 before = mallinfo2().hblkhd
 block = torch.empty(int(sys.argv[1]) * 1024 * 1024, dtype=torch.uint8)
 print(mallinfo2().hblkhd - before)
 """
+)
 
 
 def probe(setting: str | None, mib: int) -> int:
-    env = {k: v for k, v in os.environ.items() if k != "MAML_RL_MALLOC"}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("MAML_RL_MALLOC", "MAML_RL_PROCESS_SETTINGS")
+    }
     if setting is not None:
         env["MAML_RL_MALLOC"] = setting
     out = subprocess.run(

@@ -4,17 +4,18 @@ three baselines (trained on request) → plot; an interrupted run; one-line erro
 from __future__ import annotations
 
 import csv
+import importlib
 from pathlib import Path
 
 import matplotlib.image
 import pytest
 
-import maml_rl.train
 from maml_rl import checkpoint
 from maml_rl.cli import main
 from maml_rl.evaluate import COLUMNS
 from maml_rl.logger import read_metrics
 
+training = importlib.import_module("maml_rl.train")  # maml_rl.train: the API function
 LATEST_NAME = "checkpoint_latest.pt"
 TINY = [
     "--set", "meta_batch_size=2",
@@ -84,7 +85,7 @@ def test_train_evaluate_plot_round_trip(tmp_path: Path, capsys: pytest.CaptureFi
 def test_an_interrupted_run_leaves_a_loadable_checkpoint_and_resumes(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    original = maml_rl.train.meta_step
+    original = training.meta_step
     calls = []
 
     def interrupt_on_iteration_2(*args: object, **kwargs: object) -> object:
@@ -93,7 +94,7 @@ def test_an_interrupted_run_leaves_a_loadable_checkpoint_and_resumes(
             raise KeyboardInterrupt
         return original(*args, **kwargs)
 
-    monkeypatch.setattr(maml_rl.train, "meta_step", interrupt_on_iteration_2)
+    monkeypatch.setattr(training, "meta_step", interrupt_on_iteration_2)
     assert train(tmp_path / "run", 3) == 130  # Ctrl-C: exit 130, saying what was saved
     err = capsys.readouterr().err.strip()
     assert err == (
@@ -104,7 +105,7 @@ def test_an_interrupted_run_leaves_a_loadable_checkpoint_and_resumes(
     assert state["iteration"] == 1
     assert [r["iteration"] for r in read_metrics(tmp_path / "run")] == [0, 1]
 
-    monkeypatch.setattr(maml_rl.train, "meta_step", original)
+    monkeypatch.setattr(training, "meta_step", original)
     assert main(["train", "--resume", str(tmp_path / "run"), "--no-progress"]) == 0
     assert checkpoint.load(tmp_path / "run" / "checkpoint_latest.pt")["iteration"] == 2
     assert train(tmp_path / "uninterrupted", 3) == 0
@@ -146,7 +147,7 @@ def test_bad_requests_get_one_line_and_exit_2(
     def interrupt(*args: object, **kwargs: object) -> None:
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(maml_rl.train, "meta_step", interrupt)
+    monkeypatch.setattr(training, "meta_step", interrupt)
     argv = ["evaluate", run, "--baselines", "pretrained", "--train-baselines", "2", "--no-progress"]
     assert main(argv) == 130
     err = capsys.readouterr().err.strip()
