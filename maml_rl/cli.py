@@ -5,7 +5,6 @@ Wiring only; user mistakes end in one line, exit 2."""
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import sys
 from collections.abc import Sequence
@@ -14,6 +13,7 @@ from typing import Any
 
 from maml_rl import config as config_module
 from maml_rl.config import Config, ConfigError
+from maml_rl.configs import find_config
 from maml_rl.errors import (
     CheckpointError,
     RaySamplerError,
@@ -21,9 +21,11 @@ from maml_rl.errors import (
     RunStopped,
     TaskFamilyError,
 )
+from maml_rl.runtime import configure_process
 
 # Commands import torch, Gymnasium and the task families inside their functions: `--help` and
-# argument errors answer at once.
+# argument errors answer at once, and `main` applies the process-wide settings before torch
+# loads (maml_rl/runtime.py).
 
 USER_ERRORS = (
     ConfigError,
@@ -33,29 +35,6 @@ USER_ERRORS = (
     RaySamplerError,
     ResourceError,
 )
-
-
-def shipped_configs() -> Path:
-    """The folder of the shipped YAML configs: the `maml_rl_experiments` package (the
-    repository's experiments/ folder, installed as package data), found without importing
-    anything heavy; falls back to the checkout's experiments/ beside `maml_rl`."""
-    spec = importlib.util.find_spec("maml_rl_experiments")
-    if spec is not None and spec.submodule_search_locations:
-        return Path(next(iter(spec.submodule_search_locations)))
-    return Path(__file__).resolve().parent.parent / "experiments"
-
-
-def find_config(name: str) -> Path:
-    """A YAML path, or the name of a config shipped in `experiments/` (e.g. `navigation`)."""
-    path = Path(name)
-    if path.suffix in (".yaml", ".yml") or path.exists():
-        return path
-    for folder in (Path.cwd() / "experiments", shipped_configs()):
-        candidate = folder / f"{name}.yaml"
-        if candidate.is_file():
-            return candidate
-    shipped = sorted(p.stem for p in shipped_configs().glob("*.yaml"))
-    raise ConfigError(f"no config named '{name}'; shipped configs: {', '.join(shipped) or 'none'}")
 
 
 def _overrides(args: argparse.Namespace) -> dict[str, Any]:
@@ -71,7 +50,8 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from maml_rl.train import load_resume_config, train
+    from maml_rl.api import train
+    from maml_rl.train import load_resume_config
 
     overrides = _overrides(args)
     if args.resume is not None:
@@ -107,46 +87,6 @@ def _step_sizes(text: str | None) -> list[float]:
         raise ConfigError(f"--step-sizes expects numbers like 0.1,0.05, got {text!r}") from error
 
 
-def _baseline_dir(run_dir: Path, name: str, given: str | None, args: argparse.Namespace) -> Path:
-    """The run directory of baseline `name`: --NAME DIR; else DIR/baselines/NAME, trained
-    (or resumed) there first for --train-baselines N iterations; else a one-line error."""
-    from maml_rl import checkpoint
-    from maml_rl.evaluate import load_run
-    from maml_rl.train import LATEST, load_resume_config, train
-
-    if given is not None:
-        return Path(given)
-    target = run_dir / "baselines" / name
-    iterations = args.train_baselines
-    if iterations is None:
-        if (target / LATEST).exists():
-            return target
-        raise ConfigError(
-            f"no {name} baseline: pass --{name} DIR, or --train-baselines N "
-            f"to train one in {target}"
-        )
-    if iterations < 1:
-        raise ConfigError(f"--train-baselines must be >= 1, got {iterations}")
-    if (target / LATEST).exists():
-        if checkpoint.load(target / LATEST)["iteration"] + 1 >= iterations:
-            return target
-        device = {} if args.device is None else {"device": args.device}
-        cfg, resume = load_resume_config(target, {"num_batches": iterations} | device), True
-    else:
-        run_cfg = load_run(run_dir, device=args.device).cfg
-        cfg = config_module.from_dict({"algo": name, "num_batches": iterations}, base=run_cfg)
-        resume = False
-    print(f"training the {name} baseline for {iterations} iterations in {target}")
-    train(cfg, target, resume=resume, overwrite=not resume, progress=not args.no_progress)
-    done = checkpoint.load(target / LATEST)["iteration"] + 1 if (target / LATEST).exists() else 0
-    if done < iterations:  # interrupted (Ctrl-C): do not evaluate a half-trained baseline
-        raise CheckpointError(
-            f"the {name} baseline stopped after {done} of {iterations} iterations; "
-            "run the same command again to resume it"
-        )
-    return target
-
-
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from maml_rl.evaluate import hold_eval_dir
 
@@ -155,48 +95,28 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def _evaluate(args: argparse.Namespace) -> int:
-    from maml_rl.evaluate import (
-        PROTOCOL,
-        RAN_ON,
-        check_request,
-        evaluate_run,
-        format_table,
-        mixed_devices_note,
-        save,
-    )
+    from maml_rl.api import evaluate
+    from maml_rl.evaluate import PROTOCOL, RAN_ON, format_table, mixed_devices_note
 
     run_dir = Path(args.run_dir)
-    if args.eval_seed is not None and args.eval_seed < 0:
-        raise ConfigError(f"--eval-seed must be >= 0, got {args.eval_seed}")
-    step_sizes = _step_sizes(args.step_sizes)
     given = {"pretrained": args.pretrained, "oracle": args.oracle}
     names = _comma_list(args.baselines)
     names += [name for name, path in given.items() if path is not None and name not in names]
-    check_request(
-        run_dir, args.num_steps, args.num_tasks, args.checkpoint, step_sizes, names, args.device
-    )
-    if "oracle" in names:  # before any baseline trains: can this family have an oracle?
-        from maml_rl.evaluate import load_run
-        from maml_rl.oracle import OracleFamily
-        from maml_rl.tasks import make_family
-
-        cfg = load_run(run_dir, args.checkpoint).cfg
-        OracleFamily(make_family(cfg.env, cfg.env_kwargs))
-    baselines = {
-        name: None if name == "random" else _baseline_dir(run_dir, name, given[name], args)
-        for name in names
-    }
-    evaluation = evaluate_run(
+    evaluation = evaluate(
         run_dir,
-        baselines,
         num_steps=args.num_steps,
         num_tasks=args.num_tasks,
-        which=args.checkpoint,
-        step_sizes=step_sizes,
+        checkpoint=args.checkpoint,
+        baselines={name: given.get(name) for name in names},
+        train_baselines=args.train_baselines,
+        step_sizes=_step_sizes(args.step_sizes),
         eval_seed=args.eval_seed,
         device=args.device,
+        progress=not args.no_progress,
+        report=print,
+        process_settings=False,  # applied by main
     )
-    csv_path, png_path = save(evaluation, run_dir / "eval", report=print)
+    out_dir = run_dir / "eval"
     schedule = ", ".join(f"{a:g}" for a in evaluation.step_sizes) or "none"
     learned = "; maml uses its meta-learned step sizes" if evaluation.learned_step_size else ""
     print(
@@ -207,11 +127,11 @@ def _evaluate(args: argparse.Namespace) -> int:
     print(format_table(evaluation.rows))
     if evaluation.success:
         print(format_table(evaluation.success_rows, "success rate"))
-    record = json.loads((run_dir / "eval" / PROTOCOL).read_text())
+    record = json.loads((out_dir / PROTOCOL).read_text())
     note = mixed_devices_note(record.get(RAN_ON, {}))
     if note:
         print(note)
-    print(f"wrote {csv_path} and {png_path}")
+    print(f"wrote {out_dir / 'adaptation.csv'} and {out_dir / 'adaptation.png'}")
     return 0
 
 
@@ -444,6 +364,7 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    configure_process()  # before any command imports torch (MAML_RL_PROCESS_SETTINGS=off: not)
     args = parser().parse_args(argv)
     try:
         return int(args.func(args))

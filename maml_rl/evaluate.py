@@ -168,7 +168,12 @@ def step_size_schedule(fast_lr: float, num_steps: int, given: Sequence[float] = 
 
 @dataclass(frozen=True)
 class LoadedRun:
-    """A trained run: its config, meta-parameters and meta-learned step sizes (maybe empty)."""
+    """A trained run: its config, meta-parameters and meta-learned step sizes (maybe empty).
+
+    >>> run = maml_rl.load_run("runs/nav")  # doctest: +SKIP
+    >>> run.iteration, run.cfg.env, sorted(run.theta)[:2]  # doctest: +SKIP
+    (499, 'navigation', ['log_std', 'mean.0.bias'])
+    """
 
     run_dir: Path
     cfg: Config
@@ -182,6 +187,9 @@ def load_run(run_dir: str | Path, which: str = "latest", device: str | None = No
 
     The parameters are loaded onto the CPU; device: where the run's policy is to run from now
     on (default: the device it trained on), e.g. 'cpu' for a run trained on 'cuda'.
+
+    >>> run = load_run("runs/nav", "best")  # doctest: +SKIP
+    >>> run.cfg.fast_lr, run.theta["log_std"]  # doctest: +SKIP
     """
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
@@ -291,7 +299,12 @@ class _Offset:
 
 @dataclass(frozen=True)
 class Evaluation:
-    """Returns of every method ([S + 1, N] each, in evaluation order) and what produced them."""
+    """Returns of every method ([S + 1, N] each, in evaluation order) and what produced them.
+
+    >>> result = maml_rl.evaluate("runs/nav", num_tasks=40)  # doctest: +SKIP
+    >>> result.returns["maml"].shape, result.means["maml"]  # doctest: +SKIP
+    ((4, 40), array([-40.1, -21.3, -19.8, -19.5]))
+    """
 
     env: str
     returns: dict[str, np.ndarray]
@@ -329,7 +342,13 @@ class Evaluation:
         return {**self.protocol, RAN_ON: dict(self.ran_on)}
 
     @property
+    def means(self) -> dict[str, np.ndarray]:
+        """Each method's mean return over the tasks after 0..S steps: [S + 1] float64."""
+        return {name: r.mean(axis=1) for name, r in self.returns.items()}
+
+    @property
     def rows(self) -> list[SummaryRow]:
+        """Mean, standard error and 95 % interval over tasks per method and step (`summarize`)."""
         return [row for name, r in self.returns.items() for row in summarize(r, name)]
 
     @property
