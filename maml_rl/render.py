@@ -16,8 +16,9 @@ largest step listed). Nothing is sampled a second time:
   (``track`` camera when the model has one, or the family's ``render_camera``: Meta-World's
   "topview"); tasks play one after another.
 
-Offscreen rendering needs an OpenGL backend: ``MUJOCO_GL=egl`` (the default `maml_rl` sets
-when there is no display, before MuJoCo is imported) or ``osmesa``. Writing MP4 needs
+Offscreen rendering needs an OpenGL backend: ``MUJOCO_GL=egl`` (the default ``maml-rl`` sets
+when there is no display, before MuJoCo is imported: `maml_rl.runtime.configure_process`, which
+a script calls first for the same) or ``osmesa``. Writing MP4 needs
 ``imageio-ffmpeg`` (``pip install maml-rl[render]``); GIF needs only pillow.
 """
 
