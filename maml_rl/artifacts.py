@@ -137,7 +137,11 @@ def locked(lock_path: str | Path, busy: str, wait_s: float = 0.0) -> Iterator[No
     process holds it for longer than `wait_s` seconds, a one-line ArtifactError `busy`. The
     lock dies with its holder (POSIX `flock`; not taken where `fcntl` is missing)."""
     deadline = time.monotonic() + wait_s
-    with Path(lock_path).open("a") as handle:
+    try:
+        handle = Path(lock_path).open("a")
+    except OSError as error:  # a read-only directory
+        raise ArtifactError(f"cannot lock {lock_path}: {error.strerror or error}") from None
+    with handle:
         while fcntl is not None:
             try:
                 fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)

@@ -18,6 +18,7 @@ from typing import Any
 
 import yaml
 
+from maml_rl import artifacts
 from maml_rl.imports import ImportTargetError, target_of
 
 
@@ -445,4 +446,4 @@ def parse_override(item: str) -> tuple[str, Any]:
 
 
 def save(cfg: Config, path: str | Path) -> None:
-    Path(path).write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+    artifacts.write_text(path, yaml.safe_dump(cfg.to_dict(), sort_keys=False))

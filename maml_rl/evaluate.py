@@ -530,7 +530,10 @@ def hold_eval_dir(out_dir: str | Path, wait_s: float = 0.0) -> Iterator[None]:
         yield
         return
     created = not out_dir.exists()
-    out_dir.mkdir(exist_ok=True)
+    try:
+        out_dir.mkdir(exist_ok=True)
+    except OSError as error:  # a read-only run directory: say so before evaluating anything
+        raise ArtifactError(f"cannot write {out_dir}: {error.strerror or error}") from None
     busy = (
         f"another process is evaluating {out_dir.parent} (writing {out_dir}); wait for it to "
         "finish or stop it"

@@ -85,6 +85,14 @@ def test_read_json_names_an_empty_or_cut_file_in_one_line(tmp_path: Path) -> Non
         assert str(error.value).startswith(str(path)) and "\n" not in str(error.value)
 
 
+def test_a_lock_that_cannot_be_created_is_one_line(tmp_path: Path) -> None:
+    """As in a read-only run directory (root ignores permissions: a missing folder stands in)."""
+    with pytest.raises(artifacts.ArtifactError, match="cannot lock") as error:
+        with artifacts.locked(tmp_path / "absent" / ".lock", "busy"):
+            pass
+    assert "\n" not in str(error.value)
+
+
 # --- item 4: checksummed checkpoints, non-finite parameters refused on load ---
 
 
