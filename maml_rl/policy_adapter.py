@@ -8,8 +8,8 @@ The contract (config keys ``policy: module:callable`` and ``policy_kwargs``):
 
 ``observations`` is a float tensor [B, *shape] (the run's dtype and device) for a Box space of
 any shape, a one-hot [B, n] for Discrete, a dict of these for a Dict space (observations.py).
-``torch.distributions.Normal`` (or ``Independent(Normal, 1)``) and ``Categorical`` built with
-``validate_args=False`` are accepted too.
+``torch.distributions.Normal`` (or ``Independent(Normal, 1)``) and ``Categorical`` are accepted
+too.
 
 `PolicyAdapter` wraps the module so that the algorithm sees what it sees of the built-in MLP:
 flat observations [*, D] in, a package distribution [*, A] out, evaluated with explicit
@@ -38,7 +38,7 @@ from torch.func import functional_call, vmap
 
 from maml_rl.errors import PolicyError
 from maml_rl.imports import ImportTargetError, import_root, import_target
-from maml_rl.observations import describe, is_flat, unflatten
+from maml_rl.observations import Observation, describe, is_flat, unflatten
 from maml_rl.policy import Categorical, Distribution, Normal
 
 PolicyFactory = Callable[..., nn.Module]
@@ -86,11 +86,14 @@ class PolicyAdapter(nn.Module):
         self.target = target
         self.flat_dim = int(gym.spaces.flatdim(observation_space))
 
+    def net_input(self, flat: Tensor) -> Observation:
+        """flat observations [B, D] -> what `net` takes (observations.py)."""
+        return flat if is_flat(self.observation_space) else unflatten(self.observation_space, flat)
+
     def forward(self, observations: Tensor) -> Distribution:
         lead = observations.shape[:-1]
         flat = observations.reshape(-1, self.flat_dim)
-        obs = flat if is_flat(self.observation_space) else unflatten(self.observation_space, flat)
-        dist = to_distribution(self.net(obs))
+        dist = to_distribution(self.net(self.net_input(flat)))
         if isinstance(dist, Normal):
             mean = dist.mean.reshape(*lead, dist.mean.shape[-1])
             return Normal(mean, dist.log_std.expand(flat.shape[0], mean.shape[-1]).reshape_as(mean))
@@ -169,13 +172,20 @@ def check_policy(policy: PolicyAdapter, batch: int = 3) -> None:
         cause = "" if error is None else f": {type(error).__name__}: {_first_line(error)}"
         return PolicyError(f"policy {name}: {what}{cause}")
 
+    failed = f"forward failed on observations of {describe(policy.observation_space)}"
+    try:
+        raw = policy.net(policy.net_input(obs))
+    except Exception as error:
+        raise fail(failed, error) from error
+    try:
+        dist = to_distribution(raw)
+    except PolicyError as error:
+        raise fail(str(error)) from error
+    _check_outputs(policy, dist, batch, fail)
     try:
         dist = policy(obs)
-    except PolicyError as error:
-        raise PolicyError(f"policy {name}: {error}") from error
     except Exception as error:
-        space = describe(policy.observation_space)
-        raise fail(f"forward failed on observations of {space}", error) from error
+        raise fail(failed, error) from error
     changed = [
         k.removeprefix(PREFIX)
         for k, b in policy.named_buffers()
@@ -187,7 +197,6 @@ def check_policy(policy: PolicyAdapter, batch: int = 3) -> None:
             "algorithm evaluates the policy many times with explicit parameters: use LayerNorm "
             "or GroupNorm, or BatchNorm with track_running_stats=False"
         )
-    _check_outputs(policy, dist, batch, fail)
     try:
         stacked = {k: torch.stack([p.detach()] * 2) for k, p in params.items()}
         pair = obs.expand(2, *obs.shape)
@@ -218,6 +227,9 @@ def _check_outputs(
     shape = tuple(getattr(dist, name).shape)
     if shape != want:
         raise fail(f"{name} has shape {shape} for {batch} observations, expected {want}")
+    if box and tuple(torch.broadcast_shapes(dist.log_std.shape, want)) != want:
+        raise fail(f"log_std has shape {tuple(dist.log_std.shape)}, expected {want} or "
+                   f"[{want[1]}]")  # fmt: skip
     for field, value in zip(type(dist)._fields, dist, strict=True):
         if not torch.is_floating_point(value) or not bool(torch.isfinite(value).all()):
             raise fail(f"{field} is not finite floating point on test observations")

@@ -15,7 +15,7 @@ from typing import Any
 import torch
 
 from maml_rl import artifacts, checkpoint, diagnostics
-from maml_rl.build import Streams, build
+from maml_rl.build import Streams, build, describe_policy
 from maml_rl.checker import check_family
 from maml_rl.checkpoint import CheckpointError
 from maml_rl.config import Config, from_dict, from_saved, save
@@ -24,6 +24,7 @@ from maml_rl.inner import init_step_size
 from maml_rl.logger import RunLogger, truncate_metrics
 from maml_rl.maml import NonFiniteError, collect, draw_seeds, meta_step
 from maml_rl.policy import parameters_of
+from maml_rl.policy_adapter import policy_import_root
 from maml_rl.promp import promp_step
 from maml_rl.tasks import TaskFamily, TaskFamilyError, add_import_root, import_root
 from maml_rl.threads import AutoThreads
@@ -167,6 +168,7 @@ def load_resume_config(run_dir: Path, overrides: dict[str, Any]) -> Config:
         raise CheckpointError(_nothing_to_resume(run_dir))
     state = checkpoint.load(run_dir / LATEST)
     add_import_root(state.get("import_root"))
+    add_import_root(state.get("policy_import_root"))
     saved = from_saved(state["config"])
     cfg = from_dict(overrides, base=saved)
     changed = [
@@ -240,6 +242,7 @@ def _train(
                 f"task family {family!r}: the family check raised {type(error).__name__}: {error}"
             ) from error
     origin = import_root(cfg.env)  # where a module:Class family was found, for later loads
+    policy_origin = policy_import_root(cfg.policy)  # and a module:callable policy
     artifacts.write_text(run_dir / RUN_RECORD,
         json.dumps({"env": cfg.env, "import_root": origin,
                     "sampler": describe_sampler(family, cfg)}, indent=1) + "\n"
@@ -283,6 +286,7 @@ def _train(
         f"{cfg.meta_batch_size} tasks x {cfg.fast_batch_size} trajectories, "
         f"family check {'passed' if check else 'skipped'}, "
         f"sampler {describe_sampler(family, cfg)}, "
+        f"policy {describe_policy(policy, cfg)}, "
         f"torch threads {torch.get_num_threads()}"
     )
     rows: list[dict[str, float]] = []
@@ -361,6 +365,7 @@ def _train(
                 "rng": streams.state(),
                 "config": cfg.to_dict(),
                 "import_root": origin,
+                "policy_import_root": policy_origin,
                 "env_steps": env_steps,
                 "best_return": max(best_return, metrics["returns/post_update"]),
             }
