@@ -23,8 +23,8 @@ import torch
 from torch import Tensor, nn
 
 from maml_rl.build import Streams, build
-from maml_rl.configs import find_config
 from maml_rl.config import load
+from maml_rl.configs import find_config
 from maml_rl.maml import collect, draw_seeds, meta_step
 from maml_rl.policy import Normal, parameters_of
 from maml_rl.policy_adapter import PREFIX
