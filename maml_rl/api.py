@@ -26,6 +26,7 @@ types a policy returns) and `configure_process` (the process-wide settings a run
 
 from __future__ import annotations
 
+import contextlib
 import warnings
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -36,7 +37,7 @@ from maml_rl import config as config_module
 from maml_rl.config import Config, ConfigError
 from maml_rl.configs import find_config
 from maml_rl.errors import CheckpointError
-from maml_rl.evaluate import Evaluation, check_request, evaluate_run, load_run
+from maml_rl.evaluate import Evaluation, check_request, evaluate_run, hold_eval_dir, load_run
 from maml_rl.evaluate import save as save_evaluation
 from maml_rl.oracle import OracleFamily
 from maml_rl.runtime import configure_process
@@ -188,8 +189,9 @@ def evaluate(
     checkpoint: 'latest' or 'best'; step_sizes: the inner step sizes, the last one repeated
         (default fast_lr, then fast_lr / 2); eval_seed: the seed of the held-out tasks
         (default the run's); device: where the policies run (default where each trained).
-    save: write DIR/eval/ as ``maml-rl evaluate`` does (an earlier evaluation with the same
-        protocol keeps its other methods); report: receives progress lines.
+    save: write DIR/eval/ as ``maml-rl evaluate`` does, holding its lock throughout (an earlier
+        evaluation with the same protocol keeps its other methods); report: receives progress
+        lines and notes.
 
     Returns an `Evaluation`: ``returns[method]`` per-task mean returns [S + 1, N], ``means``
     their mean over tasks per step, ``rows`` the summary (mean, standard error, 95 % interval).
@@ -201,26 +203,29 @@ def evaluate(
     run_dir = Path(run_dir)
     if eval_seed is not None and eval_seed < 0:
         raise ConfigError(f"--eval-seed must be >= 0, got {eval_seed}")
-    given = dict(baselines) if isinstance(baselines, Mapping) else dict.fromkeys(baselines)
-    check_request(run_dir, num_steps, num_tasks, checkpoint, step_sizes, list(given), device)
-    if "oracle" in given:  # before any baseline trains: can this family have an oracle?
-        cfg = load_run(run_dir, checkpoint).cfg
-        OracleFamily(make_family(cfg.env, cfg.env_kwargs))
-    dirs: dict[str, str | Path | None] = {}
-    for name, path in given.items():
-        if path is None and name != "random":
-            path = baseline_run_dir(run_dir, name, train_baselines, device, progress, report)
-        dirs[name] = path
-    evaluation = evaluate_run(
-        run_dir,
-        dirs,
-        num_steps=num_steps,
-        num_tasks=num_tasks,
-        which=checkpoint,
-        step_sizes=step_sizes,
-        eval_seed=eval_seed,
-        device=device,
-    )
-    if save:
-        save_evaluation(evaluation, run_dir / "eval", report=report)
-    return evaluation
+    # DIR/eval is ours from loading the run to the last file written: a second evaluate (or a
+    # train --overwrite) of the run is refused in one line
+    with hold_eval_dir(run_dir / "eval") if save else contextlib.nullcontext():
+        given = dict(baselines) if isinstance(baselines, Mapping) else dict.fromkeys(baselines)
+        check_request(run_dir, num_steps, num_tasks, checkpoint, step_sizes, list(given), device)
+        if "oracle" in given:  # before any baseline trains: can this family have an oracle?
+            cfg = load_run(run_dir, checkpoint).cfg
+            OracleFamily(make_family(cfg.env, cfg.env_kwargs))
+        dirs: dict[str, str | Path | None] = {}
+        for name, path in given.items():
+            if path is None and name != "random":
+                path = baseline_run_dir(run_dir, name, train_baselines, device, progress, report)
+            dirs[name] = path
+        evaluation = evaluate_run(
+            run_dir,
+            dirs,
+            num_steps=num_steps,
+            num_tasks=num_tasks,
+            which=checkpoint,
+            step_sizes=step_sizes,
+            eval_seed=eval_seed,
+            device=device,
+        )
+        if save:
+            save_evaluation(evaluation, run_dir / "eval", report=report)
+        return evaluation

@@ -88,13 +88,6 @@ def _step_sizes(text: str | None) -> list[float]:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from maml_rl.evaluate import hold_eval_dir
-
-    with hold_eval_dir(Path(args.run_dir) / "eval"):  # a second evaluate or --overwrite: refused
-        return _evaluate(args)
-
-
-def _evaluate(args: argparse.Namespace) -> int:
     from maml_rl.api import evaluate
     from maml_rl.evaluate import PROTOCOL, RAN_ON, format_table, mixed_devices_note
 
