@@ -28,6 +28,7 @@ import copy
 import ipaddress
 import os
 import socket
+import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, fields
@@ -388,9 +389,18 @@ def _cpu_copy(policy: nn.Module) -> nn.Module:
 
 def _actor_environment() -> dict[str, str]:
     """Environment of the actors of a local instance: this process's import path (plug-in
-    families given as module:Class) and its process settings (maml_rl/runtime.py: MKL's
+    families given as module:Class and policies as module:callable: the working directory,
+    PYTHONPATH and the folders added to sys.path outside the Python installation, such as a
+    run's recorded import roots) and its process settings (maml_rl/runtime.py: MKL's
     reproducibility mode, thread waiting, their opt-outs), which the actors apply in turn."""
+    installation = {os.path.realpath(p) for p in (sys.prefix, sys.base_prefix)}
+    added = [
+        p for p in sys.path
+        if p and os.path.isdir(p)
+        and not any(os.path.realpath(p).startswith(root) for root in installation)
+    ]  # fmt: skip
     parts = [os.getcwd(), *filter(None, os.environ.get("PYTHONPATH", "").split(os.pathsep))]
+    parts += [p for p in added if p not in parts]
     names = (*ENVIRONMENT, SWITCH, "MAML_RL_MALLOC")
     return {"PYTHONPATH": os.pathsep.join(parts)} | {
         name: os.environ[name] for name in names if name in os.environ
