@@ -99,6 +99,8 @@ def hold_run_dir(run_dir: Path, resume: bool, overwrite: bool) -> Iterator[None]
     (`artifacts.RUN_ENTRIES`), never a user's other files."""
     if resume and not (run_dir / LATEST).exists():
         raise CheckpointError(_nothing_to_resume(run_dir))
+    if not resume and run_dir.is_dir():
+        _refuse_a_user_folder(run_dir)  # before the lock file: a user's folder gets nothing
     run_dir.mkdir(parents=True, exist_ok=True)
     busy = f"another process is training in {run_dir}; wait for it to finish or stop it"
     with artifacts.locked(run_dir / LOCK, busy):
@@ -116,6 +118,19 @@ def _nothing_to_resume(run_dir: Path) -> str:
     return f"nothing to resume: {run_dir / LATEST} does not exist"
 
 
+def _refuse_a_user_folder(run_dir: Path) -> None:
+    """A one-line error if `run_dir` has entries but neither a checkpoint nor a run record."""
+    if (run_dir / LATEST).exists() or (run_dir / RUN_RECORD).exists():
+        return
+    entries = sorted(p.name for p in run_dir.iterdir() if p.name != LOCK)
+    if entries:
+        names = ", ".join(entries[:3]) + (", ..." if len(entries) > 3 else "")
+        raise CheckpointError(
+            f"{run_dir} is not empty and holds no maml_rl run ({names}); give --out a new or "
+            "empty directory"
+        )
+
+
 def _clear_for_start(run_dir: Path, overwrite: bool) -> None:
     """Make `run_dir` ready for a new run (see `hold_run_dir`), or a one-line error."""
     has_run = (run_dir / LATEST).exists()
@@ -124,13 +139,8 @@ def _clear_for_start(run_dir: Path, overwrite: bool) -> None:
             f"run directory {run_dir} already holds a run; pass --resume to continue it "
             "or --overwrite to replace it"
         )
+    _refuse_a_user_folder(run_dir)
     entries = sorted(p for p in run_dir.iterdir() if p.name != LOCK)
-    if entries and not has_run and not (run_dir / RUN_RECORD).exists():
-        names = ", ".join(p.name for p in entries[:3]) + (", ..." if len(entries) > 3 else "")
-        raise CheckpointError(
-            f"{run_dir} is not empty and holds no maml_rl run ({names}); give --out a new or "
-            "empty directory"
-        )
     with ExitStack() as held:  # every lock below it (evaluate, a baseline it trains)
         for lock_path in sorted(run_dir.glob(f"*/**/{LOCK}")):
             held.enter_context(artifacts.locked(lock_path, (

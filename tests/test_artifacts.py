@@ -200,7 +200,7 @@ def test_a_non_empty_folder_without_a_run_is_refused_even_with_overwrite(
         assert train(folder, *extra) == 2
         err = one_line_error(capsys)
         assert "is not empty and holds no maml_rl run" in err and "notes.txt" in err
-    assert sorted(p.name for p in folder.iterdir()) == [".lock", "config.yaml", "notes.txt", "sub"]
+    assert sorted(p.name for p in folder.iterdir()) == ["config.yaml", "notes.txt", "sub"]
     assert (folder / "config.yaml").read_text() == "mine: true\n"
     empty = tmp_path / "empty"
     empty.mkdir()
