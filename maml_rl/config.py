@@ -73,7 +73,8 @@ class Config:
     """maml (meta-train), or a baseline trained by plain TRPO on tasks from the distribution:
     pretrained (no task information) or oracle (task parameters appended to observations)."""
     env: str = "navigation"
-    """Task family: a registered name (`maml-rl envs`) or a `module:Class` import path."""
+    """Task family: a registered name (`maml-rl envs`) or a `module:Class` import path (from
+    Python, also the class itself, recorded as its `module:Class`)."""
     env_kwargs: dict[str, Any] = field(default_factory=dict)
     """Keyword arguments of the task family (task ranges, horizon, ...)."""
     hidden_sizes: tuple[int, ...] = (64, 64)
@@ -188,8 +189,10 @@ class Config:
     a machine: oversubscribed OpenMP threads spin and slow every run down."""
 
     def __post_init__(self) -> None:
-        if self.policy is not None and not isinstance(self.policy, str):
-            object.__setattr__(self, "policy", policy_target(self.policy))
+        for key in PLUGIN_KEYS:  # a class or callable given from Python: its module:name
+            value = getattr(self, key)
+            if value is not None and not isinstance(value, str):
+                object.__setattr__(self, key, plugin_target(key, value))
         _validate(self)
 
     @property
@@ -203,16 +206,19 @@ class Config:
         return out
 
 
-def policy_target(policy: Any) -> str:
-    """The `module:name` a policy callable given from Python is recorded as; ConfigError if
-    it cannot be imported back (a lambda, a nested function)."""
-    if not callable(policy):
-        raise ConfigError(f"config key 'policy' must be null, 'module:callable' or a callable, "
-                          f"got {policy!r}")  # fmt: skip
+PLUGIN_KEYS = ("env", "policy")
+"""Keys that name a plug-in by `module:name`, and from Python also take the object itself."""
+
+
+def plugin_target(key: str, value: Any) -> str:
+    """The `module:name` a class or callable given from Python for `key` is recorded as;
+    ConfigError if it cannot be imported back (a lambda, a nested function)."""
+    if not callable(value):
+        raise ConfigError(f"config key '{key}' must be a string or a callable, got {value!r}")
     try:
-        return target_of(policy, "policy")
+        return target_of(value, "task family" if key == "env" else key)
     except ImportTargetError as error:
-        raise ConfigError(f"config key 'policy': {error}") from error
+        raise ConfigError(f"config key '{key}': {error}") from error
 
 
 def _check(ok: bool, key: str, message: str, value: Any) -> None:
@@ -355,8 +361,8 @@ def from_dict(
             close = difflib.get_close_matches(key, FIELD_NAMES, n=1)
             hint = f"; did you mean '{close[0]}'?" if close else ""
             raise ConfigError(f"unknown config key '{raw_key}'{hint}")
-        if key == "policy" and callable(value):
-            value = policy_target(value)
+        if key in PLUGIN_KEYS and callable(value):
+            value = plugin_target(key, value)
         updates[key] = _coerce(key, value, FIELD_TYPES[key])
     return dataclasses.replace(base or Config(), **updates)
 
