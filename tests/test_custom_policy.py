@@ -301,3 +301,17 @@ def test_ray_samples_a_custom_policy_like_the_local_sampler() -> None:
         remote.close()
         local.close()
     torch.testing.assert_close(batch.rewards, expected.rewards)
+
+
+@pytest.mark.parametrize("sampler", ["sync", "procs"])
+def test_a_dict_observation_family_trains_with_a_policy_that_takes_it(sampler, tmp_path) -> None:
+    run = tmp_path / "run"
+    argv = ["train", "navigation", "--out", str(run), "--no-progress", "--set",
+            "env=policy_helpers:DictNavigation", "policy=policy_helpers:DictPolicy",
+            "meta_batch_size=2",
+            "fast_batch_size=2", "num_batches=2", "env_kwargs={max_episode_steps: 6}",
+            f"sampler={sampler}"]  # fmt: skip
+    assert main(argv) == 0
+    from maml_rl.evaluate import load_run
+
+    assert load_run(run).iteration == 1
