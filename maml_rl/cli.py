@@ -16,6 +16,7 @@ from maml_rl.config import Config, ConfigError
 from maml_rl.configs import find_config
 from maml_rl.errors import (
     CheckpointError,
+    PolicyError,
     RaySamplerError,
     ResourceError,
     RunStopped,
@@ -30,6 +31,7 @@ from maml_rl.runtime import configure_process
 USER_ERRORS = (
     ConfigError,
     CheckpointError,
+    PolicyError,
     TaskFamilyError,
     RunStopped,
     RaySamplerError,

@@ -198,6 +198,7 @@ def load_run(run_dir: str | Path, which: str = "latest", device: str | None = No
         raise ConfigError(f"--checkpoint must be one of {list(CHECKPOINTS)}, got {which!r}")
     state = checkpoint.load(run_dir / CHECKPOINTS[which])
     add_import_root(state.get("import_root"))  # a module:Class family, from any directory
+    add_import_root(state.get("policy_import_root"))  # a module:callable policy
     cfg = from_saved(state["config"] | ({} if device is None else {"device": device}))
     return LoadedRun(run_dir, cfg, state["theta"], state["step_size"], state["iteration"])
 
