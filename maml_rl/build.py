@@ -14,6 +14,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from maml_rl.checker import check_family
 from maml_rl.config import Config, ConfigError
 from maml_rl.memory import RunSizes, check_run
 from maml_rl.mlp_derivatives import supports
@@ -156,3 +157,28 @@ def build(
     else:
         sampler = Sampler(family, policy, cfg.fast_batch_size, device, dtype, backend=cfg.sampler)
     return family, policy, sampler
+
+
+def check_built(family: TaskFamily, cfg: Config) -> None:
+    """The task-family check (checker.py) of a family built by `build`, as `train` runs it
+    before its first iteration and `maml-rl check` runs it: anything it raises becomes a
+    one-line TaskFamilyError."""
+    try:
+        check_family(family, seed=cfg.seed)
+    except TaskFamilyError:
+        raise
+    except Exception as error:
+        raise TaskFamilyError(
+            f"task family {family!r}: the family check raised {type(error).__name__}: {error}"
+        ) from error
+
+
+def preflight(cfg: Config) -> TaskFamily:
+    """What `maml-rl check` runs: everything `train` checks before its first iteration, in the
+    same functions: the family is built, its observation space matched with the policy (the
+    built-in MLP needs a flat Box; a custom policy is built and checked, policy_adapter.py),
+    and the family check run. Returns the family; raises one-line errors."""
+    family, _, sampler = build(cfg, torch.Generator().manual_seed(cfg.seed))
+    sampler.close()
+    check_built(family, cfg)
+    return family

@@ -44,7 +44,7 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
     values = dict(config_module.parse_override(item) for item in items)
     if args.seed is not None:
         values["seed"] = args.seed
-    if args.device is not None:
+    if getattr(args, "device", None) is not None:
         values["device"] = args.device
     if getattr(args, "algo", None) is not None:
         values["algo"] = args.algo
@@ -199,17 +199,19 @@ def cmd_render(args: argparse.Namespace) -> int:
 
 
 def cmd_check(args: argparse.Namespace) -> int:
-    """Run the task-family checker on a family (name or module:Class) or a config's family."""
-    from maml_rl.checker import check_family
-    from maml_rl.tasks import available_families, make_family
+    """Check a family (name or module:Class) or a config's family with its policy: what
+    `train` checks before its first iteration (`build.preflight`)."""
+    from maml_rl.build import preflight
+    from maml_rl.tasks import available_families
 
-    target, kwargs = args.target, {}
-    if target not in available_families() and ":" not in target:
-        cfg = config_module.load(find_config(target))  # a config: check its family and kwargs
-        target, kwargs = cfg.env, cfg.env_kwargs
-    family = make_family(target, kwargs)
-    check_family(family, seed=args.seed)
-    print(f"{family!r}: all checks passed")
+    overrides = _overrides(args)
+    if args.target in available_families() or ":" in args.target:
+        cfg = config_module.from_dict({"env": args.target, **overrides})
+    else:  # a config: its family, kwargs and policy
+        cfg = config_module.load(find_config(args.target), overrides)
+    family = preflight(cfg)
+    policy = "the built-in MLP" if cfg.policy is None else cfg.policy
+    print(f"{family!r} with {policy} policy: all checks passed")
     return 0
 
 
@@ -350,7 +352,14 @@ def parser() -> argparse.ArgumentParser:
     check.add_argument(
         "target", metavar="FAMILY_OR_CONFIG", help="family name, module:Class, or config"
     )
-    check.add_argument("--seed", type=int, default=0)
+    check.add_argument("--seed", type=int, default=None, help="seed of the checks (default 0)")
+    check.add_argument(
+        "--set",
+        nargs="+",
+        action="append",
+        metavar="KEY=VALUE",
+        help="config overrides, as for train (e.g. policy=my_module:MyPolicy env_kwargs={...})",
+    )
     check.set_defaults(func=cmd_check)
 
     envs = commands.add_parser("envs", help="list registered task families")

@@ -315,3 +315,29 @@ def test_a_dict_observation_family_trains_with_a_policy_that_takes_it(sampler, t
     from maml_rl.evaluate import load_run
 
     assert load_run(run).iteration == 1
+
+
+@pytest.mark.parametrize(
+    ("overrides", "ok"),
+    [
+        (["env=policy_helpers:DictNavigation"], False),  # the built-in MLP cannot read a Dict
+        (["env=policy_helpers:DictNavigation", "policy=policy_helpers:DictPolicy"], True),
+        (["policy=policy_helpers:BatchNormMLP"], False),
+        (["policy=policy_helpers:LayerNormMLP"], True),
+    ],
+)
+def test_check_says_what_train_says(overrides: list[str], ok: bool, tmp_path, capsys) -> None:
+    """`maml-rl check` runs train's own checks (build.preflight): the same verdict, and the
+    same one-line message when it refuses."""
+    sizes = ["meta_batch_size=2", "fast_batch_size=2", "num_batches=1",
+             "env_kwargs={max_episode_steps: 6}"]  # fmt: skip
+    checked = main(["check", "navigation", "--set", *overrides, *sizes])
+    check_out = capsys.readouterr()
+    trained = main(["train", "navigation", "--out", str(tmp_path / "run"), "--no-progress",
+                    "--set", *overrides, *sizes])  # fmt: skip
+    train_err = capsys.readouterr().err
+    assert (checked == 0) is ok and (trained == 0) is ok
+    if ok:
+        assert "all checks passed" in check_out.out
+    else:
+        assert check_out.err.strip() == train_err.strip() and check_out.err.count("\n") == 1
