@@ -168,8 +168,9 @@ COMPARED = ("returns/pre_update", "returns/post_update", "meta/surrogate_after",
         ["--set", "outer=promp"],
         ["--set", "algo=oracle"],
         ["--set", "algo=pretrained"],
+        ["--set", "policy=policy_helpers:LayerNormMLP", "policy_kwargs={hidden: 8}"],
     ],
-    ids=["trpo-lvc", "promp", "oracle", "pretrained"],
+    ids=["trpo-lvc", "promp", "oracle", "pretrained", "custom-policy"],
 )
 def test_training_on_cuda_in_float64_follows_the_cpu_run_row_by_row(
     tmp_path: Path, extra: list[str]
