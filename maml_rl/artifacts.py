@@ -56,11 +56,16 @@ def temporary_path(path: Path) -> Path:
     return path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp{path.suffix}")
 
 
+def is_run_temporary(name: str) -> bool:
+    """Whether `name` is the temporary file of one of RUN_ENTRIES (left by a killed write)."""
+    match = _TEMPORARY.fullmatch(name)
+    return match is not None and match["name"] in RUN_ENTRIES
+
+
 def is_run_entry(name: str) -> bool:
     """Whether `name` is written by `maml_rl` in a run directory: one of RUN_ENTRIES, or a
     temporary file of one left by a killed write."""
-    match = _TEMPORARY.fullmatch(name)
-    return name in RUN_ENTRIES or (match is not None and match["name"] in RUN_ENTRIES)
+    return name in RUN_ENTRIES or is_run_temporary(name)
 
 
 @contextmanager

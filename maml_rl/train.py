@@ -119,10 +119,12 @@ def _nothing_to_resume(run_dir: Path) -> str:
 
 
 def _refuse_a_user_folder(run_dir: Path) -> None:
-    """A one-line error if `run_dir` has entries but neither a checkpoint nor a run record."""
+    """A one-line error if `run_dir` has entries but neither a checkpoint nor a run record
+    (besides the lock and temporary files of a start killed while writing its run record)."""
     if (run_dir / LATEST).exists() or (run_dir / RUN_RECORD).exists():
         return
-    entries = sorted(p.name for p in run_dir.iterdir() if p.name != LOCK)
+    entries = sorted(p.name for p in run_dir.iterdir() if not artifacts.is_run_temporary(p.name))
+    entries = [name for name in entries if name != LOCK]
     if entries:
         names = ", ".join(entries[:3]) + (", ..." if len(entries) > 3 else "")
         raise CheckpointError(

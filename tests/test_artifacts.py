@@ -153,12 +153,12 @@ RUN_CLI = "import sys; from maml_rl.cli import main; sys.exit(main(sys.argv[1:])
 
 # --- item 7: a run killed at its first checkpoint's rename is started again, not wedged ---
 
-KILL_AT_FIRST_LATEST = textwrap.dedent(
+KILL_AT_FIRST_RENAME_TO = textwrap.dedent(
     """
     import os, signal, sys
-    real = os.replace
+    real, target = os.replace, sys.argv.pop(1)
     def replace(src, dst, *args, **kwargs):
-        if str(dst).endswith("checkpoint_latest.pt"):
+        if os.path.basename(dst) == target:
             os.kill(os.getpid(), signal.SIGKILL)  # as strace -e inject=rename:signal=KILL
         return real(src, dst, *args, **kwargs)
     os.replace = replace
@@ -168,19 +168,24 @@ KILL_AT_FIRST_LATEST = textwrap.dedent(
 )
 
 
-def test_a_run_killed_at_its_first_checkpoint_rename_can_be_started_again(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+@pytest.mark.parametrize("target", ["run.json", LATEST])
+def test_a_run_killed_before_its_first_checkpoint_can_be_started_again(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], target: str
 ) -> None:
+    """SIGKILL at the rename of the run record (the run's first write) or of the first
+    checkpoint: neither --resume nor --out may send the user to the other one."""
     run = tmp_path / "run"
     argv = ["train", "navigation", "--out", str(run), *TINY]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
-    killed = subprocess.run([sys.executable, "-c", KILL_AT_FIRST_LATEST, *argv], env=env,
-                            capture_output=True, timeout=300)  # fmt: skip
+    killed = subprocess.run([sys.executable, "-c", KILL_AT_FIRST_RENAME_TO, target, *argv],
+                            env=env, capture_output=True, timeout=300)  # fmt: skip
     assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
-    assert (run / "run.json").exists() and not (run / LATEST).exists()
+    assert not (run / target).exists() and any(".tmp" in p.name for p in run.iterdir())
     assert main(["train", "--resume", str(run), "--no-progress"]) == 2
     err = one_line_error(capsys)
-    assert "never completed an iteration" in err and f"--out {run}" in err
+    assert "nothing to resume" in err
+    if target == LATEST:
+        assert "never completed an iteration" in err and f"--out {run}" in err
     assert train(run) == 0  # the failed start is reused, not "already holds a run"
     assert checkpoint.load(run / LATEST)["iteration"] == 1
     assert not [p.name for p in run.iterdir() if ".tmp" in p.name]
@@ -202,6 +207,8 @@ def test_a_non_empty_folder_without_a_run_is_refused_even_with_overwrite(
         assert "is not empty and holds no maml_rl run" in err and "notes.txt" in err
     assert sorted(p.name for p in folder.iterdir()) == ["config.yaml", "notes.txt", "sub"]
     assert (folder / "config.yaml").read_text() == "mine: true\n"
+    assert artifacts.is_run_entry(".run.json.0123abcd.tmp.json")
+    assert not artifacts.is_run_entry("notes.txt.0123abcd.tmp")
     empty = tmp_path / "empty"
     empty.mkdir()
     assert train(empty) == 0
