@@ -12,6 +12,10 @@ key equations), and a backtracking line search on the true loss and KL makes the
 Everything here works on flat parameter vectors ``x: Tensor [P]`` and on callables, so it is
 independent of the policy network; `flatten`, `unflatten` and `flat_grad` convert between a
 sequence of parameter tensors and the flat vector.
+
+Every inner product of the solver is `dot`, whose bits do not depend on torch's thread count,
+so that the outer step of a run whose thread count changes with the load (`torch_threads:
+null`, threads.py) is the same as on a fixed count.
 """
 
 from __future__ import annotations
@@ -23,11 +27,14 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from maml_rl.threads import torch_threads
+
 __all__ = [
     "HVP",
     "LineSearchResult",
     "backtracking_line_search",
     "conjugate_gradient",
+    "dot",
     "exact_hvp",
     "finite_difference_hvp",
     "flat_grad",
@@ -97,6 +104,22 @@ def flat_grad(
     return flatten(
         [torch.zeros_like(p) if g is None else g for g, p in zip(grads, inputs, strict=True)]
     )
+
+
+def dot(a: Tensor, b: Tensor) -> Tensor:
+    """aᵀb of two flat vectors ``[P]``, a 0-dim tensor with the same bits on any thread count.
+
+    On the CPU `torch.dot` is MKL's ``sdot`` / ``ddot``, which splits a long sum between its
+    threads: on an ant policy (P = 11472) the CG of one meta-step gave different last bits on
+    1 and 2 threads, 3e-8 in the new parameters (``MKL_CBWR=AUTO,STRICT``, runtime.py, fixes
+    the order for a given thread count only). Here the sum runs on one thread: 8 µs a product
+    with the switch of thread count, against 4 µs on one and 17 µs on two busy cores without
+    it; 22 products per meta-step, nothing measurable against its seconds (benchmarks/threads.py).
+    """
+    if a.device.type != "cpu":
+        return torch.dot(a, b)
+    with torch_threads(1):
+        return torch.dot(a, b)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -220,19 +243,19 @@ def conjugate_gradient_with_residual(
     x = torch.zeros_like(b)
     r = b.clone()
     p = b.clone()
-    rdotr = torch.dot(r, r)
+    rdotr = dot(r, r)
     for _ in range(iters):
         rr = float(rdotr)
         if not (rr >= residual_tol and rr > 0.0):  # converged, or r = 0, or NaN
             break
         z = hvp(p)
-        p_hp = torch.dot(p, z)
+        p_hp = dot(p, z)
         if not (math.isfinite(float(p_hp)) and float(p_hp) > 0.0):
             break
         alpha = rdotr / p_hp
         x = x + alpha * p
         r = r - alpha * z
-        new_rdotr = torch.dot(r, r)
+        new_rdotr = dot(r, r)
         p = r + (new_rdotr / rdotr) * p
         rdotr = new_rdotr
     return x, r
@@ -249,7 +272,7 @@ def max_step_length(direction: Tensor, hvp_direction: Tensor, max_kl: float) -> 
     """
     if max_kl < 0:
         raise ValueError(f"max_kl must be >= 0, got {max_kl}")
-    d_hd = torch.dot(direction.detach(), hvp_direction.detach())
+    d_hd = dot(direction.detach(), hvp_direction.detach())
     if not (math.isfinite(float(d_hd)) and float(d_hd) > 0.0):
         return torch.zeros((), dtype=direction.dtype, device=direction.device)
     beta = torch.sqrt(2.0 * max_kl / d_hd)

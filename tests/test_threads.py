@@ -87,7 +87,7 @@ def test_this_machines_counters_are_read() -> None:
 def test_a_meta_iteration_is_bit_identical_on_one_and_two_threads() -> None:
     """AutoThreads changes the thread count with the machine's load, mid-run: resumed and
     uninterrupted navigation runs stay bit-identical only because the result does not depend
-    on it. (An ant meta-iteration's TRPO step does, by about 4e-8: README, `torch_threads`.)"""
+    on it (on ant-sized inputs: the next test)."""
     from maml_rl.build import Streams, build
     from maml_rl.cli import find_config
     from maml_rl.config import load
@@ -113,3 +113,44 @@ def test_a_meta_iteration_is_bit_identical_on_one_and_two_threads() -> None:
     assert any(not torch.equal(results[0][k], theta[k]) for k in theta)  # a step was taken
     for k in theta:
         assert torch.equal(results[0][k], results[1][k]), k
+
+
+def test_an_ant_sized_outer_step_is_bit_identical_on_one_and_two_threads() -> None:
+    """The TRPO outer step (meta-gradient, Gauss-Newton products, CG, line search) of the ant
+    configs on ant-sized float32 inputs: 105 observations, 8 actions, a 64x64 tanh policy
+    (11472 parameters), 8 tasks x 20 trajectories x 100 steps. With `torch.dot` in place of
+    `trpo.dot`, MKL split the CG's inner products by thread: the new theta differed by 3e-8."""
+    from maml_rl.config import load
+    from maml_rl.configs import find_config
+    from maml_rl.maml import TaskData, batch_advantages, meta_step
+    from maml_rl.policy import GaussianMLPPolicy, parameters_of
+    from maml_rl.types import Batch
+
+    steps, num_tasks, k, obs_dim, act_dim = 100, 8, 20, 105, 8
+    cfg = load(find_config("ant-dir"), {"meta_batch_size": num_tasks})
+    g = torch.Generator().manual_seed(0)
+    policy = GaussianMLPPolicy(obs_dim, act_dim, (64, 64), "tanh", generator=g)
+    theta = parameters_of(policy)
+
+    def batch() -> Batch:
+        lengths = torch.randint(10, steps + 1, (num_tasks, k), generator=g)
+        mask = (torch.arange(steps).view(-1, 1, 1) < lengths).float()
+        observations = torch.randn(steps, num_tasks, k, obs_dim, generator=g)
+        actions = torch.randn(steps, num_tasks, k, act_dim, generator=g)
+        rewards = torch.randn(steps, num_tasks, k, generator=g)
+        return Batch(observations * mask[..., None], actions * mask[..., None],
+                     rewards * mask, mask)  # fmt: skip
+
+    pre, post = batch(), batch()
+    data = TaskData(((pre, batch_advantages(pre, cfg)),), post, batch_advantages(post, cfg))
+    previous = torch.get_num_threads()
+    results = []
+    try:
+        for count in (1, 2):
+            torch.set_num_threads(count)
+            results.append(meta_step(policy, theta, {}, data, cfg))
+    finally:
+        torch.set_num_threads(previous)
+    assert results[0][2].accepted
+    for name in theta:
+        assert torch.equal(results[0][0][name], results[1][0][name]), name
