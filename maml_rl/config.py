@@ -185,8 +185,9 @@ class Config:
     """outer promp: the weight η of the KL penalty on the inner steps (ProMP: 5e-4, fixed)."""
     torch_threads: int | None = None
     """torch's intra-op threads for the optimisation (sampling always uses one; MuJoCo batches
-    use every CPU). null: torch's default (all cores). Set 1 per run when several runs share
-    a machine: oversubscribed OpenMP threads spin and slow every run down."""
+    use every CPU). null: chosen every iteration from the load on the CPUs (threads.py): every
+    core alone, fewer beside other CPU-bound work. Results do not depend on the count, so a
+    run resumed under another load continues bit for bit."""
 
     def __post_init__(self) -> None:
         for key in PLUGIN_KEYS:  # a class or callable given from Python: its module:name
