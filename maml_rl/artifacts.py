@@ -21,7 +21,7 @@ import os
 import re
 import secrets
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any
@@ -60,6 +60,16 @@ def is_run_temporary(name: str) -> bool:
     """Whether `name` is the temporary file of one of RUN_ENTRIES (left by a killed write)."""
     match = _TEMPORARY.fullmatch(name)
     return match is not None and match["name"] in RUN_ENTRIES
+
+
+def remove_stale_temporaries(directory: Path, names: Iterable[str] = RUN_ENTRIES) -> None:
+    """Delete the temporary files of `names` in `directory` that killed writes left behind;
+    call it only while holding the directory's lock (no write of its own is under way)."""
+    names = set(names)
+    for path in directory.glob(".*tmp*"):
+        match = _TEMPORARY.fullmatch(path.name)
+        if match is not None and match["name"] in names and path.is_file():
+            path.unlink(missing_ok=True)
 
 
 def is_run_entry(name: str) -> bool:

@@ -623,6 +623,7 @@ def save(
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     with hold_eval_dir(out_dir, WAIT_TO_SAVE_S):
+        artifacts.remove_stale_temporaries(out_dir, OUTPUTS)
         evaluation = merged(evaluation, out_dir, report)
         csv_path, png_path = out_dir / "adaptation.csv", out_dir / "adaptation.png"
         rows = evaluation.rows

@@ -106,6 +106,7 @@ def hold_run_dir(run_dir: Path, resume: bool, overwrite: bool) -> Iterator[None]
     with artifacts.locked(run_dir / LOCK, busy):
         if not resume:
             _clear_for_start(run_dir, overwrite)
+        artifacts.remove_stale_temporaries(run_dir)  # left by a killed write
         yield
 
 

@@ -170,7 +170,7 @@ KILL_AT_FIRST_RENAME_TO = textwrap.dedent(
 
 @pytest.mark.parametrize("target", ["run.json", LATEST])
 def test_a_run_killed_before_its_first_checkpoint_can_be_started_again(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str], target: str
+    trained: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], target: str
 ) -> None:
     """SIGKILL at the rename of the run record (the run's first write) or of the first
     checkpoint: neither --resume nor --out may send the user to the other one."""
@@ -186,6 +186,14 @@ def test_a_run_killed_before_its_first_checkpoint_can_be_started_again(
     assert "nothing to resume" in err
     if target == LATEST:
         assert "never completed an iteration" in err and f"--out {run}" in err
+    if target == LATEST:  # a resume of a later run clears what a killed write left
+        stale = run / ".checkpoint_best.pt.0123abcd.tmp.pt"
+        copy_run(trained, tmp_path / "later")
+        stale = tmp_path / "later" / stale.name
+        stale.write_bytes(b"left by a killed write")
+        resume = ["train", "--resume", str(tmp_path / "later"), "--set", "num_batches=3"]
+        assert main([*resume, "--no-progress"]) == 0
+        assert not stale.exists()
     assert train(run) == 0  # the failed start is reused, not "already holds a run"
     assert checkpoint.load(run / LATEST)["iteration"] == 1
     assert not [p.name for p in run.iterdir() if ".tmp" in p.name]
@@ -298,6 +306,11 @@ def test_evaluation_and_figure_writes_killed_midway_leave_the_old_files(
     assert after["adaptation.png"] == before["adaptation.png"]
     assert after["evaluation.json"] == before["evaluation.json"]  # the protocol is written last
     assert not [name for name in after if ".tmp" in name]
+    stale = eval_dir / ".adaptation_tasks.csv.0123abcd.tmp.csv"  # left by a SIGKILL
+    stale.write_bytes(b"cut")
+    monkeypatch.undo()
+    assert main(["evaluate", str(evaluated), *EVALUATE]) == 0
+    assert not stale.exists()
     assert load_run(evaluated).iteration == 1
 
 
