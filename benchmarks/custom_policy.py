@@ -4,6 +4,9 @@ by side, split into phases.
 
     python benchmarks/custom_policy.py [--env navigation] [--rounds 5] [--hvp gauss_newton]
 
+Then one Fisher product of the generic path, forward-mode (fisher.py, the default) against
+double backward through the KL's gradient (the fallback), on the last batch.
+
 Both policies start from the same parameters and sample the same tasks with the same seeds
 (their batches are equal up to rounding); the rounds alternate between them, and the table
 gives the median over rounds (after one warm-up round) of each phase, and the ratio
@@ -25,9 +28,13 @@ from torch import Tensor, nn
 from maml_rl.build import Streams, build
 from maml_rl.config import load
 from maml_rl.configs import find_config
-from maml_rl.maml import collect, draw_seeds, meta_step
-from maml_rl.policy import Normal, parameters_of
+from maml_rl.curvature import _per_task as per_task_rows
+from maml_rl.curvature import _SecondOrder as SecondOrder
+from maml_rl.fisher import ForwardModeFisher
+from maml_rl.maml import TaskData, collect, draw_seeds, meta_step
+from maml_rl.policy import Normal, detach, forward, kl, parameters_of
 from maml_rl.policy_adapter import PREFIX
+from maml_rl.returns import masked_mean
 
 PHASES = ("sampling", "adaptation_s", "meta_gradient_s", "cg_s", "line_search_s", "total")
 
@@ -73,6 +80,7 @@ def main() -> None:
         f"{torch.get_num_threads()}, {args.rounds} rounds after a warm-up"
     )
     times: dict[str, list[dict[str, float]]] = {"built-in": [], "custom": []}
+    datas: dict[str, TaskData] = {}
     family = runs["built-in"][0]
     streams = runs["built-in"][3]
     for round_ in range(args.rounds + 1):
@@ -85,6 +93,7 @@ def main() -> None:
                 sampler, thetas[name], tasks, [cfg.fast_lr] * cfg.num_steps, seeds, cfg
             )
             sampling = time.perf_counter() - start
+            datas[name] = data
             _, _, info = meta_step(policy, thetas[name], {}, data, cfg)
             total = time.perf_counter() - start
             if round_ > 0:
@@ -93,8 +102,42 @@ def main() -> None:
     for phase in PHASES:
         a, b = (statistics.median(r[phase] for r in times[n]) for n in ("built-in", "custom"))
         print(f"{phase:>16s} {a:11.3f} {b:11.3f} {b / a if a else float('nan'):6.2f}x")
+    fisher_products(runs["custom"][1], thetas["custom"], datas["custom"])
     for _, _, sampler, _ in runs.values():
         sampler.close()
+
+
+def fisher_products(policy: nn.Module, theta: dict[str, Tensor], data: TaskData) -> None:
+    """One Fisher product of the generic path, two ways, on the last post-update batch: the
+    forward-mode product (fisher.py, the default) and double backward through the KL's
+    gradient (the fallback for operations without a forward-mode derivative)."""
+    post = data.post
+    num_tasks = post.num_tasks
+    phi = {k: v.detach().expand(num_tasks, *v.shape).clone() for k, v in theta.items()}
+    obs, _, _, weights = per_task_rows(post, torch.zeros_like(post.rewards))
+    t = {k: torch.randn_like(v) for k, v in phi.items()}
+    forward_mode = ForwardModeFisher(policy, phi, obs, weights)
+    leaf = {k: v.clone().requires_grad_(True) for k, v in phi.items()}
+    with torch.enable_grad():
+        dist = forward(policy, leaf, post.observations.movedim(1, 0), per_task=True)
+        old = detach(dist)
+        kl_n = masked_mean(kl(old, dist), post.step_weights.movedim(1, 0), (1, 2))
+        double_backward = SecondOrder(leaf, kl_n)
+    timings = {}
+    for name, product in (("forward-mode", forward_mode.product),
+                          ("double backward", double_backward.product)):  # fmt: skip
+        product(t)
+        start = time.perf_counter()
+        for _ in range(10):
+            out = product(t)
+        timings[name] = (time.perf_counter() - start) / 10
+        timings[name + " out"] = out
+    a, b = timings["forward-mode out"], timings["double backward out"]
+    error = max(float((a[k] - b[k]).abs().max() / b[k].abs().max().clamp_min(1e-30)) for k in a)
+    print(f"generic Fisher product: forward-mode {timings['forward-mode'] * 1e3:.1f} ms, "
+          f"double backward {timings['double backward'] * 1e3:.1f} ms "
+          f"(ratio {timings['double backward'] / timings['forward-mode']:.2f}x; "
+          f"largest relative difference {error:.1e})")  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -74,7 +74,7 @@ def describe_policy(policy: nn.Module, cfg: Config) -> str:
         path = "closed-form Gauss-Newton products" if supports(policy) else "autograd products"
         return f"built-in MLP {list(cfg.hidden_sizes)} {cfg.nonlinearity}, {path}"
     count = sum(p.numel() for p in policy.parameters())
-    return f"{cfg.policy} ({count:,} parameters), generic autograd products"
+    return f"{cfg.policy} ({count:,} parameters), generic products (forward-mode Fisher)"
 
 
 def resolve_device(name: str) -> torch.device:
@@ -164,7 +164,7 @@ def check_built(family: TaskFamily, cfg: Config) -> None:
     before its first iteration and `maml-rl check` runs it: anything it raises becomes a
     one-line TaskFamilyError."""
     try:
-        check_family(family, seed=cfg.seed)
+        check_family(family, seed=cfg.seed, action_std=cfg.init_std)  # the first actions
     except TaskFamilyError:
         raise
     except Exception as error:

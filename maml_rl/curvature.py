@@ -33,9 +33,12 @@ F_n t_S / N, gives the meta-gradient of the post-update surrogate (``meta_gradie
 
 The products H_{n,s} t and F_n t are computed, for Gaussian MLP policies and the REINFORCE inner
 loss, in closed form from activations cached once per meta-step (mlp_derivatives.py: a tangent
-pass and its adjoint, a few batched matrix products each); otherwise (categorical policies,
-other activations, the LVC and DiCE inner losses) by double backward through a first-order
-graph (the inner-loss gradient at phi_s, the KL gradient at phi_S) built once per meta-step.
+pass and its adjoint, a few batched matrix products each); otherwise (custom policies,
+categorical policies, other activations, the LVC and DiCE inner losses) F_n t by a forward-mode
+Jacobian product, the distributions' Fisher in closed form and a reverse pass through a graph
+built once (fisher.py; 1.65x faster than double backward on a 64x64 navigation policy), and
+H_{n,s} t by double backward through the inner-loss gradient at phi_s, built once per
+meta-step (F_n t too where an operation has no forward-mode derivative).
 Either way every CG iteration reuses them, instead of differentiating the whole adaptation twice
 (``exact``) or recomputing it twice per product (``finite_difference``). Tensors are per task,
 [N, *shape].
@@ -48,6 +51,7 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import Tensor, nn
 
+from maml_rl.fisher import ForwardModeFisher, forward_mode_works
 from maml_rl.inner import (
     SCALAR_STEP_SIZE,
     InnerObjective,
@@ -192,15 +196,20 @@ class GaussNewtonHVP:
             self.old_dist = old_dist
             if closed_form:
                 obs, _, _, weights = _per_task(post, torch.zeros_like(post.rewards))
-                self.fisher: _SecondOrder | GaussianFisher = GaussianFisher(
+                self.fisher: _SecondOrder | GaussianFisher | ForwardModeFisher = GaussianFisher(
                     policy, phi, obs, weights
                 )
                 self.surrogate: GaussianFisher | _AutogradSurrogate = self.fisher
             else:
-                leaf = _leaf(phi)
-                dist = forward(policy, leaf, post.observations.movedim(1, 0), per_task=True)
-                weights = post.step_weights.movedim(1, 0)
-                self.fisher = _SecondOrder(leaf, masked_mean(kl(old_dist, dist), weights, (1, 2)))
+                obs, _, _, weights = _per_task(post, torch.zeros_like(post.rewards))
+                if forward_mode_works(policy, phi, obs):
+                    self.fisher = ForwardModeFisher(policy, phi, obs, weights)
+                else:  # an operation without a forward-mode derivative: double backward
+                    leaf = _leaf(phi)
+                    dist = forward(policy, leaf, post.observations.movedim(1, 0), per_task=True)
+                    weights = post.step_weights.movedim(1, 0)
+                    kl_n = masked_mean(kl(old_dist, dist), weights, (1, 2))
+                    self.fisher = _SecondOrder(leaf, kl_n)
                 self.surrogate = _AutogradSurrogate(policy, phi, post, old_dist)
 
     def __call__(self, v_theta: Params, v_step: Params) -> tuple[Params, Params]:
