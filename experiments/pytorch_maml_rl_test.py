@@ -32,6 +32,7 @@ import yaml
 from scipy import stats
 
 from experiments.pytorch_maml_rl_side_by_side import PYTORCH_CONFIG
+from maml_rl import checkpoint
 
 DEFAULT_OUT = Path(__file__).resolve().parent / "results" / "pytorch-maml-rl-test"
 
@@ -76,6 +77,8 @@ def their_state_dict(path: Path) -> dict[str, torch.Tensor]:
     if not path.is_file():
         raise SystemExit(f"{path}: no such checkpoint or policy file")
     state = torch.load(path, map_location="cpu", weights_only=False)
+    if isinstance(state, dict) and "sha256" in state:  # ours since format 2: checksummed
+        state = checkpoint.load(path)
     if "theta" not in state:
         return state  # already theirs
     theta = state["theta"]

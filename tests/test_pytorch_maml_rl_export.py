@@ -34,3 +34,16 @@ def test_a_checkpoint_converts_to_the_same_gaussian(tmp_path: Path) -> None:
     torch.testing.assert_close(mu, ours.mean)
     torch.testing.assert_close(scale.expand_as(mu), ours.log_std.exp())
     assert their_state_dict(tmp_path / "checkpoint_latest.pt").keys() == state.keys()
+
+
+def test_a_checksummed_checkpoint_converts_too(tmp_path: Path) -> None:
+    """Checkpoints since format 2 wrap their state with a sha256; the export unwraps it."""
+    from maml_rl import checkpoint
+
+    policy = GaussianMLPPolicy(2, 2, (64, 64), "tanh", generator=torch.Generator().manual_seed(0))
+    theta = parameters_of(policy)
+    state = {"iteration": 3, "theta": theta, "step_size": {}, "rng": {}, "config": {}}
+    checkpoint.save_atomic(state, tmp_path / "checkpoint_latest.pt")
+    theirs = their_state_dict(tmp_path)
+    assert set(theirs) == {"layer1.weight", "layer1.bias", "layer2.weight", "layer2.bias",
+                           "mu.weight", "mu.bias", "sigma"}  # fmt: skip
