@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import importlib
 import sys
-import types
+from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
@@ -62,13 +62,13 @@ def __dir__() -> list[str]:
     return sorted({*globals(), *EXPORTS})
 
 
-class _Package(types.ModuleType):
+class _Package(ModuleType):
     """`maml_rl.train` and `maml_rl.evaluate` stay the API functions: importing the modules of
     the same names (maml_rl/train.py, maml_rl/evaluate.py) would otherwise rebind them. Reach
     those modules with ``from maml_rl.train import ...`` or ``importlib.import_module``."""
 
     def __setattr__(self, name: str, value: Any) -> None:
-        if name in EXPORTS and isinstance(value, types.ModuleType):
+        if name in EXPORTS and isinstance(value, ModuleType):  # `types` would be maml_rl.types
             return
         super().__setattr__(name, value)
 

@@ -56,6 +56,15 @@ def test_top_level_names_are_the_api_functions_even_after_their_modules_load() -
         maml_rl.nothing  # noqa: B018
 
 
+def test_the_package_takes_attributes_after_maml_rl_types_loads(monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """Loading the submodule maml_rl.types must not shadow the standard `types` that the
+    package's __setattr__ uses (setting a name, as monkeypatch or an import does, raised)."""
+    importlib.import_module("maml_rl.types")
+    monkeypatch.setattr(maml_rl, "load_config", maml_rl.load_config)
+    importlib.import_module("maml_rl.returns")
+    assert maml_rl.returns is importlib.import_module("maml_rl.returns")
+
+
 def test_train_stopped_by_a_callback_resumes_to_the_end(tmp_path: Path) -> None:
     seen: list[maml_rl.IterationInfo] = []
 
