@@ -154,11 +154,15 @@ def summarize(returns: np.ndarray, method: str = "") -> list[SummaryRow]:
     return rows
 
 
-def step_size_schedule(fast_lr: float, num_steps: int, given: Sequence[float] = ()) -> list[float]:
+def step_size_schedule(
+    fast_lr: float, num_steps: int, given: Sequence[float] = (), trained_steps: int = 1
+) -> list[float]:
     """Step sizes of steps 1..S: `given`, its last value repeated up to S steps; by default
-    [fast_lr] + [fast_lr / 2] * (S - 1), the paper's 0.1 then 0.05."""
+    fast_lr for the `trained_steps` steps MAML meta-trained (the run's num_steps), then half
+    of it: for a one-step run the paper's 0.1 then 0.05."""
     if not given:
-        return [fast_lr] + [fast_lr / 2] * (num_steps - 1) if num_steps else []
+        trained = min(num_steps, max(1, trained_steps))
+        return [fast_lr] * trained + [fast_lr / 2] * (num_steps - trained) if num_steps else []
     if len(given) > num_steps:
         raise ConfigError(f"--step-sizes gives {len(given)} step sizes for {num_steps} steps")
     if any(not (math.isfinite(a) and a > 0) for a in given):
@@ -226,7 +230,7 @@ def check_request(
             f"{run.run_dir} is an algo={run.cfg.algo} run; evaluate a MAML run and pass this "
             f"one as --{run.cfg.algo} DIR"
         )
-    step_size_schedule(run.cfg.fast_lr, num_steps, step_sizes)
+    step_size_schedule(run.cfg.fast_lr, num_steps, step_sizes, run.cfg.num_steps)
     return run
 
 
@@ -390,7 +394,7 @@ def evaluate_run(
     # --- the held-out tasks, the sampling seeds and the schedule, shared by every method ---
     chosen = held_out(cfg, num_tasks, num_steps, eval_seed)
     tasks, seeds, seed = chosen.tasks, chosen.seeds, chosen.eval_seed
-    schedule = step_size_schedule(cfg.fast_lr, num_steps, step_sizes)
+    schedule = step_size_schedule(cfg.fast_lr, num_steps, step_sizes, cfg.num_steps)
     k = cfg.fast_batch_size
 
     returns: dict[str, np.ndarray] = {}

@@ -85,6 +85,9 @@ def test_step_size_schedule_default_and_given() -> None:
     assert step_size_schedule(0.5, 1) == [0.5]
     assert step_size_schedule(0.1, 0) == []
     assert step_size_schedule(0.1, 3, [0.2, 0.1]) == [0.2, 0.1, 0.1]  # last value repeated
+    # a run meta-trained with 3 inner steps adapts with its training step size for those 3
+    assert step_size_schedule(0.1, 5, trained_steps=3) == [0.1, 0.1, 0.1, 0.05, 0.05]
+    assert step_size_schedule(0.1, 2, trained_steps=3) == [0.1, 0.1]
     with pytest.raises(ConfigError, match="3 step sizes for 2 steps"):
         step_size_schedule(0.1, 2, [0.1, 0.1, 0.1])
     with pytest.raises(ConfigError, match="positive"):
