@@ -23,7 +23,11 @@ from maml_rl.imports import ImportTargetError, target_of
 
 
 class ConfigError(ValueError):
-    """A user mistake in a configuration (file, key or value); the message is one line."""
+    """A user mistake in a configuration (file, key or value); the message is one line.
+
+    >>> maml_rl.load_config("navigation", fast_lrr=0.1)  # doctest: +SKIP
+    maml_rl.config.ConfigError: unknown config key 'fast_lrr'; did you mean 'fast_lr'?
+    """
 
 
 ALIASES = {"env_name": "env"}  # pytorch-maml-rl's `env-name`
@@ -67,7 +71,15 @@ def _translate_pytorch_maml_rl(values: dict[str, Any], notes: list[str] | None) 
 
 @dataclass(frozen=True)
 class Config:
-    """Settings of a meta-training run. Defaults follow pytorch-maml-rl / ProMP."""
+    """Settings of a meta-training run. Defaults follow pytorch-maml-rl / ProMP.
+
+    Every field is documented below; `maml_rl.load_config` reads a YAML file or a shipped
+    config by name, with overrides. Frozen: derive variants with `dataclasses.replace`.
+
+    >>> cfg = Config(env="navigation", num_batches=50, fast_lr=0.1)
+    >>> dataclasses.replace(cfg, seed=2).seed, cfg.hidden_sizes
+    (2, (64, 64))
+    """
 
     algo: str = "maml"
     """maml (meta-train), or a baseline trained by plain TRPO on tasks from the distribution:

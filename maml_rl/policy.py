@@ -34,14 +34,24 @@ NONLINEARITIES: dict[str, type[nn.Module]] = {
 
 
 class Normal(NamedTuple):
-    """Diagonal Gaussian: mean [*, A], log_std [*, A] (broadcast to the mean's shape)."""
+    """Diagonal Gaussian: mean [*, A], log_std [*, A] (broadcast to the mean's shape).
+
+    What a policy returns for Box actions:
+
+    >>> maml_rl.Normal(mean=torch.zeros(5, 2), log_std=torch.full((2,), -0.5))  # doctest: +SKIP
+    """
 
     mean: Tensor
     log_std: Tensor
 
 
 class Categorical(NamedTuple):
-    """Categorical over A actions: unnormalised logits [*, A]."""
+    """Categorical over A actions: unnormalised logits [*, A].
+
+    What a policy returns for Discrete actions:
+
+    >>> maml_rl.Categorical(logits=torch.zeros(5, 4))  # doctest: +SKIP
+    """
 
     logits: Tensor
 
