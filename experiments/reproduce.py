@@ -48,7 +48,7 @@ from maml_rl.train import LATEST
 
 HERE = Path(__file__).resolve().parent
 # iterations of MAML and of each baseline per task: what fitted this repository's 2-core
-# machine (README "Results"); --iterations TASK=N[:B[:O]] or --full (the configs' 500) for more
+# machine (docs/results/index.md); --iterations TASK=N[:B[:O]] or --full (the configs' 500) for more
 PLAN = {
     "navigation": (100, 100),
     "halfcheetah-vel": (30, 30),

@@ -1,6 +1,6 @@
 """The task-family protocol, the batch-environment protocol and the family registry.
 
-A task family is three things (see README, "Add your own task family"):
+A task family is three things (see docs/task-families.md, "Add your own task family"):
 
 * a frozen dataclass describing one task (a goal, a target velocity, ...);
 * ``sample_tasks(n, rng)`` drawing n tasks with an explicit ``numpy.random.Generator``;

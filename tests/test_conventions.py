@@ -176,7 +176,7 @@ def test_convention_keys_are_checked() -> None:
     defaults = Config()
     # pytorch-maml-rl's three conventions are the defaults: with per-step advantage
     # statistics 2D navigation declined after 100 iterations, with per-step weighting alone
-    # after 250 (README "Conventions")
+    # after 250 (docs/how-it-works.md, "Conventions")
     assert (defaults.loss_weighting, defaults.advantage_statistics, defaults.kl_direction) == (
         "episodes",
         "episodes",
