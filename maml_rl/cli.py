@@ -156,7 +156,7 @@ def cmd_plot(args: argparse.Namespace) -> int:
     if args.out is None and len(run_dirs) > 1:
         raise ConfigError("plotting several runs needs --out FILE")
     out = Path(args.out) if args.out is not None else run_dirs[0] / "training.png"
-    print(f"wrote {plot_training(run_dirs, out)}")
+    print(f"wrote {plot_training(run_dirs, out, smooth=args.smooth)}")
     return 0
 
 
@@ -324,6 +324,13 @@ def parser() -> argparse.ArgumentParser:
         "--out",
         metavar="FILE",
         help="PNG file (default DIR/training.png; required for several runs)",
+    )
+    plot.add_argument(
+        "--smooth",
+        type=int,
+        default=10,
+        metavar="N",
+        help="moving average over N iterations, over the raw returns (default 10; 1: raw only)",
     )
     plot.set_defaults(func=cmd_plot)
 

@@ -42,6 +42,22 @@ def run_labels(run_dirs: Sequence[Path]) -> list[str]:
     return [n if names.count(n) == 1 else str(d) for n, d in zip(names, run_dirs, strict=True)]
 
 
+def training_labels(run_dirs: Sequence[Path]) -> list[str]:
+    """Each run's algorithm (maml, pretrained, oracle: config.yaml's `algo`), followed by its
+    directory where two runs share an algorithm: ``maml (nav-lvc)``."""
+    import yaml
+
+    algos = []
+    for run_dir in run_dirs:
+        config = Path(run_dir) / "config.yaml"
+        saved = yaml.safe_load(config.read_text()) if config.is_file() else None
+        algos.append(str(saved.get("algo", "maml")) if isinstance(saved, dict) else "maml")
+    return [
+        algo if algos.count(algo) == 1 else f"{algo} ({label})"
+        for algo, label in zip(algos, run_labels(run_dirs), strict=True)
+    ]
+
+
 def _read_runs(run_dirs: Sequence[str | Path]) -> list[list[dict]]:
     """Each run's metrics.jsonl rows (CheckpointError for a missing or empty run)."""
     runs = []
@@ -67,28 +83,41 @@ def _style_training_axes(by_iteration: Any, by_steps: Any, ylabel: str, legend: 
     by_iteration.legend(fontsize="small", title=legend)
 
 
-def plot_training(run_dirs: Sequence[str | Path], out: str | Path) -> Path:
+TRAINING_SMOOTHING = 10
+"""Default window of the training curves' moving average, in meta-iterations."""
+
+
+def plot_training(
+    run_dirs: Sequence[str | Path], out: str | Path, smooth: int = TRAINING_SMOOTHING
+) -> Path:
     """Pre- and post-update return of each run against iteration and against env steps.
 
     Post-update returns are solid lines, pre-update returns dashed in the same colour; a run
-    without inner steps (pretrained, oracle: pre == post) gets one line.
+    without inner steps (pretrained, oracle: pre == post) gets one line. Each curve is the
+    trailing moving average over `smooth` iterations (`moving_average`), drawn over the raw
+    returns in a light shade; ``smooth=1`` draws the raw returns only. Runs are labelled by
+    their algorithm (`training_labels`).
     """
     run_dirs = [Path(d) for d in run_dirs]
     runs = _read_runs(run_dirs)
     figure = Figure(figsize=(11, 4.2), layout="constrained")
     by_iteration, by_steps = figure.subplots(1, 2, sharey=True)
-    for index, (label, rows) in enumerate(zip(run_labels(run_dirs), runs, strict=True)):
+    for index, (label, rows) in enumerate(zip(training_labels(run_dirs), runs, strict=True)):
         color = f"C{index % 10}"
         iterations = [r["iteration"] for r in rows]
         env_steps = [r.get("env_steps", float("nan")) for r in rows]
         pre, post = [r[PRE] for r in rows], [r[POST] for r in rows]
+        curves = [(post, "-", label)] if pre == post else [
+            (post, "-", f"{label} (post-update)"), (pre, "--", f"{label} (pre-update)")
+        ]  # fmt: skip
         for axis, x in ((by_iteration, iterations), (by_steps, env_steps)):
-            if pre == post:
-                axis.plot(x, post, color=color, label=label)
-            else:
-                axis.plot(x, post, color=color, label=f"{label} (post-update)")
-                axis.plot(x, pre, color=color, linestyle="--", label=f"{label} (pre-update)")
-    _style_training_axes(by_iteration, by_steps, "average return", None)
+            for values, style, name in curves:
+                if smooth > 1:
+                    axis.plot(x, values, color=color, linestyle=style, alpha=0.2, linewidth=0.8)
+                    values = moving_average(np.asarray(values), smooth)
+                axis.plot(x, values, color=color, linestyle=style, label=name)
+    legend = f"moving average over {smooth} iterations" if smooth > 1 else None
+    _style_training_axes(by_iteration, by_steps, "average return", legend)
     figure.suptitle("Training curves: average return of the sampled trajectories")
     return _save(figure, out)
 

@@ -68,3 +68,43 @@ def test_band_figure_of_seeds_and_a_single_baseline(tmp_path: Path) -> None:
     (tmp_path / "empty" / "metrics.jsonl").write_text("")
     with pytest.raises(CheckpointError, match=r"no metrics\.jsonl rows"):
         plot_training_bands({"maml": [tmp_path / "empty"]}, tmp_path / "u.png", "title")
+
+
+def test_training_curves_are_labelled_by_algorithm_and_smoothed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`maml-rl plot`'s figure: the MAML run is "maml" (not its folder's name), two runs of
+    one algorithm add their folders; curves are the moving average over the raw returns in a
+    light shade, or the raw returns alone with smooth=1."""
+    from maml_rl import plot
+
+    post = [float(i % 2) for i in range(20)]  # 0, 1, 0, 1, ...: smoothing shows
+    runs = [write_run(tmp_path / name, [0.0] * 20, post) for name in ("nav-a", "nav-b")]
+    (runs[0] / "config.yaml").write_text("algo: maml\n")
+    (runs[1] / "config.yaml").write_text("algo: oracle\n")
+    assert plot.training_labels(runs) == ["maml", "oracle"]
+    assert plot.training_labels([runs[0], runs[0]]) == [f"maml ({runs[0]})"] * 2
+
+    figures = []
+    monkeypatch.setattr(plot, "_save", lambda figure, path: figures.append(figure) or path)
+    plot.plot_training(runs[:1], tmp_path / "t.png")
+    by_iteration = figures[-1].axes[0]
+    labelled = {line.get_label(): line for line in by_iteration.get_lines()}
+    assert {"maml (post-update)", "maml (pre-update)"} <= set(labelled)
+    smoothed = labelled["maml (post-update)"].get_ydata()
+    np.testing.assert_allclose(smoothed, moving_average(np.array(post), 10))
+    assert by_iteration.get_legend().get_title().get_text() == "moving average over 10 iterations"
+    plot.plot_training(runs[:1], tmp_path / "raw.png", smooth=1)
+    raw = [line.get_ydata() for line in figures[-1].axes[0].get_lines()]
+    assert len(raw) == 2 and list(raw[0]) == post
+
+
+def test_plot_command_smooths_by_default_and_draws_raw_returns_with_smooth_1(
+    tmp_path: Path,
+) -> None:
+    from maml_rl.cli import main
+
+    run = write_run(tmp_path / "run", [0.0] * 12, [1.0] * 12)
+    assert main(["plot", str(run)]) == 0 and (run / "training.png").is_file()
+    assert main(["plot", str(run), "--smooth", "1", "--out", str(tmp_path / "raw.png")]) == 0
+    assert (tmp_path / "raw.png").is_file()
