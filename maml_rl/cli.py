@@ -1,4 +1,4 @@
-"""Command line: `maml-rl train | evaluate | compare | plot | render | check | envs`.
+"""Command line: `maml-rl train | evaluate | compare | plot | render | check | configs | envs`.
 
 Wiring only; user mistakes end in one line, exit 2."""
 
@@ -13,7 +13,7 @@ from typing import Any
 
 from maml_rl import config as config_module
 from maml_rl.config import Config, ConfigError
-from maml_rl.configs import find_config
+from maml_rl.configs import find_config, shipped_config_descriptions
 from maml_rl.errors import (
     CheckpointError,
     PolicyError,
@@ -215,6 +215,13 @@ def cmd_check(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_configs(args: argparse.Namespace) -> int:
+    """The shipped configs, each with what it trains (its YAML's opening comment)."""
+    for name, description in shipped_config_descriptions().items():
+        print(f"{name:26s} {description}")
+    return 0
+
+
 def cmd_envs(args: argparse.Namespace) -> int:
     from maml_rl.tasks import available_families, make_family
 
@@ -232,8 +239,15 @@ def parser() -> argparse.ArgumentParser:
     root.add_argument("--debug", action="store_true", help="show tracebacks for errors")
     commands = root.add_subparsers(dest="command", required=True)
 
-    train = commands.add_parser("train", help="meta-train a policy")
-    train.add_argument("config", nargs="?", help="YAML file or name of a config in experiments/")
+    shipped = ", ".join(shipped_config_descriptions())
+    train = commands.add_parser(
+        "train",
+        help="meta-train a policy",
+        epilog=f"shipped configs (maml-rl configs says what each trains): {shipped}",
+    )
+    train.add_argument(
+        "config", nargs="?", help="YAML file or the name of a shipped config (maml-rl configs)"
+    )
     train.add_argument("--out", help="run directory (checkpoints, metrics.jsonl, TensorBoard)")
     train.add_argument("--resume", metavar="DIR", help="continue the run in DIR")
     train.add_argument("--overwrite", action="store_true", help="replace an existing run in --out")
@@ -337,6 +351,10 @@ def parser() -> argparse.ArgumentParser:
     show = commands.add_parser(
         "render",
         help="watch adaptation: video (MuJoCo) or trajectory plot (navigation) per step",
+        description="Show the MAML run in DIR on held-out tasks after each of --steps gradient "
+        "steps, with evaluate's tasks, seeds and step sizes: a PNG of the trajectories for 2D "
+        "navigation (one row per task, one panel per step), a GIF or MP4 (extra render) of "
+        "trajectory K for MuJoCo and Meta-World families, the clips of a task side by side.",
     )
     show.add_argument("run_dir", metavar="DIR", help="a MAML run directory")
     show.add_argument("--checkpoint", choices=("latest", "best"), default="latest")
@@ -368,6 +386,11 @@ def parser() -> argparse.ArgumentParser:
         help="config overrides, as for train (e.g. policy=my_module:MyPolicy env_kwargs={...})",
     )
     check.set_defaults(func=cmd_check)
+
+    configs = commands.add_parser(
+        "configs", help="list the shipped configs (maml-rl train NAME) and what each trains"
+    )
+    configs.set_defaults(func=cmd_configs)
 
     envs = commands.add_parser("envs", help="list registered task families")
     envs.set_defaults(func=cmd_envs)

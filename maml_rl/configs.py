@@ -40,3 +40,25 @@ def find_config(name: str | Path) -> Path:
             return candidate
     shipped = sorted(p.stem for p in shipped_configs().glob("*.yaml"))
     raise ConfigError(f"no config named '{name}'; shipped configs: {', '.join(shipped) or 'none'}")
+
+
+def describe(path: Path) -> str:
+    """One line saying what a config trains: the start of its opening comment, up to the
+    first colon, or to the last comma of its first line when the sentence runs on.
+
+    >>> describe(find_config("navigation"))
+    '2D navigation (Finn et al. 2017, Sec. 5.3), pytorch-maml-rl protocol'
+    """
+    first = next(iter(path.read_text().splitlines()), "")
+    if not first.startswith("#"):
+        return ""
+    line = first.lstrip("#").strip()
+    if ":" in line:
+        return line.split(":", 1)[0].strip()
+    return line.rsplit(", ", 1)[0].strip() if ", " in line else line
+
+
+def shipped_config_descriptions() -> dict[str, str]:
+    """The shipped configs' names (what `maml-rl train NAME` takes), each with `describe`."""
+    paths = sorted(shipped_configs().glob("*.yaml"), key=lambda p: p.stem)
+    return {p.stem: describe(p) for p in paths}
