@@ -83,8 +83,8 @@ def _import_metaworld() -> Any:
         import metaworld
     except ImportError as error:
         raise TaskFamilyError(
-            f"Meta-World is not installed ({error}); install the extra from the repository: "
-            "pip install -e '.[metaworld]'"
+            f"Meta-World is not installed ({error}); install the extra: "
+            'pip install "maml-rl[metaworld]" (from a checkout: pip install -e ".[metaworld]")'
         ) from None
     apply_mujoco_compat()
     return metaworld

@@ -58,7 +58,7 @@ def _ray() -> Any:
         import ray
     except ImportError as error:
         raise RaySamplerError(
-            "sampler 'ray' needs Ray: pip install -e '.[ray]' (or pip install 'ray>=2.9')"
+            "sampler 'ray' needs Ray: pip install \"maml-rl[ray]\" (or pip install 'ray>=2.9')"
         ) from error
     return ray
 

@@ -392,3 +392,18 @@ def test_policy_action_is_scaled_and_clipped() -> None:
     obs_unit, reward_unit, *_ = unit.step(np.clip(action / 10.0, -1.0, 1.0))
     np.testing.assert_array_equal(obs_tenfold, obs_unit)
     assert reward_tenfold == reward_unit
+
+
+def test_envs_names_the_install_command_of_a_missing_extra(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`maml-rl envs` without Meta-World: its families are listed with a command that works for
+    an installed package too, not only in a checkout."""
+    import sys
+
+    from maml_rl.cli import main
+
+    monkeypatch.setitem(sys.modules, "metaworld", None)  # `import metaworld` fails
+    assert main(["envs"]) == 0
+    lines = [line for line in capsys.readouterr().out.splitlines() if "metaworld-ml1 " in line]
+    assert len(lines) == 1 and 'pip install "maml-rl[metaworld]"' in lines[0]

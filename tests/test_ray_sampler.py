@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-ray = pytest.importorskip("ray", reason="Ray is not installed: pip install -e '.[ray]'")
+ray = pytest.importorskip("ray", reason='Ray is not installed: pip install "maml-rl[ray]"')
 
 from maml_rl.policy import GaussianMLPPolicy, parameters_of  # noqa: E402
 from maml_rl.ray_sampler import (  # noqa: E402
