@@ -3,7 +3,10 @@
 Pure functions of the meta-parameters, the adapted parameters and the post-update batch:
 
     policy/log_std_mean, _min, _max   the Gaussian policy's state-independent log-std
-    policy/entropy                    H(π_θ) = Σ_i (log σ_i + ½ log 2πe)  (per state, nats)
+    policy/entropy                    H(π_θ) = Σ_i (log σ_i + ½ log 2πe)  (per state, nats);
+                                      a categorical (or state-dependent Gaussian) policy's is
+                                      the mean over the states of the pre-update batch, of
+                                      H = −Σ_a p_a log p_a (or the Gaussian's per state)
     adaptation/step_norm              mean_n ‖φ_n − θ‖₂ over all parameters (the inner update)
     adaptation/kl_pre_post            mean_n mean_{t,k} KL(π_θ(·|s) ‖ π_φn(·|s)), s from the
                                       post-update batch (how far adaptation moves the policy)
@@ -20,24 +23,37 @@ import math
 import torch
 from torch import nn
 
-from maml_rl.policy import forward, kl
+from maml_rl.policy import Categorical, forward, kl
 from maml_rl.returns import masked_mean
 from maml_rl.types import Batch, Params
 
 HALF_LOG_2_PI_E = 0.5 * math.log(2 * math.pi * math.e)
 
 
-def exploration(theta: Params) -> dict[str, float]:
-    """log-std statistics and entropy of a Gaussian policy's θ (nothing for other policies)."""
+def exploration(
+    theta: Params, policy: nn.Module | None = None, batch: Batch | None = None
+) -> dict[str, float]:
+    """log-std statistics and entropy of a Gaussian policy's θ; for a policy without a
+    state-independent ``log_std`` (categorical, custom), the mean entropy of π_θ over the
+    states of `batch` [T, N, K, ...] that `policy` sampled (nothing without them)."""
     log_std = theta.get("log_std")
-    if log_std is None:
+    if log_std is not None:
+        return {
+            "policy/log_std_mean": float(log_std.mean()),
+            "policy/log_std_min": float(log_std.min()),
+            "policy/log_std_max": float(log_std.max()),
+            "policy/entropy": float((log_std + HALF_LOG_2_PI_E).sum()),
+        }
+    if policy is None or batch is None:
         return {}
-    return {
-        "policy/log_std_mean": float(log_std.mean()),
-        "policy/log_std_min": float(log_std.min()),
-        "policy/log_std_max": float(log_std.max()),
-        "policy/entropy": float((log_std + HALF_LOG_2_PI_E).sum()),
-    }
+    with torch.no_grad():
+        dist = forward(policy, theta, batch.observations)
+        if isinstance(dist, Categorical):
+            log_p = torch.log_softmax(dist.logits, dim=-1)
+            per_state = -(log_p.exp() * log_p).sum(dim=-1)
+        else:
+            per_state = (dist.log_std + HALF_LOG_2_PI_E).expand_as(dist.mean).sum(dim=-1)
+        return {"policy/entropy": float(masked_mean(per_state, batch.mask))}
 
 
 @torch.no_grad()

@@ -32,6 +32,7 @@ from typing import Any
 import numpy as np
 
 from maml_rl import artifacts
+from maml_rl.actions import env_actions
 from maml_rl.config import ConfigError
 from maml_rl.errors import TaskFamilyError
 from maml_rl.evaluate import (
@@ -87,6 +88,8 @@ def adaptation_clips(
     cfg = run.cfg
     if cfg.algo != "maml":
         raise ConfigError(f"{run.run_dir} is an algo={cfg.algo} run; render a MAML run")
+    family = make_family(cfg.env, cfg.env_kwargs)
+    _refuse_undrawable(family)  # before sampling, which takes seconds
     num_steps = steps[-1]
     chosen = held_out(cfg, num_eval_tasks, num_steps, eval_seed)
     schedule = step_size_schedule(cfg.fast_lr, num_steps)
@@ -103,7 +106,7 @@ def adaptation_clips(
         first_task=first_task,
     )
     return Clips(
-        family=make_family(cfg.env, cfg.env_kwargs),
+        family=family,
         tasks=tasks,
         first_task=first_task,
         steps=steps,
@@ -142,6 +145,20 @@ def mujoco_env(family: TaskFamily) -> Any | None:
     return None
 
 
+def _refuse_undrawable(family: TaskFamily) -> None:
+    """A one-line TaskFamilyError for a family that neither draws nor has a MuJoCo env."""
+    if can_draw(family):
+        return
+    env = mujoco_env(family)
+    if env is None:
+        raise TaskFamilyError(
+            f"cannot render {family!r}: its environment has no MuJoCo model "
+            "(env.unwrapped.model) and the family no draw_trajectories(ax, task, observations, "
+            "mask) method"
+        )
+    env.close()
+
+
 def default_suffix(family: TaskFamily) -> str:
     if can_draw(family):
         return ".png"
@@ -166,13 +183,9 @@ def render(
         if out.suffix != ".png":
             raise ConfigError(f"{clips.family!r} draws trajectories: give an --out FILE.png")
         return _draw(clips, out)
+    _refuse_undrawable(clips.family)
     env = mujoco_env(clips.family)
-    if env is None:
-        raise TaskFamilyError(
-            f"cannot render {clips.family!r}: its environment has no MuJoCo model "
-            "(env.unwrapped.model) and the family no draw_trajectories(ax, task, observations, "
-            "mask) method"
-        )
+    assert env is not None
     if stride < 1:
         env.close()
         raise ConfigError(f"--stride must be >= 1, got {stride}")
@@ -293,7 +306,7 @@ def _replay(
             )
         renderer.update_scene(env.unwrapped.data, camera=camera)
         images.append(renderer.render().copy())
-        obs, *_ = env.step(actions[t])
+        obs, *_ = env.step(env_actions(actions[t], env.action_space))  # as the sampler sent
     renderer.update_scene(env.unwrapped.data, camera=camera)
     images.append(renderer.render().copy())
     return images

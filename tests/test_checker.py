@@ -7,16 +7,27 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import sys
 import threading
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import gymnasium as gym
 import numpy as np
 import pytest
+import torch
+from conftest import usable_families
 
+import maml_rl
+import maml_rl.render as render_module
+import maml_rl.sampler as sampler_module
+from maml_rl.build import build
 from maml_rl.checker import FamilyCheckWarning, check_family
-from maml_rl.tasks import TaskFamilyError
+from maml_rl.cli import main
+from maml_rl.config import from_dict
+from maml_rl.policy import Normal, parameters_of
+from maml_rl.tasks import TaskFamilyError, make_family
 
 
 @dataclass(frozen=True)
@@ -256,7 +267,7 @@ class FloatHorizonFamily(GoodFamily):
         (NotAnEnvFamily(), "must return a gymnasium.Env"),
         (OutOfSpaceFamily(), "check_env"),
         (WrongDtypeFamily(), "check_env"),
-        (NoOptionsFamily(), "check_env"),
+        (NoOptionsFamily(), "unexpected keyword argument 'options'"),
         (TaskBlindFamily(), "give the same rewards"),
         (ForgetfulFamily(), "does not survive an autoreset"),
         (EndlessFamily(), "did not end within 10 steps"),
@@ -367,3 +378,456 @@ class NaNRewardFamily(GoodFamily):
 )
 def test_rollout_rules(family: Any, match: str) -> None:
     assert match in violation(family)
+
+
+# ------------------------------------------------------------------ issue 37: the checker's
+# mechanism (whole episodes, several tasks and action sequences, the sampler's actions)
+
+
+@dataclass(frozen=True)
+class Cell:
+    goal: tuple[int, int]
+
+
+class GridEnv(LineEnv):
+    """A 5x5 grid; the goal cell is hidden (the observation is the position only); reward -1
+    per step until the goal is reached (terminated, reward 0). Actions: stay, up, down, left,
+    right."""
+
+    MOVES = ((0, 0), (0, 1), (0, -1), (-1, 0), (1, 0))
+
+    def __init__(self, horizon: int, start: int = 0) -> None:
+        super().__init__(horizon)
+        self.observation_space = gym.spaces.Box(0.0, 4.0, (2,), np.float32)
+        self.action_space = gym.spaces.Discrete(5, start=start)
+        self.task, self.position = Cell((4, 4)), (2, 2)  # type: ignore[assignment]
+
+    def reset(
+        self, *, seed: int | None = None, options: dict[str, Any] | None = None
+    ) -> tuple[np.ndarray, dict[str, Any]]:
+        super().reset(seed=seed, options=options)  # the task, the step counter
+        self.position = (2, 2)
+        return np.array(self.position, np.float32), {}
+
+    def step(self, action: Any) -> tuple[np.ndarray, float, bool, bool, dict[str, Any]]:
+        if not self.action_space.contains(action):
+            raise ValueError(f"invalid action {action!r}")
+        dx, dy = self.MOVES[int(action) - int(self.action_space.start)]
+        self.position = (
+            min(max(self.position[0] + dx, 0), 4),
+            min(max(self.position[1] + dy, 0), 4),
+        )
+        self.t += 1
+        reached = self.position == self.task.goal
+        obs = np.array(self.position, np.float32)
+        return obs, 0.0 if reached else -1.0, reached, self.t >= self.horizon, {}
+
+
+class SparseGridFamily:
+    """A correct sparse-reward family: goals anywhere but the start cell."""
+
+    max_episode_steps = 20
+    start = 0
+
+    def sample_tasks(self, n: int, rng: np.random.Generator) -> list[Any]:
+        cells = [(x, y) for x in range(5) for y in range(5) if (x, y) != (2, 2)]
+        return [Cell(cells[i]) for i in rng.integers(0, len(cells), size=n)]
+
+    def make_env(self) -> gym.Env:
+        return GridEnv(self.max_episode_steps, self.start)
+
+
+def test_a_correct_sparse_reward_family_passes_at_every_seed() -> None:
+    """Item 1: five random steps from the start both give -1; whole episodes, several tasks
+    and action sequences tell the tasks apart."""
+    for seed in range(20):
+        check_family(SparseGridFamily(), seed=seed)
+
+
+TINY = {"meta_batch_size": 2, "fast_batch_size": 2, "num_batches": 1, "hidden_sizes": [8],
+        "cg_iters": 2}  # fmt: skip
+
+
+def _tiny_argv(env: str) -> list[str]:
+    return ["--set", f"env={env}", *(f"{key}={value}" for key, value in TINY.items())]
+
+
+# ------------------------------------------------------------------ broken families caught
+
+
+class _TaskShapedActions(LineEnv):
+    """A lenient env whose action space is 2-D for tasks right of 0, 1-D for the others."""
+
+    def reset(
+        self, *, seed: int | None = None, options: dict[str, Any] | None = None
+    ) -> tuple[np.ndarray, dict[str, Any]]:
+        obs, info = super().reset(seed=seed, options=options)
+        size = 2 if self.task.position > 0 else 1
+        self.action_space = gym.spaces.Box(-1.0, 1.0, (size,), np.float32)
+        return obs, info
+
+
+class TaskShapedActionsFamily(GoodFamily):
+    def make_env(self) -> gym.Env:
+        return _TaskShapedActions(self.max_episode_steps)
+
+
+@dataclass(frozen=True)
+class Waypoints:
+    positions: list[float]
+
+
+class _ListMutatingEnv(LineEnv):
+    def reward_target(self) -> float:
+        self.task.positions.append(self.x)  # the env changes its task
+        return self.task.positions[0]
+
+
+class MutatedListFamily(GoodFamily):
+    """Item 3 (and 7): a frozen dataclass holding a list that the env mutates."""
+
+    def sample_tasks(self, n: int, rng: np.random.Generator) -> list[Any]:
+        return [Waypoints([float(p)]) for p in rng.uniform(-1.0, 1.0, size=n)]
+
+    def make_env(self) -> gym.Env:
+        return _ListMutatingEnv(self.max_episode_steps)
+
+
+class Counter:
+    """Mutable, yet hashable and compared by value: hashing cannot catch a change."""
+
+    def __init__(self, value: float) -> None:
+        self.value = value
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Counter) and other.value == self.value
+
+    def __hash__(self) -> int:
+        return 0
+
+
+@dataclass(frozen=True)
+class CountedTarget:
+    position: float
+    counter: Counter
+
+
+class _CounterMutatingEnv(LineEnv):
+    def reward_target(self) -> float:
+        self.task.counter.value += 1
+        return self.task.position
+
+
+class MutatedObjectFamily(GoodFamily):
+    def sample_tasks(self, n: int, rng: np.random.Generator) -> list[Any]:
+        return [CountedTarget(float(p), Counter(0.0)) for p in rng.uniform(-1.0, 1.0, size=n)]
+
+    def make_env(self) -> gym.Env:
+        return _CounterMutatingEnv(self.max_episode_steps)
+
+
+class _LeavesLate(LineEnv):
+    """Observation box ±1; the point drifts 0.12 a step and leaves it at step 9."""
+
+    def __init__(self, horizon: int = 20) -> None:
+        super().__init__(horizon)
+        self.observation_space = gym.spaces.Box(-1.0, 1.0, (1,), np.float32)
+
+    def step(self, action: np.ndarray) -> tuple[np.ndarray, float, bool, bool, dict[str, Any]]:
+        self.t += 1
+        self.x = 0.12 * self.t
+        reward = -abs(self.x - self.task.position) - 0.01 * float(np.asarray(action).sum())
+        return np.array([self.x], np.float32), reward, False, self.t >= self.horizon, {}
+
+
+class LeavesItsSpaceLateFamily(GoodFamily):
+    max_episode_steps = 20
+
+    def make_env(self) -> gym.Env:
+        return _LeavesLate(self.max_episode_steps)
+
+
+class _MultiDiscreteActions(LineEnv):
+    def __init__(self, horizon: int = 10) -> None:
+        super().__init__(horizon)
+        self.action_space = gym.spaces.MultiDiscrete([3, 3])
+
+    def step(self, action: Any) -> tuple[np.ndarray, float, bool, bool, dict[str, Any]]:
+        return super().step(np.asarray(action, np.float32) - 1.0)
+
+
+class MultiDiscreteFamily(GoodFamily):
+    def make_env(self) -> gym.Env:
+        return _MultiDiscreteActions(self.max_episode_steps)
+
+
+class _RejectsTheBound(LineEnv):
+    """Action box ±0.1; an off-by-one bound check rejects an action at the bound (which
+    clipped Gaussian actions hit, uniform samples never)."""
+
+    def __init__(self, horizon: int = 10) -> None:
+        super().__init__(horizon)
+        self.action_space = gym.spaces.Box(-0.1, 0.1, (1,), np.float32)
+
+    def step(self, action: np.ndarray) -> tuple[np.ndarray, float, bool, bool, dict[str, Any]]:
+        if not np.all(np.abs(action) < self.action_space.high):
+            raise ValueError("action out of bounds")
+        return super().step(action)
+
+
+class RejectsTheBoundFamily(GoodFamily):
+    def make_env(self) -> gym.Env:
+        return _RejectsTheBound(self.max_episode_steps)
+
+
+@dataclass(frozen=True)
+class ShapedTarget:
+    position: float
+    shape: Any
+
+
+class LambdaTaskFamily(GoodFamily):
+    """Item 7: each task holds a fresh lambda (unpicklable, compares by identity)."""
+
+    def sample_tasks(self, n: int, rng: np.random.Generator) -> list[Any]:
+        return [ShapedTarget(float(p), lambda d: -abs(d)) for p in rng.uniform(-1, 1, size=n)]
+
+
+class _CounterKeptOnAutoreset(LineEnv):
+    """Resets its step counter only with a task; truncates at t == horizon exactly, so an
+    episode after reset() without options never ends."""
+
+    def reset(
+        self, *, seed: int | None = None, options: dict[str, Any] | None = None
+    ) -> tuple[np.ndarray, dict[str, Any]]:
+        t = self.t
+        obs, info = super().reset(seed=seed, options=options)
+        self.t = 0 if options and "task" in options else t
+        return obs, info
+
+    def step(self, action: np.ndarray) -> tuple[np.ndarray, float, bool, bool, dict[str, Any]]:
+        obs, reward, terminated, _, info = super().step(action)
+        return obs, reward, terminated, self.t == self.horizon, info
+
+
+class CounterKeptOnAutoresetFamily(GoodFamily):
+    def make_env(self) -> gym.Env:
+        return _CounterKeptOnAutoreset(self.max_episode_steps)
+
+
+@pytest.mark.parametrize(
+    ("family", "match"),
+    [
+        (TaskShapedActionsFamily(), "the action space depends on the task"),  # item 2
+        (MutatedListFamily(), "is not hashable (unhashable type: 'list')"),  # items 3, 7
+        (MutatedObjectFamily(), "the env changed task"),  # item 3
+        (LeavesItsSpaceLateFamily(), "step 9 of an episode returned an observation outside"),
+        (MultiDiscreteFamily(), "action space MultiDiscrete([3 3]) is not supported"),  # 5
+        (RejectsTheBoundFamily(), "raised ValueError: action out of bounds"),  # item 6
+        (LambdaTaskFamily(), "is not picklable"),  # item 7
+        (CounterKeptOnAutoresetFamily(), "after reset() without options"),  # item 8
+    ],
+    ids=lambda value: type(value).__name__ if not isinstance(value, str) else "",
+)
+def test_broken_families_of_issue_37_are_refused_for_the_right_reason(
+    family: Any, match: str
+) -> None:
+    assert match in violation(family)
+
+
+# ------------------------------------------------- what the sampler sends (items 5, 6)
+
+
+class DiscreteFromOneFamily(SparseGridFamily):
+    """Discrete(5, start=1): the env rejects action 0."""
+
+    start = 1
+
+
+class _ValidatesBounds(LineEnv):
+    """Action box ±0.1 that the env validates instead of clipping."""
+
+    def __init__(self, horizon: int = 10) -> None:
+        super().__init__(horizon)
+        self.action_space = gym.spaces.Box(-0.1, 0.1, (1,), np.float32)
+
+    def step(self, action: np.ndarray) -> tuple[np.ndarray, float, bool, bool, dict[str, Any]]:
+        if not self.action_space.contains(np.asarray(action, np.float32)):
+            raise ValueError(f"action {action} outside {self.action_space}")
+        return super().step(action)
+
+
+class ValidatesBoundsFamily(GoodFamily):
+    def make_env(self) -> gym.Env:
+        return _ValidatesBounds(self.max_episode_steps)
+
+
+def test_gaussian_actions_reach_a_box_env_clipped_and_the_batch_keeps_them_unclipped() -> None:
+    """Item 6: the sampler clips Box actions to the space before step; the batch keeps the
+    policy's sample (its log-probability is the gradient's)."""
+    cfg = from_dict({"env": "test_checker:ValidatesBoundsFamily", **TINY})
+    check_built_family, _, sampler = build(cfg, torch.Generator().manual_seed(0))
+    check_family(check_built_family, seed=0)
+    tasks = check_built_family.sample_tasks(2, np.random.default_rng(0))
+    batch = sampler.sample(parameters_of(sampler.policy), tasks, seed=0, per_task=False)
+    sampler.close()
+    assert float(batch.actions.abs().max()) > 0.1  # unclipped in the batch
+
+
+@pytest.mark.parametrize("name", ["navigation", "halfcheetah-vel"])
+def test_clipping_leaves_the_built_in_families_trajectories_unchanged(
+    name: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Item 6: navigation and the MuJoCo families clip to the same bounds themselves."""
+    cfg = from_dict({"env": name, "env_kwargs": {"max_episode_steps": 20}, **TINY})
+    batches = []
+    for clip in (True, False):
+        if not clip:
+            monkeypatch.setattr(sampler_module, "env_actions", lambda actions, space: actions)
+        family, _, sampler = build(cfg, torch.Generator().manual_seed(0))
+        tasks = family.sample_tasks(2, np.random.default_rng(0))
+        batches.append(sampler.sample(parameters_of(sampler.policy), tasks, 3, per_task=False))
+        sampler.close()
+    clipped, unclipped = batches
+    assert float(clipped.actions.abs().max()) > 1.0  # some actions left the box
+    for field in ("observations", "actions", "rewards", "mask"):
+        assert torch.equal(getattr(clipped, field), getattr(unclipped, field)), field
+
+
+# ------------------------------------------------- observation spaces (item 5)
+
+
+class _Picture(gym.ObservationWrapper):
+    """The line env seen as an 8x8 picture with the point's column lit."""
+
+    def __init__(self, env: gym.Env, space: gym.spaces.Box) -> None:
+        super().__init__(env)
+        self.observation_space = space
+
+    def observation(self, observation: np.ndarray) -> np.ndarray:
+        picture = np.zeros((8, 8), np.float32)
+        picture[:, int(np.clip((observation[0] + 4.0), 0, 7))] = 1.0
+        space = self.observation_space
+        return (picture * space.high.max()).astype(space.dtype).reshape(space.shape)
+
+
+class ImageFamily(GoodFamily):
+    def make_env(self) -> gym.Env:
+        return _Picture(LineEnv(self.max_episode_steps), gym.spaces.Box(0.0, 1.0, (8, 8)))
+
+
+class Uint8ImageFamily(GoodFamily):
+    def make_env(self) -> gym.Env:
+        space = gym.spaces.Box(0, 255, (8, 8, 1), np.uint8)
+        return _Picture(LineEnv(self.max_episode_steps), space)
+
+
+class _Clocked(gym.ObservationWrapper):
+    def __init__(self, env: LineEnv) -> None:
+        super().__init__(env)
+        self.observation_space = gym.spaces.Dict(
+            {
+                "position": gym.spaces.Box(-np.inf, np.inf, (2,), np.float32),
+                "clock": gym.spaces.Box(0.0, 1.0, (1,), np.float32),
+            }
+        )
+
+    def observation(self, observation: np.ndarray) -> dict[str, np.ndarray]:
+        line: LineEnv = self.env.unwrapped  # type: ignore[assignment]
+        clock = np.array([line.t / line.horizon], np.float32)
+        return {"position": np.array([observation[0], 0.0], np.float32), "clock": clock}
+
+
+class DictFamily(GoodFamily):
+    def make_env(self) -> gym.Env:
+        return _Clocked(LineEnv(self.max_episode_steps))
+
+
+class FlattenPolicy(torch.nn.Module):
+    """A Gaussian policy for any Box observation [B, *shape]: flatten, then linear."""
+
+    def __init__(self, observation_space: gym.spaces.Box, action_space: gym.spaces.Box) -> None:
+        super().__init__()
+        self.scale = float(np.max(observation_space.high))
+        self.linear = torch.nn.Linear(int(np.prod(observation_space.shape)), action_space.shape[0])
+        self.log_std = torch.nn.Parameter(torch.zeros(action_space.shape[0]))
+
+    def forward(self, observations: torch.Tensor) -> Normal:
+        return Normal(self.linear(observations.flatten(1) / self.scale), self.log_std)
+
+
+@pytest.mark.parametrize(
+    ("env", "policy"),
+    [
+        ("ImageFamily", "test_checker:FlattenPolicy"),
+        ("Uint8ImageFamily", "test_checker:FlattenPolicy"),
+        ("DictFamily", "policy_helpers:DictPolicy"),
+    ],
+)
+def test_check_and_train_agree_on_observation_spaces(
+    env: str, policy: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Item 5: the family passes the checker on its own (a Dict is no false "outside the
+    observation space"); the built-in MLP is refused in one line by check and train alike; a
+    policy that takes the observations passes both."""
+    family = getattr(sys.modules[__name__], env)()
+    check_family(family, seed=0)
+    target = f"env=test_checker:{env}"
+    sizes = [f"{key}={value}" for key, value in TINY.items()]
+    assert main(["check", "navigation", "--set", target, *sizes]) == 2
+    check_err = capsys.readouterr().err
+    run = str(tmp_path / "mlp")
+    assert main(["train", "navigation", "--out", run, "--set", target, *sizes]) == 2
+    assert capsys.readouterr().err == check_err
+    assert "built-in MLP policy needs a flat Box" in check_err and check_err.count("\n") == 1
+    with_policy = [target, f"policy={policy}", *sizes]
+    assert main(["check", "navigation", "--set", *with_policy]) == 0
+    assert "all checks passed" in capsys.readouterr().out
+    run = str(tmp_path / "custom")
+    assert main(["train", "navigation", "--out", run, "--no-progress", "--set", *with_policy]) == 0
+
+
+def test_a_dict_observation_family_passes_the_checker() -> None:
+    """Item 5: the checker compared np.asarray(dict) with the space: a false cause."""
+    check_family(DictFamily(), seed=0)
+
+
+# ----------------------------------------------------------------- smaller (item 8)
+
+
+class Undrawable(GoodFamily):
+    """Neither a MuJoCo model nor a drawing hook: render cannot draw it."""
+
+
+def test_render_refuses_a_family_it_cannot_draw_before_sampling(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cfg = from_dict({"env": "test_checker:Undrawable", **TINY})
+    maml_rl.train(cfg, tmp_path / "run", progress=False, tensorboard=False)
+
+    def sampling(*args: object, **kwargs: object) -> None:
+        raise AssertionError("sampled before refusing")
+
+    monkeypatch.setattr(render_module, "method_batches", sampling)
+    with pytest.raises(TaskFamilyError, match="cannot render"):
+        render_module.adaptation_clips(tmp_path / "run", steps=(0,), num_eval_tasks=2)
+
+
+# ------------------------------------------------- every built-in family, seeds 0-19
+
+
+MUJOCO_FAMILIES_BY_DEFAULT = ("halfcheetah-vel",)
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        name if name in ("navigation", *MUJOCO_FAMILIES_BY_DEFAULT) else
+        pytest.param(name, marks=pytest.mark.slow)
+        for name in usable_families()
+    ],
+)  # fmt: skip
+def test_every_built_in_family_passes_at_seeds_0_to_19(name: str) -> None:
+    family = make_family(name)
+    for seed in range(20):
+        check_family(family, seed=seed)
