@@ -51,6 +51,17 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
     return values
 
 
+def _completed_iterations(run_dir: Path) -> int | None:
+    """How many iterations the run's latest checkpoint holds; None without one (a failed
+    start, which `train` reports itself)."""
+    from maml_rl.evaluate import load_run
+
+    try:
+        return load_run(run_dir).iteration + 1
+    except CheckpointError:
+        return None
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     from maml_rl.api import train
     from maml_rl.train import load_resume_config
@@ -59,6 +70,14 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.resume is not None:
         run_dir = Path(args.resume)
         cfg = load_resume_config(run_dir, overrides)
+        done = _completed_iterations(run_dir)
+        if done is not None and done >= cfg.num_batches:
+            print(
+                f"the run in {run_dir} is complete ({done} of {cfg.num_batches} iterations); "
+                f"to train it further: maml-rl train --resume {run_dir} "
+                f"--set num_batches={2 * done}"
+            )
+            return 0
     else:
         if args.config is None or args.out is None:
             raise ConfigError("train needs CONFIG and --out DIR (or --resume DIR)")
