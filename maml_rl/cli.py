@@ -62,7 +62,42 @@ def _completed_iterations(run_dir: Path) -> int | None:
         return None
 
 
+def _duration(seconds: float) -> str:
+    """12.3 s, 9 min 05 s, 2 h 07 min."""
+    if seconds < 60:
+        return f"{seconds:.1f} s"
+    minutes, secs = divmod(round(seconds), 60)
+    if minutes < 60:
+        return f"{minutes} min {secs:02d} s"
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours} h {minutes:02d} min"
+
+
+def closing_lines(run_dir: Path, algo: str, seconds: float) -> list[str]:
+    """The end of `maml-rl train`: where the run is and how long this call took, the final and
+    the best (post-update) return with their iterations (1-based, as in the progress line),
+    and the command to run next."""
+    import math
+
+    from maml_rl.logger import POST_UPDATE, read_metrics
+
+    rows = [r for r in read_metrics(run_dir) if math.isfinite(r.get(POST_UPDATE, math.nan))]
+    lines = [f"run saved in {run_dir} (this call: {_duration(seconds)})"]
+    if rows:
+        last, best = rows[-1], max(rows, key=lambda r: r[POST_UPDATE])
+        name = "post-update return" if algo == "maml" else "return"
+        lines.append(
+            f"{name}: final {last[POST_UPDATE]:.2f} (iteration {last['iteration'] + 1}), "
+            f"best {best[POST_UPDATE]:.2f} (iteration {best['iteration'] + 1})"
+        )
+    command = "evaluate" if algo == "maml" else "plot"
+    lines.append(f"next: maml-rl {command} {run_dir}")
+    return lines
+
+
 def cmd_train(args: argparse.Namespace) -> int:
+    import time
+
     from maml_rl.api import train
     from maml_rl.train import load_resume_config
 
@@ -86,6 +121,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         cfg = config_module.load(find_config(args.config), overrides, notes=notes)
         for note in notes:
             print(note)
+    started = time.monotonic()
     train(
         cfg,
         run_dir,
@@ -93,7 +129,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         overwrite=args.overwrite,
         progress=not args.no_progress,
     )
-    print(f"run saved in {run_dir}")
+    for line in closing_lines(run_dir, cfg.algo, time.monotonic() - started):
+        print(line)
     return 0
 
 

@@ -1,5 +1,6 @@
 """What `maml-rl train` says at its end: a finished run asked to resume says it is complete and
-how to extend it (instead of "iterations 2-1 of 1")."""
+how to extend it (instead of "iterations 2-1 of 1"), and a run ends with its final and best
+return, the wall time and the command to run next."""
 
 from __future__ import annotations
 
@@ -31,3 +32,32 @@ def test_resume_of_a_finished_run_says_it_is_complete_and_how_to_extend_it(
     assert "iterations 2-1" not in out and len(rows(run)) == 1
     assert main(["train", "--resume", str(run), "--no-progress", "--set", "num_batches=2"]) == 0
     assert len(rows(run)) == 2
+
+
+def test_a_run_ends_with_its_final_and_best_return_wall_time_and_next_command(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    run = tmp_path / "run"
+    sets = [*TINY, "num_batches=3"]
+    assert main(["train", "navigation", "--out", str(run), "--no-progress", "--set", *sets]) == 0
+    last_lines = capsys.readouterr().out.splitlines()[-3:]
+    post = [row["returns/post_update"] for row in rows(run)]
+    best = max(range(3), key=post.__getitem__)
+    assert last_lines[0].startswith(f"run saved in {run} (this call: ")
+    assert last_lines[0].endswith(" s)")
+    assert last_lines[1] == (
+        f"post-update return: final {post[-1]:.2f} (iteration 3), "
+        f"best {post[best]:.2f} (iteration {best + 1})"
+    )
+    assert last_lines[2] == f"next: maml-rl evaluate {run}"
+    oracle = tmp_path / "oracle"
+    argv = ["train", "navigation", "--algo", "oracle", "--out", str(oracle), "--no-progress"]
+    assert main([*argv, "--set", *TINY]) == 0
+    last_lines = capsys.readouterr().out.splitlines()[-2:]
+    assert last_lines[0].startswith("return: final ") and last_lines[1].endswith(f"plot {oracle}")
+
+
+def test_durations_read_as_seconds_minutes_or_hours() -> None:
+    from maml_rl.cli import _duration
+
+    assert [_duration(s) for s in (4.25, 545, 7620)] == ["4.2 s", "9 min 05 s", "2 h 07 min"]
