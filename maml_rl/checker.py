@@ -1,6 +1,6 @@
 """Check a task family before training: `check_family` names the first violation in one line.
 
-The rules, in the order they are checked (README, "Add your own task family"):
+The rules, in the order they are checked (docs/task-families.md, "The checker"):
 
 1. ``sample_tasks(n, rng)`` returns n instances of frozen dataclasses holding immutable values
    (a task must be hashable: tuples, not lists, dicts or arrays, so no environment can change
