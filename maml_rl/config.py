@@ -146,9 +146,9 @@ class Config:
     advantage_statistics: str = "episodes"
     """Statistics of that normalisation: episodes (mean and variance as means of per-episode
     means, pytorch-maml-rl's convention) or steps (over a task's valid steps, every step alike:
-    rllab's, and ours before). The same when no episode ends early. The defaults of this key,
-    `loss_weighting` and `kl_direction` are pytorch-maml-rl's three conventions together: with
-    any per-step one, 2D navigation declines after 100-250 iterations (README "Conventions")."""
+    rllab's). The same when no episode ends early. The defaults of this key, `loss_weighting`
+    and `kl_direction` are pytorch-maml-rl's three conventions together: with any per-step
+    one, 2D navigation declines after 100-250 iterations (docs: How it works, Conventions)."""
     loss_weighting: str = "episodes"
     """How the inner loss, the surrogate and the KL average a task's steps: episodes (each
     episode over its own length, then over episodes, as pytorch-maml-rl: an episode that ends
