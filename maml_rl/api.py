@@ -53,10 +53,9 @@ Report = Callable[[str], None]
 
 def load_config(name_or_path: str | Path, /, **overrides: Any) -> Config:
     """The `Config` of a YAML file, or of a shipped config by name (``navigation``,
-    ``halfcheetah-vel``, ...: an unknown name's error lists them; ./experiments/NAME.yaml comes
-    first), with `overrides` on top (strict: an unknown key or a wrong type raises
-    `ConfigError` naming it). A pytorch-maml-rl config is translated, with a `UserWarning`
-    saying what was mapped.
+    ``halfcheetah-vel``, ...: `maml-rl train --help`), with `overrides` on top (strict: an
+    unknown key or a wrong type raises `ConfigError` naming it). A pytorch-maml-rl config is
+    translated, with a `UserWarning` saying what was mapped.
 
     >>> cfg = load_config("navigation", meta_batch_size=2, fast_batch_size=2, num_batches=3)
     >>> cfg.env, cfg.num_batches
@@ -176,6 +175,7 @@ def evaluate(
     eval_seed: int | None = None,
     device: str | None = None,
     save: bool = True,
+    out_dir: str | Path | None = None,
     progress: bool = True,
     report: Report | None = None,
     process_settings: bool = True,
@@ -191,8 +191,9 @@ def evaluate(
         (default fast_lr, then fast_lr / 2); eval_seed: the seed of the held-out tasks
         (default the run's); device: where the policies run (default where each trained).
     save: write DIR/eval/ as ``maml-rl evaluate`` does, holding its lock throughout (an earlier
-        evaluation with the same protocol keeps its other methods); report: receives progress
-        lines and notes.
+        evaluation with the same protocol keeps its other methods); out_dir: where to write
+        instead of DIR/eval (a read-only run directory); report: receives progress lines and
+        notes.
 
     Returns an `Evaluation`: ``returns[method]`` per-task mean returns [S + 1, N], ``means``
     their mean over tasks per step, ``rows`` the summary (mean, standard error, 95 % interval).
@@ -206,7 +207,8 @@ def evaluate(
         raise ConfigError(f"--eval-seed must be >= 0, got {eval_seed}")
     # DIR/eval is ours from loading the run to the last file written: a second evaluate (or a
     # train --overwrite) of the run is refused in one line
-    with hold_eval_dir(run_dir / "eval") if save else contextlib.nullcontext():
+    out_dir = run_dir / "eval" if out_dir is None else Path(out_dir)
+    with hold_eval_dir(out_dir) if save else contextlib.nullcontext():
         given = dict(baselines) if isinstance(baselines, Mapping) else dict.fromkeys(baselines)
         check_request(run_dir, num_steps, num_tasks, checkpoint, step_sizes, list(given), device)
         if "oracle" in given:  # before any baseline trains: can this family have an oracle?
@@ -228,5 +230,5 @@ def evaluate(
             device=device,
         )
         if save:
-            save_evaluation(evaluation, run_dir / "eval", report=report)
+            save_evaluation(evaluation, out_dir, report=report)
         return evaluation

@@ -1,12 +1,19 @@
 """Command line: `maml-rl train | evaluate | compare | plot | render | check | configs | envs`.
 
-Wiring only; user mistakes end in one line, exit 2."""
+Wiring only. Every failure that is not a bug ends in one line on stderr, from `main`: a user's
+mistake (USER_ERRORS) exits 2; a failure of the machine (a full disk, a read-only directory, too
+few file descriptors, memory that cannot be allocated, a path that is not UTF-8:
+`machine_failure`) exits 1; Ctrl-C exits 130 and SIGTERM 143, both after the run's `finally`
+blocks closed its loggers and samplers, saying what was saved."""
 
 from __future__ import annotations
 
 import argparse
+import errno
 import json
+import signal
 import sys
+import threading
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -163,11 +170,12 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         step_sizes=_step_sizes(args.step_sizes),
         eval_seed=args.eval_seed,
         device=args.device,
+        out_dir=args.out,
         progress=not args.no_progress,
         report=print,
         process_settings=False,  # applied by main
     )
-    out_dir = run_dir / "eval"
+    out_dir = run_dir / "eval" if args.out is None else Path(args.out)
     schedule = ", ".join(f"{a:g}" for a in evaluation.step_sizes) or "none"
     learned = "; maml uses its meta-learned step sizes" if evaluation.learned_step_size else ""
     print(
@@ -373,6 +381,11 @@ def parser() -> argparse.ArgumentParser:
     evaluate.add_argument(
         "--device", help="cpu or cuda: where the policies run (default: where each trained)"
     )
+    evaluate.add_argument(
+        "--out",
+        metavar="DIR",
+        help="write the evaluation files here instead of DIR/eval (e.g. a read-only run)",
+    )
     evaluate.add_argument("--no-progress", action="store_true", help="hide progress bars")
     evaluate.set_defaults(func=cmd_evaluate)
 
@@ -453,9 +466,49 @@ def parser() -> argparse.ArgumentParser:
     return root
 
 
+def machine_failure(error: BaseException) -> str | None:
+    """One line naming what failed, for a failure of the machine rather than of the code: an
+    OSError with an errno (ENOSPC, EROFS, EACCES, EMFILE, ...), memory that cannot be
+    allocated (MemoryError, torch's allocator failures), a path or text that cannot be encoded
+    (a directory name with a non-UTF-8 byte); None for anything else (a bug: traceback)."""
+    if isinstance(error, OSError) and error.errno is not None:
+        code = errno.errorcode.get(error.errno, str(error.errno))
+        where = " and ".join(repr(str(f)) for f in (error.filename, error.filename2) if f)
+        hint = "; raise `ulimit -n` or sample with fewer processes" * (code == "EMFILE")
+        return f"{error.strerror or error} ({code}){f': {where}' if where else ''}{hint}"
+    text = " ".join(str(error).split())
+    allocating = ("can't allocate memory", "out of memory", "Cannot allocate memory")
+    if isinstance(error, MemoryError) or (
+        isinstance(error, RuntimeError) and any(words in text for words in allocating)
+    ):
+        detail = text[:200] or type(error).__name__
+        return f"out of memory ({detail}); make the run smaller or raise the memory limit"
+    if isinstance(error, UnicodeEncodeError):
+        shown = repr(error.object[:200])
+        return f"cannot encode {shown} as {error.encoding} ({error.reason}); rename it"
+    return None
+
+
+class _Terminated:
+    """SIGTERM raises KeyboardInterrupt in the main thread, as Ctrl-C does (the run's `finally`
+    blocks close loggers and samplers and say what was saved); later SIGTERMs are ignored so
+    that the clean-up finishes. `received` tells `main` to exit 143, not 130."""
+
+    def __init__(self) -> None:
+        self.received = False
+
+    def __call__(self, signum: int, frame: object) -> None:
+        self.received = True
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        raise KeyboardInterrupt
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     configure_process()  # before any command imports torch (MAML_RL_PROCESS_SETTINGS=off: not)
     args = parser().parse_args(argv)
+    terminated = _Terminated()
+    in_main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, terminated) if in_main_thread else None
     try:
         return int(args.func(args))
     except USER_ERRORS as error:
@@ -466,8 +519,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt as error:  # Ctrl-C: say what was saved (RunInterrupted) and stop
         if args.debug:
             raise
-        print(f"maml-rl: {str(error) or 'interrupted'}", file=sys.stderr)
+        what = str(error) or "interrupted"
+        if terminated.received:
+            print(f"maml-rl: terminated (SIGTERM): {what}", file=sys.stderr)
+            return 128 + int(signal.SIGTERM)
+        print(f"maml-rl: {what}", file=sys.stderr)
         return 130
+    except Exception as error:
+        line = machine_failure(error)
+        if line is None or args.debug:
+            raise
+        print(f"maml-rl: error: {line}", file=sys.stderr)
+        return 1
+    finally:
+        if in_main_thread:
+            signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -10,6 +10,8 @@ from __future__ import annotations
 import json
 import math
 import sys
+import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +22,30 @@ from maml_rl.errors import CheckpointError
 
 # The training returns every run logs per meta-iteration (a baseline logs pre == post).
 PRE_UPDATE, POST_UPDATE = "returns/pre_update", "returns/post_update"
+TENSORBOARD_WAIT_S = 10.0
+"""The longest a flush or close of the TensorBoard writer may take (its worker thread can
+wedge, and Ctrl-C must not hang on it): past it, TensorBoard is given up for the run."""
+
+
+def _bounded(call: Callable[[], object], wait_s: float) -> bool:
+    """Run `call` in a daemon thread for at most `wait_s` seconds: True if it finished (its
+    exception re-raised here), False if it is still blocked (left to die with the process)."""
+    raised: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            call()
+        except BaseException as error:  # re-raised in the caller's thread
+            raised.append(error)
+
+    thread = threading.Thread(target=run, name="tensorboard-close", daemon=True)
+    thread.start()
+    thread.join(wait_s)
+    if thread.is_alive():
+        return False
+    if raised:
+        raise raised[0]
+    return True
 
 
 class RunLogger:
@@ -61,14 +87,19 @@ class RunLogger:
 
     def log(self, iteration: int, metrics: dict[str, float]) -> None:
         row = {"iteration": iteration, **metrics}
-        with self.metrics_path.open("a") as handle:
-            handle.write(json.dumps(row, allow_nan=True) + "\n")
-            handle.flush()
+        try:
+            with self.metrics_path.open("a") as handle:
+                handle.write(json.dumps(row, allow_nan=True) + "\n")
+                handle.flush()
+        except OSError as error:  # a full disk: name the file (a handle's write does not)
+            if error.filename is not None or error.errno is None:
+                raise
+            raise OSError(error.errno, error.strerror, str(self.metrics_path)) from error
         if self._writer is not None:
             for key, value in metrics.items():
                 if isinstance(value, int | float) and math.isfinite(value):
                     self._writer.add_scalar(key, value, iteration)
-            self._writer.flush()
+            self._finish_tensorboard(self._writer.flush)
         summary = self._summary(metrics)
         if self._lines:
             seconds = metrics.get("time/sampling_s", 0.0) + metrics.get("time/optimization_s", 0.0)
@@ -103,10 +134,23 @@ class RunLogger:
         else:
             self._bar.write(text)
 
+    def _finish_tensorboard(self, call: Callable[[], object]) -> None:
+        """`call` (the writer's flush or close), given up after TENSORBOARD_WAIT_S."""
+        if not _bounded(call, TENSORBOARD_WAIT_S):
+            self._writer = None
+            self.message(
+                f"TensorBoard did not finish writing within {TENSORBOARD_WAIT_S:g} s; its "
+                f"events in {self.run_dir / 'tb'} may lack the last iterations "
+                "(metrics.jsonl has them)"
+            )
+
     def close(self) -> None:
+        """Close the progress bar and the TensorBoard writer; never waits longer than
+        TENSORBOARD_WAIT_S on the writer (Ctrl-C and SIGTERM end in bounded time)."""
         self._bar.close()
-        if self._writer is not None:
-            self._writer.close()
+        writer, self._writer = self._writer, None
+        if writer is not None:
+            self._finish_tensorboard(writer.close)
 
 
 def _rows(path: Path, strict: bool) -> list[dict[str, Any]]:

@@ -30,7 +30,31 @@ from maml_rl.errors import ResourceError
 GIB = 2**30
 
 
+def address_space_left() -> int | None:
+    """What `ulimit -v` (RLIMIT_AS) leaves this process beyond what it has mapped (VmSize in
+    /proc/self/status); None where it is unlimited or unknown."""
+    try:
+        import resource
+
+        limit, _ = resource.getrlimit(resource.RLIMIT_AS)
+        if limit == resource.RLIM_INFINITY:
+            return None
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmSize:"):
+                return max(0, limit - int(line.split()[1]) * 1024)
+    except (ImportError, OSError, ValueError, IndexError):
+        pass
+    return None
+
+
 def available_bytes() -> int | None:
+    """The memory a run may use: MemAvailable from /proc/meminfo (Linux), else physical
+    memory, and at most what `ulimit -v` leaves (`address_space_left`); None if unknown."""
+    limits = [n for n in (_physical_available(), address_space_left()) if n is not None]
+    return min(limits, default=None)
+
+
+def _physical_available() -> int | None:
     """MemAvailable from /proc/meminfo (Linux), else physical memory; None if unknown."""
     meminfo = Path("/proc/meminfo")
     try:

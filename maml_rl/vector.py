@@ -171,9 +171,14 @@ class AsyncGymBatchEnv:
         max_episode_steps: int,
         context: str | None = None,
     ) -> None:
-        self.vector = gym.vector.AsyncVectorEnv(
-            [functools.partial(_make_task_env, make_env)] * num_envs, context=context
-        )
+        self.vector = gym.vector.AsyncVectorEnv.__new__(gym.vector.AsyncVectorEnv)
+        try:
+            self.vector.__init__(
+                [functools.partial(_make_task_env, make_env)] * num_envs, context=context
+            )
+        except BaseException:  # e.g. too few file descriptors (EMFILE) for the next pipe
+            self._kill_workers()  # the workers started so far end quietly, not on a broken pipe
+            raise
         self.num_envs = num_envs
         self.observation_space = self.vector.single_observation_space
         self.action_space = self.vector.single_action_space
@@ -247,11 +252,13 @@ class AsyncGymBatchEnv:
     def _kill_workers(self) -> None:
         """After a worker died: Gymnasium's close would wait on the dead pipe, so terminate
         every worker directly and mark the vector env closed."""
-        for process in self.vector.processes:
+        for process in getattr(self.vector, "processes", []):  # all, or those started so far
+            if process.pid is None:  # its start failed
+                continue
             if process.is_alive():
                 process.terminate()
             process.join(timeout=5)
-        for pipe in self.vector.parent_pipes:
+        for pipe in getattr(self.vector, "parent_pipes", []):
             pipe.close()
         self.vector.closed = True
 
