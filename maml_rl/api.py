@@ -53,9 +53,10 @@ Report = Callable[[str], None]
 
 def load_config(name_or_path: str | Path, /, **overrides: Any) -> Config:
     """The `Config` of a YAML file, or of a shipped config by name (``navigation``,
-    ``halfcheetah-vel``, ...: `maml-rl train --help`), with `overrides` on top (strict: an
-    unknown key or a wrong type raises `ConfigError` naming it). A pytorch-maml-rl config is
-    translated, with a `UserWarning` saying what was mapped.
+    ``halfcheetah-vel``, ...: an unknown name's error lists them; ./experiments/NAME.yaml comes
+    first), with `overrides` on top (strict: an unknown key or a wrong type raises
+    `ConfigError` naming it). A pytorch-maml-rl config is translated, with a `UserWarning`
+    saying what was mapped.
 
     >>> cfg = load_config("navigation", meta_batch_size=2, fast_batch_size=2, num_batches=3)
     >>> cfg.env, cfg.num_batches
