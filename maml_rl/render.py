@@ -116,6 +116,11 @@ def adaptation_clips(
     )
 
 
+def steps_label(steps: int) -> str:
+    """'0 steps', '1 step', '3 steps': a panel's or clip's number of gradient steps."""
+    return f"{steps} step" if steps == 1 else f"{steps} steps"
+
+
 def describe_task(task: Task) -> str:
     """A short label of a task: its dataclass fields (`velocity=1.23`), else its repr."""
     if not is_dataclass(task):
@@ -214,7 +219,9 @@ def _draw(clips: Clips, out: Path) -> Path:
             mask = batch.mask[:, n].cpu().numpy()
             clips.family.draw_trajectories(ax, task, observations, mask)
             mean_return = float(batch.episode_returns[n].mean())
-            ax.set_title(f"task {clips.first_task + n}, {step} steps: return {mean_return:.1f}")
+            ax.set_title(
+                f"task {clips.first_task + n}, {steps_label(step)}: return {mean_return:.1f}"
+            )
     figure.tight_layout()
     try:
         artifacts.write_with(out, lambda handle: figure.savefig(handle, dpi=100, format="png"))
@@ -269,7 +276,8 @@ def _video_frames(clips: Clips, env: Any, trajectory: int) -> list[np.ndarray]:
                 index = (clips.first_task + n) * clips.num_trajectories + trajectory
                 images = _replay(env, renderers, task, batch, n, trajectory, seed + index)
                 label = (
-                    f"{step} steps  return {float(batch.episode_returns[n, trajectory]):.1f}  "
+                    f"{steps_label(step)}  "
+                    f"return {float(batch.episode_returns[n, trajectory]):.1f}  "
                     f"{describe_task(task)}"
                 )
                 row.append([_label(image, label) for image in images])

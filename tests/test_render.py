@@ -15,7 +15,14 @@ import torch
 from maml_rl.cli import main
 from maml_rl.errors import TaskFamilyError
 from maml_rl.evaluate import held_out, load_run, maml_step_sizes, method_batches, step_size_schedule
-from maml_rl.render import _Renderers, _replay, adaptation_clips, describe_task, render
+from maml_rl.render import (
+    _Renderers,
+    _replay,
+    adaptation_clips,
+    describe_task,
+    render,
+    steps_label,
+)
 from maml_rl_envs.navigation import Navigation2D
 
 TINY = ["meta_batch_size=3", "fast_batch_size=3", "hidden_sizes=[8]", "cg_iters=2"]
@@ -114,6 +121,10 @@ def test_describe_task() -> None:
 
     assert describe_task(VelocityTask(1.23456)) == "velocity=1.23"
     assert describe_task(GoalTask((1.0, -2.5))) == "goal=(1.00, -2.50)"
+
+
+def test_panels_and_clips_say_1_step_not_1_steps() -> None:
+    assert [steps_label(n) for n in (0, 1, 3)] == ["0 steps", "1 step", "3 steps"]
 
 
 def test_an_unavailable_gl_backend_is_one_line_naming_the_variable(tmp_path: Path) -> None:
