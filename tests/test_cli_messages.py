@@ -1,6 +1,7 @@
-"""What `maml-rl train` says at its end: a finished run asked to resume says it is complete and
-how to extend it (instead of "iterations 2-1 of 1"), and a run ends with its final and best
-return, the wall time and the command to run next."""
+"""What `maml-rl train` and `evaluate` say: a finished run asked to resume says it is complete
+and how to extend it (instead of "iterations 2-1 of 1"); a run ends with its final and best
+return, the wall time and the command to run next; an evaluation's table is headed by how many
+iterations each method trained."""
 
 from __future__ import annotations
 
@@ -61,3 +62,24 @@ def test_durations_read_as_seconds_minutes_or_hours() -> None:
     from maml_rl.cli import _duration
 
     assert [_duration(s) for s in (4.25, 545, 7620)] == ["4.2 s", "9 min 05 s", "2 h 07 min"]
+
+
+def test_evaluate_heads_its_table_with_each_methods_training_iterations(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A 1-iteration oracle beside a 3-iteration MAML run is said to have trained less."""
+    from maml_rl.cli import methods_line
+
+    run = tmp_path / "run"
+    sets = [*TINY, "num_batches=3"]
+    assert main(["train", "navigation", "--out", str(run), "--no-progress", "--set", *sets]) == 0
+    argv = ["evaluate", str(run), "--num-tasks", "2", "--num-steps", "1", "--no-progress"]
+    assert main([*argv, "--baselines", "random,oracle", "--train-baselines", "1"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    header = out.index(next(line for line in out if line.startswith("method ")))
+    assert out[header - 1] == (
+        "trained iterations: maml 3, random none (an initialisation), oracle 1 (fewer than maml)"
+    )
+    assert methods_line({"maml": 500, "pretrained": 500, "oracle": None}) == (
+        "trained iterations: maml 500, pretrained 500, oracle ?"
+    )
