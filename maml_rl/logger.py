@@ -11,6 +11,7 @@ import json
 import math
 import sys
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -48,6 +49,13 @@ def _bounded(call: Callable[[], object], wait_s: float) -> bool:
     return True
 
 
+def clock(seconds: float) -> str:
+    """A duration as m:ss, or h:mm:ss from an hour: 0:07, 9:05, 2:07:00."""
+    minutes, secs = divmod(max(round(seconds), 0), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"
+
+
 class RunLogger:
     """Appends one JSON object per meta-iteration to `DIR/metrics.jsonl`, mirrors scalars to
     TensorBoard (`DIR/tb`), and shows the progress: a bar with the current returns on a
@@ -66,6 +74,7 @@ class RunLogger:
     ) -> None:
         self.run_dir = Path(run_dir)
         self.total, self.adapts = total, adapts
+        self._started, self._initial = time.monotonic(), initial  # for the lines' ETA
         self._lines = not (progress and sys.stderr.isatty())
         self.metrics_path = self.run_dir / "metrics.jsonl"
         self._writer = None
@@ -104,10 +113,21 @@ class RunLogger:
         if self._lines:
             seconds = metrics.get("time/sampling_s", 0.0) + metrics.get("time/optimization_s", 0.0)
             words = "  ".join(f"{k} {v}" for k, v in summary.items())
-            print(f"iteration {iteration + 1}/{self.total}  {words}  {seconds:.1f} s", flush=True)
+            print(
+                f"iteration {iteration + 1}/{self.total}  {words}  {seconds:.1f} s  "
+                f"{self._elapsed_and_eta(iteration + 1)}",
+                flush=True,
+            )
         else:
             self._bar.set_postfix(summary)
             self._bar.update(1)
+
+    def _elapsed_and_eta(self, done: int) -> str:
+        """'elapsed 1:02  ETA 8:15': this call's wall time, and the remaining iterations at the
+        mean time per iteration of this call (the bar shows the same)."""
+        elapsed = time.monotonic() - self._started
+        ran = max(done - self._initial, 1)
+        return f"elapsed {clock(elapsed)}  ETA {clock(elapsed / ran * (self.total - done))}"
 
     def _summary(self, metrics: dict[str, float]) -> dict[str, str]:
         def value(key: str) -> str:
