@@ -135,6 +135,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         resume=args.resume is not None,
         overwrite=args.overwrite,
         progress=not args.no_progress,
+        check=not args.no_check,
     )
     for line in closing_lines(run_dir, cfg.algo, time.monotonic() - started):
         print(line)
@@ -364,6 +365,12 @@ def parser() -> argparse.ArgumentParser:
         help="override config keys: --set fast_lr=0.05 num_batches=100 (or one --set per pair)",
     )
     train.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    train.add_argument(
+        "--no-check",
+        action="store_true",
+        help="skip the task-family check (maml-rl check) for a family it wrongly refuses; "
+        "the run says what went unchecked (config key check: false does the same)",
+    )
     train.set_defaults(func=cmd_train)
 
     evaluate = commands.add_parser(

@@ -176,6 +176,10 @@ class Config:
     """sampler ray: the longest one sampling phase may take before the run stops."""
     seed: int = 0
     """Master seed; split into independent streams (tasks, evaluation tasks, envs, torch)."""
+    check: bool = True
+    """Run the task-family check (checker.py) before the first iteration. false (or train
+    --no-check) skips it, for a family the checker wrongly refuses; the run says what went
+    unchecked."""
     device: str = "cpu"
     """Device of the policy and the optimisation (cpu or cuda); environments run on the CPU."""
     dtype: str = "float32"

@@ -16,7 +16,7 @@ import torch
 
 from maml_rl import artifacts, checkpoint, diagnostics
 from maml_rl.build import Streams, build, describe_policy
-from maml_rl.checker import check_family
+from maml_rl.checker import SKIPPED, check_family
 from maml_rl.checkpoint import CheckpointError
 from maml_rl.config import Config, from_dict, from_saved, save
 from maml_rl.errors import RunInterrupted, RunStopped, StopTraining
@@ -166,7 +166,7 @@ def describe_sampler(family: TaskFamily, cfg: Config) -> str:
 
 RESUMABLE_KEYS = frozenset(
     {"num_batches", "sampler", "ray_address", "ray_num_actors", "ray_actor_cpus", "ray_timeout_s",
-     "device", "torch_threads", "hvp"}
+     "device", "torch_threads", "hvp", "check"}
 )  # fmt: skip
 """Keys a resumed run may change: how long it runs and where and how it computes (`hvp`: every
 mode computes the same curvature, the finite-difference one approximately). Every other key
@@ -245,9 +245,10 @@ def _train(
         logger.message(message)
 
     family, policy, sampler = build(cfg, streams.policy_init, on_event=report)
+    check = check and cfg.check  # train(check=False), --no-check or config key check: false
     if check:
-        try:
-            check_family(family, seed=cfg.seed)  # a broken family fails here, in one line
+        try:  # a broken family fails here, in one line; the first actions as the policy's
+            check_family(family, seed=cfg.seed, action_std=cfg.init_std)
         except Exception as error:
             if isinstance(error, TaskFamilyError):
                 raise
@@ -302,6 +303,8 @@ def _train(
         f"policy {describe_policy(policy, cfg)}, "
         f"torch threads {torch.get_num_threads()}"
     )
+    if not check:
+        logger.message(SKIPPED)
     rows: list[dict[str, float]] = []
     skipped = 0
     try:
@@ -317,7 +320,7 @@ def _train(
                 data, adapted = collect(sampler, theta, tasks, step_sizes, seeds, cfg)
             except NonFiniteError as error:  # skip the iteration; theta and checkpoints untouched
                 skipped += 1
-                logger.message(f"iteration {iteration} skipped: {error}")
+                logger.message(f"iteration {iteration + 1} skipped: {error}")  # 1-based, as logged
                 if skipped >= MAX_CONSECUTIVE_SKIPS:
                     stop = f"stopped after {skipped} consecutive iterations with non-finite data"
                     raise RunStopped(_saved(run_dir, f"{stop} (last: {error})")) from error
@@ -357,7 +360,7 @@ def _train(
                 "time/optimization_s": t2 - t1,
                 "time/torch_threads": float(threads),
                 "env_steps": float(env_steps),
-                **diagnostics.exploration(theta),
+                **diagnostics.exploration(theta, policy, batches[0]),
                 **adapt_metrics,
             }
             if traffic:
@@ -370,7 +373,9 @@ def _train(
             if not all(
                 bool(torch.isfinite(p).all()) for p in (*theta.values(), *step_size.values())
             ):
-                raise RunStopped(f"non-finite parameters after iteration {iteration}; not saved")
+                raise RunStopped(
+                    f"non-finite parameters after iteration {iteration + 1}; not saved"
+                )
             state = {
                 "iteration": iteration,
                 "theta": theta,
@@ -395,7 +400,9 @@ def _train(
             )
             reason = stop_reason(callbacks, done)
             if reason is not None:
-                logger.message(_saved(run_dir, f"stopped after iteration {iteration} ({reason})"))
+                logger.message(
+                    _saved(run_dir, f"stopped after iteration {iteration + 1} ({reason})")
+                )
                 break
     except KeyboardInterrupt:
         raise RunInterrupted(_saved(run_dir, "interrupted")) from None

@@ -23,7 +23,7 @@ import maml_rl
 import maml_rl.render as render_module
 import maml_rl.sampler as sampler_module
 from maml_rl.build import build
-from maml_rl.checker import FamilyCheckWarning, check_family
+from maml_rl.checker import SKIPPED, FamilyCheckWarning, check_family
 from maml_rl.cli import main
 from maml_rl.config import from_dict
 from maml_rl.policy import Normal, parameters_of
@@ -452,6 +452,29 @@ def _tiny_argv(env: str) -> list[str]:
     return ["--set", f"env={env}", *(f"{key}={value}" for key, value in TINY.items())]
 
 
+@pytest.mark.parametrize("how", ["--no-check", "check: false", "train(check=False)"])
+def test_a_run_can_skip_a_wrong_check_and_says_what_it_skipped(
+    how: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Item 1: TaskBlindFamily is refused; a run may go on without the check, and says so."""
+    run = str(tmp_path / "run")
+    assert (
+        main(["train", "navigation", "--out", run, *_tiny_argv("test_checker:TaskBlindFamily")])
+        == 2
+    )
+    assert "give the same rewards" in capsys.readouterr().err
+    if how == "train(check=False)":
+        cfg = from_dict({"env": "test_checker:TaskBlindFamily", **TINY})
+        maml_rl.train(cfg, run, progress=False, tensorboard=False, check=False)
+    else:
+        extra = ["--no-check"] if how == "--no-check" else ["check=false"]
+        argv = ["train", "navigation", "--out", run, "--no-progress"]
+        argv += _tiny_argv("test_checker:TaskBlindFamily")
+        assert main(argv + extra) == 0  # check=false joins the --set pairs
+    out = capsys.readouterr().out
+    assert "family check skipped" in out and SKIPPED in out
+
+
 # ------------------------------------------------------------------ broken families caught
 
 
@@ -644,6 +667,18 @@ class DiscreteFromOneFamily(SparseGridFamily):
     start = 1
 
 
+def test_discrete_actions_from_start_reach_the_env_and_categorical_runs_log_entropy(
+    tmp_path: Path,
+) -> None:
+    """Items 5 and 8: the categorical policy's index is shifted by the space's start (the env
+    rejects 0); a categorical run logs policy/entropy."""
+    check_family(DiscreteFromOneFamily(), seed=0)
+    cfg = from_dict({"env": "test_checker:DiscreteFromOneFamily", **TINY})
+    rows = maml_rl.train(cfg, tmp_path / "run", progress=False, tensorboard=False)
+    entropy = rows[0]["policy/entropy"]
+    assert 0.0 < entropy <= np.log(5) + 1e-6
+
+
 class _ValidatesBounds(LineEnv):
     """Action box ±0.1 that the env validates instead of clipping."""
 
@@ -793,6 +828,15 @@ def test_a_dict_observation_family_passes_the_checker() -> None:
 
 
 # ----------------------------------------------------------------- smaller (item 8)
+
+
+def test_skipped_iterations_are_numbered_from_1_like_the_progress_lines(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    cfg = from_dict({"env": "test_faults:NaNOnFirstSample", **TINY, "num_batches": 2})
+    maml_rl.train(cfg, tmp_path / "run", progress=False, tensorboard=False)
+    out = capsys.readouterr().out
+    assert "iteration 1 skipped" in out and "iteration 2/2" in out, out
 
 
 class Undrawable(GoodFamily):

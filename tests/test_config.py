@@ -438,6 +438,7 @@ def test_save_load_round_trip_non_defaults(tmp_path: Path) -> None:
             "promp_inner_kl": 1e-2,
             "normalize_advantages": False,
             "seed": 123,
+            "check": False,
             "device": "cuda:0",
             "dtype": "float64",
             "policy": "my_policies:LayerNormMLP",
