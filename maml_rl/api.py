@@ -153,7 +153,8 @@ def baseline_run_dir(
         values = {"algo": name, "num_batches": train_iterations}
         cfg, resume = config_module.from_dict(values, base=run_cfg), False
     if report is not None:
-        report(f"training the {name} baseline for {train_iterations} iterations in {target}")
+        count = f"{train_iterations} iteration{'s' if train_iterations != 1 else ''}"
+        report(f"training the {name} baseline for {count} in {target}")
     run_training(cfg, target, resume=resume, overwrite=not resume, progress=progress)
     done = checkpoint.load(target / LATEST)["iteration"] + 1 if (target / LATEST).exists() else 0
     if done < train_iterations:  # stopped early: do not evaluate a half-trained baseline

@@ -76,6 +76,7 @@ def test_evaluate_heads_its_table_with_each_methods_training_iterations(
     argv = ["evaluate", str(run), "--num-tasks", "2", "--num-steps", "1", "--no-progress"]
     assert main([*argv, "--baselines", "random,oracle", "--train-baselines", "1"]) == 0
     out = capsys.readouterr().out.splitlines()
+    assert f"training the oracle baseline for 1 iteration in {run / 'baselines' / 'oracle'}" in out
     header = out.index(next(line for line in out if line.startswith("method ")))
     assert out[header - 1] == (
         "trained iterations: maml 3, random none (an initialisation), oracle 1 (fewer than maml)"
