@@ -200,7 +200,8 @@ def test_check_command(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.M
     monkeypatch.syspath_prepend(str(Path(__file__).parent))
     assert main(["check", "test_checker:NaNRewardFamily"]) == 2
     err = capsys.readouterr().err.strip()
-    assert err == "maml-rl: error: task family NaNRewardFamily: step 3 returned the reward nan"
+    expected = "task family NaNRewardFamily: step 4 of an episode returned the reward nan"
+    assert err == f"maml-rl: error: {expected}"
 
 
 @pytest.mark.parametrize(
