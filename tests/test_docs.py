@@ -133,6 +133,14 @@ def set_option(argv: list[str], name: str, value: str) -> list[str]:
     return [*argv, name, value]
 
 
+def without_keys(argv: list[str], keys: set[str]) -> list[str]:
+    """argv without the --set pairs of `keys` (each key may be given once), and without a
+    --set left empty."""
+    kept = [a for a in argv if a.startswith("-") or a.split("=")[0] not in keys or "=" not in a]
+    nonempty = [i + 1 < len(kept) and not kept[i + 1].startswith("--") for i in range(len(kept))]
+    return [a for a, filled in zip(kept, nonempty, strict=True) if a != "--set" or filled]
+
+
 def tiny(argv: list[str]) -> list[str]:
     """A documented maml-rl command (without 'maml-rl') at tiny sizes."""
     command = argv[0] if argv[0] != "--debug" else argv[1]
@@ -142,7 +150,12 @@ def tiny(argv: list[str]) -> list[str]:
             sets = ["num_batches=2"]
         elif not any(a.startswith(("hidden_sizes=", "policy=")) for a in argv):
             sets.append("hidden_sizes=[8]")
-        return [*argv, "--no-progress", "--set", *sets]
+        return [
+            *without_keys(argv, {s.split("=")[0] for s in sets}),
+            "--no-progress",
+            "--set",
+            *sets,
+        ]
     if command == "evaluate":
         argv = set_option(argv, "--num-tasks", "2")
         if "--train-baselines" in argv:
