@@ -153,20 +153,6 @@ def _step_sizes(text: str | None) -> list[float]:
         raise ConfigError(f"--step-sizes expects numbers like 0.1,0.05, got {text!r}") from error
 
 
-def trained_iterations(
-    run_dir: Path, checkpoint: str, baselines: dict[str, str | None]
-) -> dict[str, int | None]:
-    """How many iterations each evaluated run trained: maml's from the evaluated checkpoint
-    ('latest@499': 500), a baseline's from its run (`--pretrained DIR`, else
-    DIR/baselines/NAME); None where unknown, and for random (an initialisation)."""
-    _, _, index = checkpoint.rpartition("@")
-    counts: dict[str, int | None] = {"maml": int(index) + 1 if index.isdigit() else None}
-    for name, path in baselines.items():
-        run = Path(path) if path else run_dir / "baselines" / name
-        counts[name] = None if name == "random" else _completed_iterations(run)
-    return counts
-
-
 def methods_line(counts: dict[str, int | None]) -> str:
     """What the table compares: 'trained iterations: maml 500, pretrained 20 (fewer than
     maml), random none (an initialisation)'."""
@@ -214,10 +200,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         f"(eval seed {evaluation.eval_seed}), K={evaluation.num_trajectories}, "
         f"step sizes [{schedule}]{learned}"
     )
-    counts = trained_iterations(
-        run_dir, evaluation.checkpoint, {name: given.get(name) for name in names}
-    )
-    print(methods_line(counts))
+    print(methods_line({method: evaluation.trained.get(method) for method in evaluation.returns}))
     print(format_table(evaluation.rows))
     if evaluation.success:
         print(format_table(evaluation.success_rows, "success rate"))

@@ -17,11 +17,11 @@ import numpy as np
 from maml_rl import artifacts
 from maml_rl.artifacts import ArtifactError
 from maml_rl.checkpoint import CheckpointError
-from maml_rl.evaluate import PROTOCOL, RAN_ON, SummaryRow, read_task_returns, summarize
+from maml_rl.evaluate import PROTOCOL, RAN_ON, TRAINED, SummaryRow, read_task_returns, summarize
 
 # Keys of evaluation.json that may differ between the two runs: which checkpoint was
-# evaluated, and where each method ran (round-off only).
-RUN_SPECIFIC = ("checkpoint", RAN_ON)
+# evaluated, where each method ran (round-off only) and how long each had trained.
+RUN_SPECIFIC = ("checkpoint", RAN_ON, TRAINED)
 
 
 @dataclass(frozen=True)

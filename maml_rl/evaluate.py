@@ -326,6 +326,11 @@ class Evaluation:
     """Where each method's policy ran ('cpu/float32', 'cuda/float64'); 'unrecorded' for a
     method kept from an evaluation saved before this was recorded. Not part of the protocol:
     the same tasks and seeds on another device differ only by round-off."""
+    trained: dict[str, int] = field(default_factory=dict)
+    """How many iterations each method's run had trained, to the evaluated checkpoint (random,
+    an initialisation, has none). Recorded beside the protocol, like `ran_on`: the legend and
+    `maml-rl evaluate`'s table say it, so that a short-trained baseline is not mistaken for a
+    converged one."""
 
     @property
     def protocol(self) -> dict[str, object]:
@@ -343,8 +348,9 @@ class Evaluation:
 
     @property
     def record(self) -> dict[str, object]:
-        """What `evaluation.json` holds: the protocol and, under RAN_ON, where each method ran."""
-        return {**self.protocol, RAN_ON: dict(self.ran_on)}
+        """What `evaluation.json` holds: the protocol and, under RAN_ON, where each method ran,
+        under TRAINED, how many iterations each had trained."""
+        return {**self.protocol, RAN_ON: dict(self.ran_on), TRAINED: dict(self.trained)}
 
     @property
     def means(self) -> dict[str, np.ndarray]:
@@ -424,8 +430,10 @@ def evaluate_run(
         else:
             curve(name, loaded[name].cfg, loaded[name].theta, [])
     checkpoint = f"{which}@{run.iteration}"
+    trained = {"maml": run.iteration + 1}
+    trained.update({name: baseline.iteration + 1 for name, baseline in loaded.items()})
     return Evaluation(
-        cfg.env, returns, tuple(schedule), learned, seed, k, checkpoint, success, ran_on
+        cfg.env, returns, tuple(schedule), learned, seed, k, checkpoint, success, ran_on, trained
     )
 
 
@@ -502,6 +510,7 @@ def read_task_returns(
 
 PROTOCOL = "evaluation.json"
 RAN_ON = "ran_on"
+TRAINED = "trained_iterations"
 """The key of `evaluation.json` that records where each method ran (not a protocol key)."""
 # Success rates (families reporting success) use the same layouts; their `mean_return` column
 # holds the mean success rate.
@@ -564,13 +573,16 @@ def _earlier(evaluation: Evaluation, out_dir: Path) -> Evaluation | None:
     if record is not None and not isinstance(record, dict):
         raise ArtifactError(f"{previous} is not an evaluation record; {remedy}")
     earlier_ran_on = record.pop(RAN_ON, {}) if record is not None else {}
+    earlier_trained = record.pop(TRAINED, {}) if record is not None else {}
     if record != evaluation.protocol:
         return None
     shape = (int(evaluation.protocol["num_steps"]) + 1, int(evaluation.protocol["num_tasks"]))
     returns = read_task_returns(out_dir / "adaptation_tasks.csv", shape)
     success_path = out_dir / "success_tasks.csv"
     success = read_task_returns(success_path, shape) if success_path.is_file() else {}
-    return replace(evaluation, returns=returns, success=success, ran_on=earlier_ran_on)
+    return replace(
+        evaluation, returns=returns, success=success, ran_on=earlier_ran_on, trained=earlier_trained
+    )
 
 
 def _set_aside(out_dir: Path) -> Path:
@@ -609,8 +621,15 @@ def merged(
     success = dict(evaluation.success)
     success.update({m: r for m, r in earlier.success.items() if m in kept})
     ran_on = {**{m: earlier.ran_on.get(m, "unrecorded") for m in kept}, **evaluation.ran_on}
+    trained = {**{m: earlier.trained[m] for m in kept if m in earlier.trained}}
     returns = {**evaluation.returns, **kept}
-    return replace(evaluation, returns=returns, success=success, ran_on=ran_on)
+    return replace(
+        evaluation,
+        returns=returns,
+        success=success,
+        ran_on=ran_on,
+        trained={**trained, **evaluation.trained},
+    )
 
 
 def save(
@@ -638,9 +657,18 @@ def save(
             write_task_returns(evaluation.success, out_dir / "success_tasks.csv")
         num_tasks = rows[0].num_tasks
         title = f"{evaluation.env}: adaptation on {num_tasks} held-out tasks"
-        plot_adaptation(rows, png_path, title)
+        plot_adaptation(rows, png_path, title, legend_labels(evaluation))
         artifacts.write_text(out_dir / PROTOCOL, json.dumps(evaluation.record, indent=1) + "\n")
     return csv_path, png_path
+
+
+def legend_labels(evaluation: Evaluation) -> dict[str, str]:
+    """Each method's name with how many iterations its run trained: 'oracle (20 iterations)',
+    'random (untrained)'; a method whose count is not recorded keeps its bare name."""
+    labels = {"random": "random (untrained)"} if "random" in evaluation.returns else {}
+    for method, count in evaluation.trained.items():
+        labels[method] = f"{method} ({count} iteration{'s' if count != 1 else ''})"
+    return labels
 
 
 def format_table(rows: Sequence[SummaryRow], value: str = "mean return") -> str:

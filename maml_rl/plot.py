@@ -182,8 +182,14 @@ def plot_training_bands(
     return _save(figure, out)
 
 
-def plot_adaptation(rows: Sequence[SummaryRow], out: str | Path, title: str) -> Path:
-    """One curve per method, mean return against gradient steps, with its shaded 95% CI."""
+def plot_adaptation(
+    rows: Sequence[SummaryRow],
+    out: str | Path,
+    title: str,
+    labels: Mapping[str, str] | None = None,
+) -> Path:
+    """One curve per method, mean return against gradient steps, with its shaded 95% CI;
+    `labels` names a method in the legend (default: the method)."""
     curves: dict[str, list[SummaryRow]] = defaultdict(list)
     for row in rows:
         curves[row.method].append(row)
@@ -193,7 +199,13 @@ def plot_adaptation(rows: Sequence[SummaryRow], out: str | Path, title: str) -> 
     for index, (method, points) in enumerate(curves.items()):
         color = f"C{index % 10}"
         steps = [p.step for p in points]
-        axis.plot(steps, [p.mean_return for p in points], marker="o", color=color, label=method)
+        axis.plot(
+            steps,
+            [p.mean_return for p in points],
+            marker="o",
+            color=color,
+            label=(labels or {}).get(method, method),
+        )
         axis.fill_between(
             steps,
             [p.ci95_low for p in points],

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+import maml_rl
 from maml_rl.cli import main
 
 TINY = ["num_batches=1", "meta_batch_size=2", "fast_batch_size=2", "hidden_sizes=[8]",
@@ -39,7 +40,7 @@ def test_a_run_ends_with_its_final_and_best_return_wall_time_and_next_command(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     run = tmp_path / "run"
-    sets = [*TINY, "num_batches=3"]
+    sets = [*TINY[1:], "num_batches=3"]
     assert main(["train", "navigation", "--out", str(run), "--no-progress", "--set", *sets]) == 0
     last_lines = capsys.readouterr().out.splitlines()[-3:]
     post = [row["returns/post_update"] for row in rows(run)]
@@ -71,7 +72,7 @@ def test_evaluate_heads_its_table_with_each_methods_training_iterations(
     from maml_rl.cli import methods_line
 
     run = tmp_path / "run"
-    sets = [*TINY, "num_batches=3"]
+    sets = [*TINY[1:], "num_batches=3"]
     assert main(["train", "navigation", "--out", str(run), "--no-progress", "--set", *sets]) == 0
     argv = ["evaluate", str(run), "--num-tasks", "2", "--num-steps", "1", "--no-progress"]
     assert main([*argv, "--baselines", "random,oracle", "--train-baselines", "1"]) == 0
@@ -84,3 +85,14 @@ def test_evaluate_heads_its_table_with_each_methods_training_iterations(
     assert methods_line({"maml": 500, "pretrained": 500, "oracle": None}) == (
         "trained iterations: maml 500, pretrained 500, oracle ?"
     )
+    # the figure's legend says the same, and evaluation.json keeps it beside the protocol
+    record = json.loads((run / "eval" / "evaluation.json").read_text())
+    assert record["trained_iterations"] == {"maml": 3, "oracle": 1}
+    from maml_rl.evaluate import legend_labels
+
+    evaluation = maml_rl.evaluate(run, num_tasks=2, num_steps=1, baselines=["random"],
+                                  progress=False)  # fmt: skip
+    assert legend_labels(evaluation) == {"maml": "maml (3 iterations)",
+                                         "random": "random (untrained)"}  # fmt: skip
+    record = json.loads((run / "eval" / "evaluation.json").read_text())
+    assert record["trained_iterations"] == {"maml": 3, "oracle": 1}  # oracle kept by the merge
