@@ -316,3 +316,12 @@ def test_no_history_in_user_documents(page: Path) -> None:
     e.g. a raw-output folder, is a path and may stay)."""
     found = HISTORY.findall(page.read_text())
     assert not found, f"{page_id(page)}: {found}"
+
+
+def test_readme_links_reach_files_of_the_repository() -> None:
+    """README.md is read on the repository's page, outside the site: its relative links must
+    name files that exist (mkdocs --strict checks the site's own)."""
+    text = (ROOT / "README.md").read_text()
+    for target in re.findall(r"\]\(([^)#\s]+)(?:#[^)]*)?\)", text):
+        if not target.startswith(("http://", "https://")):
+            assert (ROOT / target).is_file(), f"README.md links to {target}, which is missing"
