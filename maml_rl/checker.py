@@ -197,6 +197,8 @@ def _check_with_gymnasium(
 ) -> None:
     try:
         env.reset(seed=seed, options={"task": task})
+        env.action_space.seed(seed)  # check_env steps random actions: the same verdict each run
+        env.observation_space.seed(seed)
         # check_env's close check rebuilds the env from env.spec, which fails for any plain
         # gym.Wrapper around a gymnasium.make'd env; closing is checked by _check_close.
         check_env(env, skip_render_check=True, skip_close_check=True)

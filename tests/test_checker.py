@@ -279,6 +279,37 @@ def test_environment_rules(family: Any, match: str) -> None:
     assert match in violation(family)
 
 
+class _LeavesOnABigFirstAction(LineEnv):
+    """Observation box ±1; the point stays, but the observation leaves the box after a first
+    action above 0.5 (a quarter of check_env's uniform samples)."""
+
+    def __init__(self, horizon: int = 10) -> None:
+        super().__init__(horizon)
+        self.observation_space = gym.spaces.Box(-1.0, 1.0, (1,), np.float32)
+
+    def step(self, action: np.ndarray) -> tuple[np.ndarray, float, bool, bool, dict[str, Any]]:
+        self.t += 1
+        obs = np.array([self.x + 5.0 * (self.t == 1 and action[0] > 0.5)], np.float32)
+        return obs, -abs(self.x - self.task.position), False, self.t >= self.horizon, {}
+
+
+class LeavesOnABigFirstActionFamily(GoodFamily):
+    def make_env(self) -> gym.Env:
+        return _LeavesOnABigFirstAction(self.max_episode_steps)
+
+
+def test_the_verdict_is_the_same_every_run() -> None:
+    """check_env steps random actions; unseeded, its verdict changed from run to run."""
+    verdicts = set()
+    for _ in range(40):
+        try:
+            check_family(LeavesOnABigFirstActionFamily(), seed=0)
+            verdicts.add("passed")
+        except TaskFamilyError as error:
+            verdicts.add(str(error))
+    assert len(verdicts) == 1, verdicts
+
+
 def test_check_env_failure_is_named_in_one_line() -> None:
     message = violation(OutOfSpaceFamily())
     assert "fails gymnasium's check_env" in message
