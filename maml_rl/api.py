@@ -37,7 +37,14 @@ from maml_rl import config as config_module
 from maml_rl.config import Config, ConfigError
 from maml_rl.configs import find_config
 from maml_rl.errors import CheckpointError
-from maml_rl.evaluate import Evaluation, check_request, evaluate_run, hold_eval_dir, load_run
+from maml_rl.evaluate import (
+    Evaluation,
+    check_eval_seed,
+    check_request,
+    evaluate_run,
+    hold_eval_dir,
+    load_run,
+)
 from maml_rl.evaluate import save as save_evaluation
 from maml_rl.oracle import OracleFamily
 from maml_rl.runtime import configure_process
@@ -205,8 +212,7 @@ def evaluate(
     """
     configure_process(process_settings)
     run_dir = Path(run_dir)
-    if eval_seed is not None and eval_seed < 0:
-        raise ConfigError(f"--eval-seed must be >= 0, got {eval_seed}")
+    check_eval_seed(eval_seed)
     # DIR/eval is ours from loading the run to the last file written: a second evaluate (or a
     # train --overwrite) of the run is refused in one line
     out_dir = run_dir / "eval" if out_dir is None else Path(out_dir)

@@ -83,17 +83,47 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def check_memory(
+    cfg: Config,
+    num_tasks: int | None = None,
+    num_steps: int | None = None,
+    family: TaskFamily | None = None,
+    spaces: tuple[gym.Space, gym.Space] | None = None,
+) -> None:
+    """ResourceError (one line) when `num_tasks` tasks (default the meta-batch) adapted for
+    `num_steps` steps (default the run's num_steps; evaluate and render pass theirs) would not
+    fit in memory (memory.py), before anything is sampled or allocated."""
+    family = make_family(cfg.env, cfg.env_kwargs) if family is None else family
+    if spaces is None:
+        probe = family.make_env()
+        spaces = probe.observation_space, probe.action_space
+        probe.close()
+    sizes = RunSizes(
+        int(gym.spaces.flatdim(spaces[0])),
+        _flat_size(spaces[1]),
+        tuple(cfg.hidden_sizes),
+        horizon_of(family),
+        cfg.meta_batch_size if num_tasks is None else num_tasks,
+        cfg.fast_batch_size,
+        cfg.num_steps if num_steps is None else num_steps,
+        DTYPES[cfg.dtype].itemsize,
+    )
+    check_run(sizes)
+
+
 def build(
     cfg: Config,
     generator: torch.Generator | None,
     on_event: Callable[[str], None] | None = None,
     num_tasks: int | None = None,
+    num_steps: int | None = None,
 ) -> tuple[TaskFamily, nn.Module, TrajectorySampler]:
     """The task family, the policy (initialised from `generator`) and the sampler of a config.
 
     on_event: where a distributed sampler reports faults it recovered from (one line each).
-    num_tasks: tasks sampled at once (default the meta-batch), for the memory check: sizes whose
-    estimate (memory.py) exceeds the memory available raise ResourceError before allocating.
+    num_tasks, num_steps: tasks sampled at once (default the meta-batch) and inner steps (default
+    the run's), for the memory check (`check_memory`): sizes whose estimate (memory.py) exceeds
+    the memory available raise ResourceError before allocating.
     """
     family = make_family(cfg.env, cfg.env_kwargs)
     if cfg.algo == "oracle":
@@ -109,17 +139,7 @@ def build(
         )
     if not is_flat(observation_space):  # the sampler steps flat observations
         family = FlatObservationFamily(family, observation_space)
-    sizes = RunSizes(
-        int(gym.spaces.flatdim(observation_space)),
-        _flat_size(action_space),
-        tuple(cfg.hidden_sizes),
-        horizon_of(family),
-        cfg.meta_batch_size if num_tasks is None else num_tasks,
-        cfg.fast_batch_size,
-        cfg.num_steps,
-        DTYPES[cfg.dtype].itemsize,
-    )
-    check_run(sizes)
+    check_memory(cfg, num_tasks, num_steps, family, (observation_space, action_space))
     device, dtype = resolve_device(cfg.device), DTYPES[cfg.dtype]
     if cfg.policy is not None:
         policy: nn.Module = build_custom_policy(

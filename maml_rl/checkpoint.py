@@ -79,6 +79,24 @@ def load(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str
     return state
 
 
+def check_parameters(theta: dict[str, Any], expected: dict[str, torch.Tensor], what: str) -> None:
+    """A one-line CheckpointError naming the first parameter of `theta` (from `what`, a
+    checkpoint) that the policy built from its config (`expected`) lacks, has not, or has in
+    another shape: an edited or foreign checkpoint, refused before it is used."""
+    missing = sorted(set(expected) - set(theta))
+    extra = sorted(set(theta) - set(expected))
+    if missing or extra:
+        name, side = (missing[0], "lacks") if missing else (extra[0], "has an unknown")
+        raise CheckpointError(f"{what} {side} parameter '{name}' of the run's policy")
+    for name, value in theta.items():
+        shape = tuple(getattr(value, "shape", ()))
+        if shape != tuple(expected[name].shape):
+            raise CheckpointError(
+                f"{what}: parameter '{name}' has shape {list(shape)}, the run's policy "
+                f"{list(expected[name].shape)}"
+            )
+
+
 def _check_finite(state: dict[str, Any], path: Path) -> None:
     """CheckpointError naming the first parameter (theta, step sizes) with a NaN or inf."""
     for group in PARAMETERS:

@@ -23,6 +23,7 @@ from maml_rl.config import Config, ConfigError
 from maml_rl.configs import find_config, shipped_config_descriptions
 from maml_rl.errors import (
     CheckpointError,
+    NonFiniteError,
     PolicyError,
     RaySamplerError,
     ResourceError,
@@ -43,12 +44,20 @@ USER_ERRORS = (
     RunStopped,
     RaySamplerError,
     ResourceError,
+    NonFiniteError,
 )
 
 
 def _overrides(args: argparse.Namespace) -> dict[str, Any]:
-    items = [item for group in args.set or [] for item in group]
-    values = dict(config_module.parse_override(item) for item in items)
+    values: dict[str, Any] = {}
+    # a later --set overrides an earlier one; a key twice in one --set is a mistake
+    for group in args.set or []:
+        pairs = [config_module.parse_override(item) for item in group]
+        keys = [config_module.normalize_key(key) for key, _ in pairs]
+        twice = sorted({key for key in keys if keys.count(key) > 1})
+        if twice:
+            raise ConfigError(f"--set gives {', '.join(twice)} twice; give each key once")
+        values.update(pairs)
     if args.seed is not None:
         values["seed"] = args.seed
     if getattr(args, "device", None) is not None:
@@ -146,11 +155,20 @@ def _comma_list(text: str | None) -> list[str]:
     return [item.strip() for item in (text or "").split(",") if item.strip()]
 
 
-def _step_sizes(text: str | None) -> list[float]:
+def _numbers(text: str | None, kind: type, flag: str, example: str) -> list:
+    """The comma-separated numbers of `flag` (none if it is not given); an empty item (`0.1,,0.2`)
+    or a word is a one-line ConfigError."""
+    items = [item.strip() for item in text.split(",")] if text else []
     try:
-        return [float(item) for item in _comma_list(text)]
-    except ValueError as error:
-        raise ConfigError(f"--step-sizes expects numbers like 0.1,0.05, got {text!r}") from error
+        if "" in items:
+            raise ValueError("an empty item")
+        return [kind(item) for item in items]
+    except ValueError:
+        raise ConfigError(f"{flag} expects numbers like {example}, got {text!r}") from None
+
+
+def _step_sizes(text: str | None) -> list[float]:
+    return _numbers(text, float, "--step-sizes", "0.1,0.05")
 
 
 def methods_line(counts: dict[str, int | None]) -> str:
@@ -257,11 +275,9 @@ def cmd_render(args: argparse.Namespace) -> int:
 
     if args.task is not None and args.num_tasks is not None:
         raise ConfigError("give --task I or --num-tasks N, not both")
-    try:
-        steps = [int(s) for s in _comma_list(args.steps)]
-    except ValueError:
-        raise ConfigError(f"--steps expects numbers like 0,1,3, got {args.steps!r}") from None
-    first, count = (args.task, 1) if args.task is not None else (0, args.num_tasks or 1)
+    steps = _numbers(args.steps, int, "--steps", "0,1,3")
+    count = 1 if args.num_tasks is None else args.num_tasks  # 0 is refused, not read as 1
+    first, count = (args.task, 1) if args.task is not None else (0, count)
     clips = adaptation_clips(
         args.run_dir,
         steps,

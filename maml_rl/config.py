@@ -403,6 +403,36 @@ def from_saved(values: dict[str, Any]) -> Config:
     return from_dict({**missing, **values})
 
 
+class _StrictLoader(yaml.SafeLoader):
+    """YAML's safe loader that refuses a key given twice in one mapping (YAML keeps the last
+    one silently)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            if isinstance(key, typing.Hashable) and key in seen:
+                line = key_node.start_mark.line + 1
+                raise ConfigError(f"key {key!r} is given twice (the second on line {line})")
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
+def _read_yaml(text: str, where: str) -> Any:
+    """The YAML value of `text` (strict: a key given twice is an error); `where` names it in
+    the one-line ConfigError for malformed or too deeply nested text."""
+    try:
+        return yaml.load(text, Loader=_StrictLoader)  # a SafeLoader subclass
+    except ConfigError as error:
+        raise ConfigError(f"{where}: {error}") from None
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        at = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
+        raise ConfigError(f"malformed YAML in {where}{at}") from error
+    except RecursionError:
+        raise ConfigError(f"{where} is nested too deeply to be a config") from None
+
+
 def load(
     path: str | Path, overrides: dict[str, Any] | None = None, notes: list[str] | None = None
 ) -> Config:
@@ -412,11 +442,10 @@ def load(
     if not path.is_file():
         raise ConfigError(f"config file not found: {path}")
     try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as error:
-        mark = getattr(error, "problem_mark", None)
-        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
-        raise ConfigError(f"malformed YAML in {path}{where}") from error
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise ConfigError(f"config file {path} is not UTF-8 text ({error.reason})") from None
+    data = _read_yaml(text, str(path)) or {}
     if not isinstance(data, dict):
         raise ConfigError(f"config file {path} must be a mapping of key: value")
     return from_dict(_combine(data, dict(overrides or {}), path, notes), notes=notes)
@@ -461,10 +490,7 @@ def parse_override(item: str) -> tuple[str, Any]:
     if "=" not in item:
         raise ConfigError(f"--set expects key=value, got {item!r} (give the config before --set)")
     key, text = item.split("=", 1)
-    try:
-        value = yaml.safe_load(text) if text else ""
-    except yaml.YAMLError as error:
-        raise ConfigError(f"--set {key}: value {text!r} is not valid YAML") from error
+    value = _read_yaml(text, f"--set {key}") if text else ""
     return key.strip(), value
 
 

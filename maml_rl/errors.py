@@ -38,5 +38,10 @@ class StopTraining(Exception):
     """
 
 
+class NonFiniteError(RuntimeError):
+    """An environment returned a non-finite observation or reward (message names task, step);
+    training skips the iteration, elsewhere (evaluate, render) it is one line."""
+
+
 class PolicyError(ValueError):
     """A policy that cannot be built, or that the algorithm cannot use; the message is one line."""

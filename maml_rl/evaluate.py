@@ -31,7 +31,7 @@ from scipy import stats
 
 from maml_rl import artifacts, checkpoint
 from maml_rl.artifacts import ArtifactError
-from maml_rl.build import Streams, build
+from maml_rl.build import Streams, build, check_memory
 from maml_rl.checkpoint import CheckpointError
 from maml_rl.config import Config, ConfigError, from_saved
 from maml_rl.inner import StepSize
@@ -116,6 +116,12 @@ class HeldOut:
     seeds: list[int]
 
 
+def check_eval_seed(eval_seed: int | None) -> None:
+    """A one-line ConfigError for an eval seed outside [0, 2**63) (as train's seed)."""
+    if eval_seed is not None and not 0 <= eval_seed < 2**63:
+        raise ConfigError(f"--eval-seed must be in [0, 2**63), got {eval_seed}")
+
+
 def held_out(cfg: Config, num_tasks: int, num_steps: int, eval_seed: int | None) -> HeldOut:
     """`num_tasks` tasks and `num_steps + 1` seeds from the evaluation stream of `eval_seed`
     (default: the run's seed), separate from the training tasks' stream.
@@ -123,6 +129,7 @@ def held_out(cfg: Config, num_tasks: int, num_steps: int, eval_seed: int | None)
     A family with a held-out split (Meta-World's test tasks) provides
     ``sample_test_tasks(n, rng)``; its tasks are drawn from there, never seen in training."""
     seed = cfg.seed if eval_seed is None else eval_seed
+    check_eval_seed(seed)
     rng = Streams.from_seed(seed).evaluation_tasks
     family = make_family(cfg.env, cfg.env_kwargs)
     sample = getattr(family, "sample_test_tasks", family.sample_tasks)
@@ -230,6 +237,7 @@ def check_request(
             f"{run.run_dir} is an algo={run.cfg.algo} run; evaluate a MAML run and pass this "
             f"one as --{run.cfg.algo} DIR"
         )
+    check_memory(run.cfg, num_tasks, num_steps)  # this evaluation's sizes, before any list
     step_size_schedule(run.cfg.fast_lr, num_steps, step_sizes, run.cfg.num_steps)
     return run
 
@@ -270,10 +278,14 @@ def method_batches(
     samples exactly the trajectories it gets within the whole set (`Sampler.sample`)."""
     generator = torch.Generator().manual_seed(init_seed)
     _, policy, sampler = build(
-        replace(cfg, fast_batch_size=num_trajectories), generator, num_tasks=len(tasks)
+        replace(cfg, fast_batch_size=num_trajectories),
+        generator,
+        num_tasks=len(tasks),
+        num_steps=len(step_sizes),
     )
     if theta is None:
         theta = parameters_of(policy)
+    checkpoint.check_parameters(theta, parameters_of(policy), "the checkpoint")
 
     def to_sampler(params: Params) -> Params:
         return {n: p.to(sampler.device, sampler.dtype) for n, p in params.items()}

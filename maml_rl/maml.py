@@ -31,6 +31,7 @@ from torch import Tensor, nn
 from maml_rl.baseline import advantages as compute_advantages
 from maml_rl.config import Config
 from maml_rl.curvature import ChunkedGaussNewtonHVP, GaussNewtonHVP
+from maml_rl.errors import NonFiniteError
 from maml_rl.estimators import emaml_loss, inner_objective
 from maml_rl.inner import StepSize, adapt, first_order_gradients, inner_step
 from maml_rl.policy import Distribution, detach, forward, kl, log_prob
@@ -124,10 +125,6 @@ def weighted(batch: Batch, cfg: Config) -> Batch:
 def trust_region_kl(old: Distribution, new: Distribution, direction: str) -> Tensor:
     """Per-sample KL of the trust region [*]: KL(old ‖ new) (old_new) or KL(new ‖ old)."""
     return kl(old, new) if direction == "old_new" else kl(new, old)
-
-
-class NonFiniteError(RuntimeError):
-    """An environment returned a non-finite observation or reward (message names task, step)."""
 
 
 def check_finite(batch: Batch, tasks: Sequence[Task], phase: str) -> None:

@@ -33,6 +33,7 @@ import numpy as np
 
 from maml_rl import artifacts
 from maml_rl.actions import env_actions
+from maml_rl.build import check_memory
 from maml_rl.config import ConfigError
 from maml_rl.errors import TaskFamilyError
 from maml_rl.evaluate import (
@@ -62,6 +63,10 @@ class Clips:
     num_trajectories: int
 
 
+MAX_RENDER_STEPS = 1000
+"""The most gradient steps `render` adapts for (each step samples N x K episodes first)."""
+
+
 def adaptation_clips(
     run_dir: str | Path,
     steps: Sequence[int] = (0, 1, 3),
@@ -77,8 +82,11 @@ def adaptation_clips(
     batches after each number of steps in `steps`. device: where the policy runs (default:
     the device the run trained on)."""
     steps = tuple(sorted(set(int(s) for s in steps)))
-    if not steps or steps[0] < 0:
-        raise ConfigError(f"--steps must be numbers of gradient steps >= 0, got {list(steps)}")
+    if not steps or steps[0] < 0 or steps[-1] > MAX_RENDER_STEPS:
+        raise ConfigError(
+            f"--steps must be numbers of gradient steps >= 0 and <= {MAX_RENDER_STEPS}, "
+            f"got {list(steps)}"
+        )
     if num_tasks < 1 or first_task < 0 or first_task + num_tasks > num_eval_tasks:
         raise ConfigError(
             f"tasks {first_task}..{first_task + num_tasks - 1} are not among the "
@@ -91,6 +99,7 @@ def adaptation_clips(
     family = make_family(cfg.env, cfg.env_kwargs)
     _refuse_undrawable(family)  # before sampling, which takes seconds
     num_steps = steps[-1]
+    check_memory(cfg, num_tasks, num_steps, family)  # before drawing num_steps seeds
     chosen = held_out(cfg, num_eval_tasks, num_steps, eval_seed)
     schedule = step_size_schedule(cfg.fast_lr, num_steps)
     tasks = chosen.tasks[first_task : first_task + num_tasks]

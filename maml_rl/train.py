@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import shutil
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -18,7 +19,7 @@ from maml_rl import artifacts, checkpoint, diagnostics
 from maml_rl.build import Streams, build, describe_policy
 from maml_rl.checker import SKIPPED, check_family
 from maml_rl.checkpoint import CheckpointError
-from maml_rl.config import Config, from_dict, from_saved, save
+from maml_rl.config import Config, ConfigError, from_dict, from_saved, save
 from maml_rl.errors import RunInterrupted, RunStopped, StopTraining
 from maml_rl.inner import init_step_size
 from maml_rl.logger import RunLogger, truncate_metrics
@@ -184,6 +185,12 @@ def load_resume_config(run_dir: Path, overrides: dict[str, Any]) -> Config:
     add_import_root(state.get("policy_import_root"))
     saved = from_saved(state["config"])
     cfg = from_dict(overrides, base=saved)
+    done = state["iteration"] + 1
+    if cfg.num_batches < done:  # never "iterations 4-1 of 1", nor a config.yaml saying 1
+        raise CheckpointError(
+            f"num_batches={cfg.num_batches} is fewer than the {done} iterations saved in "
+            f"{run_dir}; give num_batches >= {done}"
+        )
     changed = [
         f"{f.name}={getattr(cfg, f.name)!r} (the run has {getattr(saved, f.name)!r})"
         for f in dataclasses.fields(Config)
@@ -211,15 +218,37 @@ def train(
     metrics rows written by this call. `callbacks` run after every checkpointed iteration
     (`IterationInfo`) and may stop the run."""
     run_dir = Path(run_dir)
-    created = not run_dir.exists()
+    _check_start(cfg, run_dir)
+    made = [p for p in (run_dir, *run_dir.parents) if not p.exists()]  # what this call creates
     try:
         with hold_run_dir(run_dir, resume, overwrite):
             return _train(cfg, run_dir, resume, progress, tensorboard, check, callbacks)
     except BaseException:
-        # a start that failed (bad device, broken family, Ctrl-C) leaves no empty directory
-        if created and run_dir.is_dir() and not (run_dir / LATEST).exists():
+        # a start that failed (bad device, broken family, Ctrl-C) leaves no empty directory,
+        # nor the empty parents it made (--out a/b/c)
+        if made and run_dir.is_dir() and not (run_dir / LATEST).exists():
             shutil.rmtree(run_dir, ignore_errors=True)
+            for parent in made[1:]:
+                try:
+                    parent.rmdir()  # only while empty
+                except OSError:
+                    break
         raise
+
+
+def _check_start(cfg: Config, run_dir: Path) -> None:
+    """One-line errors, before anything is created, for a run directory that is a file or a
+    dangling link, and for more torch threads than the machine can run (4 per CPU)."""
+    if run_dir.is_symlink() and not run_dir.exists():
+        raise CheckpointError(f"{run_dir} is a dangling symbolic link; give a directory")
+    if run_dir.exists() and not run_dir.is_dir():
+        raise CheckpointError(f"{run_dir} is a file, not a directory; give a directory")
+    most = 4 * (os.cpu_count() or 1)
+    if cfg.torch_threads is not None and cfg.torch_threads > most:
+        raise ConfigError(
+            f"config key 'torch_threads' must be at most {most} (4 per CPU of this machine), "
+            f"got {cfg.torch_threads}"
+        )
 
 
 def _train(
@@ -275,6 +304,7 @@ def _train(
             cfg.learn_step_size,
         ):
             raise CheckpointError(f"checkpoint in {run_dir} was made with another config")
+        checkpoint.check_parameters(state["theta"], theta, str(run_dir / LATEST))
         theta, step_size = state["theta"], state["step_size"]
         streams.restore(state["rng"])
         start, env_steps, best_return = (
