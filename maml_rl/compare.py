@@ -9,6 +9,7 @@ own interval: mean(d) ± t_{0.975, N-1} · std(d, ddof=1) / sqrt(N) (`evaluate.s
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,7 +18,15 @@ import numpy as np
 from maml_rl import artifacts
 from maml_rl.artifacts import ArtifactError
 from maml_rl.checkpoint import CheckpointError
-from maml_rl.evaluate import PROTOCOL, RAN_ON, TRAINED, SummaryRow, read_task_returns, summarize
+from maml_rl.evaluate import (
+    PROTOCOL,
+    RAN_ON,
+    TRAINED,
+    SummaryRow,
+    protocol_difference,
+    read_task_returns,
+    summarize,
+)
 
 # Keys of evaluation.json that may differ between the two runs: which checkpoint was
 # evaluated, where each method ran (round-off only) and how long each had trained.
@@ -48,23 +57,44 @@ def load_evaluation(run_dir: str | Path) -> RunEvaluation:
     shape = None  # the per-task rows must fill the protocol's (S + 1) x N where it gives them
     if isinstance(protocol.get("num_steps"), int) and isinstance(protocol.get("num_tasks"), int):
         shape = (protocol["num_steps"] + 1, protocol["num_tasks"])
+    if "env_kwargs" not in protocol:  # saved before it was recorded: the run's, if it says
+        protocol["env_kwargs"] = _run_env_kwargs(run_dir, protocol.get("env"))
+        if protocol["env_kwargs"] is None:
+            del protocol["env_kwargs"]  # unknown: compared on the other keys
     returns = read_task_returns(run_dir / "eval" / "adaptation_tasks.csv", shape)
     success_path = run_dir / "eval" / "success_tasks.csv"
     success = read_task_returns(success_path, shape) if success_path.is_file() else {}
     return RunEvaluation(run_dir, protocol, returns, success)
 
 
+def _run_env_kwargs(run_dir: Path, env: object) -> dict | None:
+    """The env_kwargs of the run's config.yaml (they cannot change on resume) when it is the
+    evaluated family's; None if unreadable."""
+    import yaml
+
+    try:
+        saved = yaml.safe_load((run_dir / "config.yaml").read_text())
+    except (OSError, ValueError, yaml.YAMLError):
+        return None
+    if not isinstance(saved, dict) or saved.get("env") != env:
+        return None
+    kwargs = saved.get("env_kwargs", {})
+    return json.loads(json.dumps(kwargs)) if isinstance(kwargs, dict) else None
+
+
 def check_comparable(a: RunEvaluation, b: RunEvaluation) -> None:
-    """CheckpointError naming the first protocol key on which the two evaluations differ."""
-    for key in sorted(set(a.protocol) | set(b.protocol)):
-        if key in RUN_SPECIFIC:
-            continue
-        if a.protocol.get(key) != b.protocol.get(key):
-            raise CheckpointError(
-                f"{a.run_dir} and {b.run_dir} were evaluated with different {key} "
-                f"({a.protocol.get(key)!r} vs {b.protocol.get(key)!r}); evaluate both with the "
-                "same --eval-seed, --num-tasks, --num-steps and --step-sizes"
-            )
+    """CheckpointError naming the first protocol key on which the two evaluations differ:
+    their held-out tasks (family and its kwargs, eval seed, numbers of tasks, steps and
+    trajectories) or step sizes. A key one of them lacks (saved before it was recorded) is
+    not compared."""
+    key = protocol_difference(a.protocol, b.protocol, RUN_SPECIFIC)
+    if key is not None:
+        raise CheckpointError(
+            f"{a.run_dir} and {b.run_dir} were evaluated with different {key} "
+            f"({a.protocol[key]!r} vs {b.protocol[key]!r}), so on different held-out tasks "
+            "or steps; evaluate both runs of one family with the same env_kwargs, --eval-seed, "
+            "--num-tasks, --num-steps and --step-sizes"
+        )
 
 
 def paired_difference(

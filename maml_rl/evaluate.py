@@ -343,10 +343,15 @@ class Evaluation:
     an initialisation, has none). Recorded beside the protocol, like `ran_on`: the legend and
     `maml-rl evaluate`'s table say it, so that a short-trained baseline is not mistaken for a
     converged one."""
+    env_kwargs: dict[str, object] = field(default_factory=dict)
+    """The family's keyword arguments (bounds, horizon, ...): with `env`, the eval seed and the
+    numbers of tasks, steps and trajectories, what defines the held-out tasks."""
 
     @property
     def protocol(self) -> dict[str, object]:
-        """What makes two evaluations' per-task returns comparable (same tasks and seeds)."""
+        """What makes two evaluations' per-task returns comparable (same tasks and seeds).
+        Evaluations saved before a key was added lack it: `same_protocol` treats it as
+        unknown."""
         shape = next(iter(self.returns.values())).shape if self.returns else (0, 0)
         return {
             "env": self.env,
@@ -356,6 +361,7 @@ class Evaluation:
             "step_sizes": list(self.step_sizes),
             "num_steps": int(shape[0]) - 1,
             "num_tasks": int(shape[1]),
+            "env_kwargs": json.loads(json.dumps(self.env_kwargs)),  # as evaluation.json reads
         }
 
     @property
@@ -445,8 +451,9 @@ def evaluate_run(
     trained = {"maml": run.iteration + 1}
     trained.update({name: baseline.iteration + 1 for name, baseline in loaded.items()})
     return Evaluation(
-        cfg.env, returns, tuple(schedule), learned, seed, k, checkpoint, success, ran_on, trained
-    )
+        cfg.env, returns, tuple(schedule), learned, seed, k, checkpoint, success, ran_on, trained,
+        dict(cfg.env_kwargs),
+    )  # fmt: skip
 
 
 def _csv_text(header: Sequence[str], rows: Iterable[Sequence[object]]) -> str:
@@ -576,6 +583,21 @@ def hold_eval_dir(out_dir: str | Path, wait_s: float = 0.0) -> Iterator[None]:
             shutil.rmtree(out_dir, ignore_errors=True)
 
 
+def protocol_difference(a: dict, b: dict, ignore: Iterable[str] = ()) -> str | None:
+    """The first protocol key on which `a` and `b` differ, or None. A key that one of them
+    lacks (an evaluation saved before the key was recorded) is unknown, not a difference: an
+    earlier evaluation keeps merging and comparing on the keys it has."""
+    for key in sorted(set(a) & set(b) - set(ignore)):
+        if a[key] != b[key]:
+            return key
+    return None
+
+
+def same_protocol(a: dict | None, b: dict) -> bool:
+    """Whether `a` (None: no earlier evaluation) and `b` are one protocol."""
+    return a is not None and protocol_difference(a, b) is None
+
+
 def _earlier(evaluation: Evaluation, out_dir: Path) -> Evaluation | None:
     """The earlier evaluation in `out_dir` if it has this one's protocol, else None;
     ArtifactError if its files are unreadable or do not fit the protocol."""
@@ -586,7 +608,7 @@ def _earlier(evaluation: Evaluation, out_dir: Path) -> Evaluation | None:
         raise ArtifactError(f"{previous} is not an evaluation record; {remedy}")
     earlier_ran_on = record.pop(RAN_ON, {}) if record is not None else {}
     earlier_trained = record.pop(TRAINED, {}) if record is not None else {}
-    if record != evaluation.protocol:
+    if not same_protocol(record, evaluation.protocol):
         return None
     shape = (int(evaluation.protocol["num_steps"]) + 1, int(evaluation.protocol["num_tasks"]))
     returns = read_task_returns(out_dir / "adaptation_tasks.csv", shape)

@@ -82,3 +82,56 @@ def test_cli_prints_the_rows_and_refuses_an_unevaluated_run_in_one_line(
     assert main(["compare", str(a), str(tmp_path)]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "has no evaluation" in err
+
+
+# --- the held-out tasks in the protocol (issue 38 item 6) ---
+
+WIDER = "env_kwargs={max_episode_steps: 10, low: -2.0, high: 2.0}"
+QUICK = ["--num-tasks", "2", "--num-steps", "1", "--no-progress"]
+
+
+@pytest.fixture(scope="module")
+def two_families(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """Two tiny navigation runs, evaluated alike: one on the default goals, one on wider ones."""
+    from test_artifacts import train
+
+    root = tmp_path_factory.mktemp("families")
+    default, wider = root / "default", root / "wider"
+    assert train(default) == 0 and train(wider, "--set", WIDER) == 0
+    assert main(["evaluate", str(default), *QUICK]) == 0
+    assert main(["evaluate", str(wider), *QUICK]) == 0
+    return default, wider
+
+
+def test_runs_evaluated_on_other_env_kwargs_are_not_paired(
+    two_families: tuple[Path, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    default, wider = two_families
+    capsys.readouterr()
+    assert main(["compare", str(default), str(wider)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "different env_kwargs" in err, err
+
+
+def test_an_evaluation_saved_before_env_kwargs_still_merges_and_compares(
+    two_families: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import shutil
+
+    default, wider = two_families
+    old = tmp_path / "old"
+    shutil.copytree(default, old, ignore=shutil.ignore_patterns(".lock"))
+    record_path = old / "eval" / PROTOCOL
+    record = json.loads(record_path.read_text())
+    del record["env_kwargs"]  # as evaluations committed before it was recorded
+    record_path.write_text(json.dumps(record))
+    # compared on what it has, and on the run's own env_kwargs (config.yaml)
+    assert main(["compare", str(old), str(default)]) == 0
+    assert main(["compare", str(old), str(wider)]) == 2
+    assert "different env_kwargs" in capsys.readouterr().err
+    # a later evaluate keeps its methods (no set-aside) and records the key
+    assert main(["evaluate", str(old), *QUICK, "--baselines", "random"]) == 0
+    assert not (old / "eval" / "replaced").exists()
+    recorded = json.loads(record_path.read_text())["env_kwargs"]
+    assert recorded == json.loads((default / "eval" / PROTOCOL).read_text())["env_kwargs"]
+    assert recorded["max_episode_steps"] == 10
