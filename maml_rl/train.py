@@ -16,8 +16,8 @@ from typing import Any
 import torch
 
 from maml_rl import artifacts, checkpoint, diagnostics
-from maml_rl.build import Streams, build, describe_policy
-from maml_rl.checker import SKIPPED, check_family
+from maml_rl.build import Streams, build, check_built, describe_policy
+from maml_rl.checker import SKIPPED
 from maml_rl.checkpoint import CheckpointError
 from maml_rl.config import Config, ConfigError, from_dict, from_saved, save
 from maml_rl.errors import RunInterrupted, RunStopped, StopTraining
@@ -27,7 +27,7 @@ from maml_rl.maml import NonFiniteError, collect, draw_seeds, meta_step
 from maml_rl.policy import parameters_of
 from maml_rl.policy_adapter import policy_import_root
 from maml_rl.promp import promp_step
-from maml_rl.tasks import TaskFamily, TaskFamilyError, add_import_root, import_root
+from maml_rl.tasks import TaskFamily, add_import_root, import_root
 from maml_rl.threads import AutoThreads
 from maml_rl.types import Params
 from maml_rl.vector import resolved_backend
@@ -276,14 +276,7 @@ def _train(
     family, policy, sampler = build(cfg, streams.policy_init, on_event=report)
     check = check and cfg.check  # train(check=False), --no-check or config key check: false
     if check:
-        try:  # a broken family fails here, in one line; the first actions as the policy's
-            check_family(family, seed=cfg.seed, action_std=cfg.init_std)
-        except Exception as error:
-            if isinstance(error, TaskFamilyError):
-                raise
-            raise TaskFamilyError(
-                f"task family {family!r}: the family check raised {type(error).__name__}: {error}"
-            ) from error
+        check_built(family, cfg)  # a broken family fails here, in one line
     origin = import_root(cfg.env)  # where a module:Class family was found, for later loads
     policy_origin = policy_import_root(cfg.policy)  # and a module:callable policy
     artifacts.write_text(run_dir / RUN_RECORD,

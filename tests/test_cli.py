@@ -110,12 +110,12 @@ def test_without_a_terminal_a_start_line_then_one_line_per_iteration(
 def test_ctrl_c_during_start_up_is_one_line_and_exit_130(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    training = importlib.import_module("maml_rl.train")  # maml_rl.train: the API function
+    building = importlib.import_module("maml_rl.build")  # where train's family check runs
 
     def interrupt(*args: object, **kwargs: object) -> None:
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(training, "check_family", interrupt)
+    monkeypatch.setattr(building, "check_family", interrupt)
     argv = ["train", "navigation", "--out", str(tmp_path / "run"), "--set", *TINY]
     assert main(argv) == 130
     err = capsys.readouterr().err.strip()
