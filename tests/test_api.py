@@ -103,7 +103,7 @@ def test_train_stopped_by_a_callback_resumes_to_the_end(tmp_path: Path) -> None:
         len(rows) == 1
         and checkpoint.load(tmp_path / "run" / "checkpoint_latest.pt")["iteration"] == 3
     )
-    other = maml_rl.load_config("navigation", **(TINY | {"fast_lr": 0.5}))
+    other = maml_rl.load_config("navigation", **(TINY | {"fast_lr": 0.5, "num_batches": 5}))
     with pytest.raises(checkpoint.CheckpointError, match=r"cannot change fast_lr=0\.5"):
         maml_rl.train(other, tmp_path / "run", resume=True, **QUIET)
 
