@@ -101,9 +101,21 @@ def stop_load(process: subprocess.Popen | None) -> None:
         process.wait()
 
 
+# Runs a script after `import maml_rl`: checkouts before the process settings moved to
+# maml_rl/runtime.py applied them on that import, and their meta_step.py imported torch first
+# (too late for OMP_WAIT_POLICY); later ones import nothing heavy there and apply them in
+# meta_step.py, so every checkout is measured with the settings its `maml-rl train` has.
+AFTER_IMPORT = (
+    "import maml_rl, runpy, sys; sys.argv = sys.argv[1:]; "
+    "runpy.run_path(sys.argv[0], run_name='__main__')"
+)
+
+
 def ours(code: Path, args: argparse.Namespace) -> list[str]:
     return [
         sys.executable,
+        "-c",
+        AFTER_IMPORT,
         str(code / "benchmarks" / "meta_step.py"),
         "--env",
         args.env,
