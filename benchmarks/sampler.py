@@ -2,7 +2,7 @@
 
     python benchmarks/sampler.py [--envs halfcheetah-vel ant-vel] [--n 40] [--k 20]
                                  [--horizon 100] [--repeats 3] [--threads CPUS] [--no-sync]
-                                 [--sampler local|ray]
+                                 [--sampler local|ray|warp] [--device cuda]
 
 For each family, with B = N·K environments and H steps, all figures in env steps per second
 (one env step = frame_skip MuJoCo steps), best of --repeats with the spread (min..max), and
@@ -27,6 +27,12 @@ With ``--sampler ray``: the local sampler beside `RaySampler` on a local Ray ins
 --threads CPUs with 1 actor (all CPUs) and with 2 actors (half each), sampling the post-update
 phase (per-task parameters); prints throughput, ratios to the local sampler, the bytes sent
 and received per phase (per-task phi, and shared theta) and the time Ray adds per phase.
+
+With ``--sampler warp``: ``Sampler.sample`` on the warp backend (MuJoCo Warp, all N·K worlds
+on --device, default cuda when there is one) beside the native C backend with the policy on
+the same device and with the policy on the CPU, and the warp env alone stepping zero actions;
+the per-task-parameter phase of a 64x64 policy, steps per wall second and the ratios. The
+first call of each compiles (Warp's kernels, the CUDA graph) and is not timed.
 
 The repeats go round-robin over all measurements, so that a change of machine load (other
 processes) affects them alike; the ratios use the best of each.
@@ -233,10 +239,14 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=default_num_threads())
     parser.add_argument("--no-sync", action="store_true", help="skip SyncVectorEnv")
-    parser.add_argument("--sampler", choices=["local", "ray"], default="local")
+    parser.add_argument("--sampler", choices=["local", "ray", "warp"], default="local")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = parser.parse_args()
     if args.sampler == "ray":
         ray_comparison(args)
+        return
+    if args.sampler == "warp":
+        warp_comparison(args)
         return
     num_envs, threads, horizon = args.n * args.k, args.threads, args.horizon
     print(
@@ -309,6 +319,69 @@ def phase_run(sampler, params: dict, tasks: list) -> Callable[[], int]:
         return sampler.sample(params, tasks, seed=next(seeds), per_task=True).num_steps
 
     return run
+
+
+def warp_env_run(family, num_envs: int, horizon: int, device: str) -> Callable[[], int]:
+    """The warp batch env alone, stepping zero actions for an episode."""
+    env = family.make_batch_env(num_envs, stepper="warp", device=device)
+    tasks = family.sample_tasks(num_envs, np.random.default_rng(0))
+    actions = torch.zeros(num_envs, family.action_space.shape[0], device=device)
+
+    def run() -> int:
+        env.reset(tasks, seed=0)
+        for _ in range(horizon):
+            env.step(actions)
+        if torch.device(device).type == "cuda":
+            torch.cuda.synchronize()
+        return horizon * num_envs
+
+    return run
+
+
+def warp_comparison(args: argparse.Namespace) -> None:
+    """The warp backend against the native C backend (see the module doc)."""
+    device = args.device
+    print(
+        f"N={args.n} K={args.k} H={args.horizon}: {args.n * args.k} worlds on {device} "
+        f"({torch.cuda.get_device_name(0) if device.startswith('cuda') else 'CPU'}), "
+        f"C backends on {args.threads} CPU threads"
+    )
+    for name in args.envs:
+        family = make_family(name, {"max_episode_steps": args.horizon})
+        print(f"{name} ({type(family).__name__})")
+        obs_dim, act_dim = family.observation_space.shape[0], family.action_space.shape[0]
+        tasks = family.sample_tasks(args.n, np.random.default_rng(0))
+        runs: dict[str, Callable[[], int]] = {}
+        samplers = []
+        for backend, where in (("warp", device), ("native", device), ("native", "cpu")):
+            label = f"Sampler.sample, {backend}, policy on {where}"
+            if label in runs:
+                continue
+            policy = GaussianMLPPolicy(obs_dim, act_dim, (64, 64), "tanh").to(where)
+            theta = parameters_of(policy)
+            phi = {n: p.expand(args.n, *p.shape).clone() for n, p in theta.items()}
+            sampler = Sampler(family, policy, args.k, device=where, backend=backend)
+            samplers.append(sampler)
+            runs[label] = phase_run(sampler, phi, tasks)
+        runs[f"warp env alone, zero actions, {device}"] = warp_env_run(
+            family, args.n * args.k, args.horizon, device
+        )
+        for run in runs.values():  # warm-up: kernels compiled, graphs captured, envs built
+            run()
+        rates: dict[str, list[tuple[float, float]]] = {label: [] for label in runs}
+        for _ in range(args.repeats):
+            for label, run in runs.items():
+                rates[label].append(timed(run))
+        print(f"  {'env steps/s':<46s} {'wall, best (spread)':>26s}")
+        best = {label: report(label, values, cpu=False) for label, values in rates.items()}
+        warp_label, native_label = list(runs)[:2]
+        print(
+            f"  warp / native (policy on {device}) = "
+            f"{best[warp_label][0] / best[native_label][0]:.2f} wall",
+            flush=True,
+        )
+        for sampler in samplers:
+            sampler.close()
 
 
 def ray_comparison(args: argparse.Namespace) -> None:

@@ -41,7 +41,7 @@ from .mujoco_base import (
     sample_directions,
     sample_velocities,
 )
-from .mujoco_batch import Simulations, control_reward
+from .mujoco_batch import Simulations, array_namespace, control_reward, copied
 
 if TYPE_CHECKING:
     from typing import Unpack  # Python >= 3.11; annotations are not evaluated at run time
@@ -117,38 +117,41 @@ class AntFamily(MujocoFamily):
         """Control and contact costs and the survive bonus, as Gymnasium computed them."""
         return info["reward_ctrl"] + info["reward_contact"] + info["reward_survive"]
 
-    # Ant-v5's observation, info terms and health test for B simulations (envs.mujoco_batch)
+    # Ant-v5's observation, info terms and health test for B simulations (envs.mujoco_batch):
+    # array code for numpy arrays (C steppers) and torch tensors (Warp stepper) alike
 
-    def batch_position(self, sim: Simulations) -> np.ndarray:
+    def batch_position(self, sim: Simulations) -> Any:
         """The torso's xy [B, 2] that the velocity is measured from."""
-        return sim.xpos[:, MAIN_BODY, :2].copy()
+        return copied(sim.xpos[:, MAIN_BODY, :2])
 
-    def batch_observation(self, sim: Simulations) -> np.ndarray:
+    def batch_observation(self, sim: Simulations) -> Any:
         """[B, 105]: qpos (without x, y unless observed), qvel, clipped cfrc_ext of bodies 1:."""
+        xp = array_namespace(sim.qpos)
         parts = [sim.qpos if self.observe_position else sim.qpos[:, 2:], sim.qvel]
         if self.include_contact_forces:
-            contact = np.clip(sim.cfrc_ext[:, 1:], *CONTACT_FORCE_RANGE)
+            contact = xp.clip(sim.cfrc_ext[:, 1:], *CONTACT_FORCE_RANGE)
             parts.append(contact.reshape(len(contact), -1))
-        return np.concatenate(parts, axis=1)
+        return xp.concatenate(parts, axis=1)
 
     def batch_step_info(
-        self, sim: Simulations, before: np.ndarray, action: np.ndarray
-    ) -> tuple[dict[str, np.ndarray], np.ndarray]:
+        self, sim: Simulations, before: Any, action: Any
+    ) -> tuple[dict[str, Any], Any]:
         """Info terms [B] after a step from torso xy = before [B, 2] with robot actions [B, 8],
         and terminated [B]: the state is not finite or the torso height leaves the range."""
+        xp = array_namespace(sim.qpos)
         velocity = (sim.xpos[:, MAIN_BODY, :2] - before) / self.dt
         low, high = self.healthy_z_range
         z = sim.qpos[:, 2]
-        finite = np.isfinite(sim.qpos).all(axis=1) & np.isfinite(sim.qvel).all(axis=1)
+        finite = xp.isfinite(sim.qpos).all(axis=1) & xp.isfinite(sim.qvel).all(axis=1)
         healthy = finite & (low <= z) & (z <= high)
-        contact = np.clip(sim.cfrc_ext, *CONTACT_FORCE_RANGE).reshape(len(z), -1)
+        contact = xp.clip(sim.cfrc_ext, *CONTACT_FORCE_RANGE).reshape(len(z), -1)
         info = {
-            "x_position": sim.qpos[:, 0].copy(),
-            "y_position": sim.qpos[:, 1].copy(),
+            "x_position": copied(sim.qpos[:, 0]),
+            "y_position": copied(sim.qpos[:, 1]),
             "x_velocity": velocity[:, 0],
             "y_velocity": velocity[:, 1],
             "reward_ctrl": control_reward(action, self.ctrl_cost_weight),
-            "reward_contact": -(self.contact_cost_weight * np.sum(np.square(contact), axis=1)),
+            "reward_contact": -(self.contact_cost_weight * xp.sum(xp.square(contact), axis=1)),
             "reward_survive": healthy * self.survive_reward,
         }
         return info, ~healthy
@@ -194,7 +197,7 @@ class AntVel(AntFamily):
 
     def reward(self, task: VelocityTask, info: Mapping[str, Any]) -> Any:
         """r = -|v_x - v_goal| + forward_bonus + costs(info); scalars or arrays [B]."""
-        return -np.abs(info["x_velocity"] - task.velocity) + self.forward_bonus + self.costs(info)
+        return -abs(info["x_velocity"] - task.velocity) + self.forward_bonus + self.costs(info)
 
 
 class AntDir(AntFamily):
@@ -268,8 +271,6 @@ class AntGoal(AntFamily):
 
     def reward(self, task: GoalTask, info: Mapping[str, Any]) -> Any:
         """r = -(|x - g_x| + |y - g_y|) + goal_bonus + costs(info); scalars or arrays [B]."""
-        goal = np.asarray(task.goal)
-        distance = np.abs(info["x_position"] - goal[..., 0]) + np.abs(
-            info["y_position"] - goal[..., 1]
-        )
+        goal = array_namespace(task.goal).asarray(task.goal)  # a tuple, or stacked [B, 2]
+        distance = abs(info["x_position"] - goal[..., 0]) + abs(info["y_position"] - goal[..., 1])
         return -distance + self.goal_bonus + self.costs(info)

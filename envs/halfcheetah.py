@@ -27,7 +27,7 @@ from .mujoco_base import (
     sample_directions,
     sample_velocities,
 )
-from .mujoco_batch import Simulations, control_reward
+from .mujoco_batch import Simulations, array_namespace, control_reward, copied
 
 if TYPE_CHECKING:
     from typing import Unpack  # Python >= 3.11; annotations are not evaluated at run time
@@ -70,27 +70,28 @@ class HalfCheetahFamily(MujocoFamily):
             },
         )
 
-    # HalfCheetah-v5's observation and info terms for B simulations (see envs.mujoco_batch)
+    # HalfCheetah-v5's observation and info terms for B simulations (see envs.mujoco_batch):
+    # array code for numpy arrays (C steppers) and torch tensors (Warp stepper) alike
 
-    def batch_position(self, sim: Simulations) -> np.ndarray:
+    def batch_position(self, sim: Simulations) -> Any:
         """The x position [B] that x_velocity is measured from."""
-        return sim.qpos[:, 0].copy()
+        return copied(sim.qpos[:, 0])
 
-    def batch_observation(self, sim: Simulations) -> np.ndarray:
+    def batch_observation(self, sim: Simulations) -> Any:
         """[B, 17]: qpos without x, then qvel."""
-        return np.concatenate([sim.qpos[:, 1:], sim.qvel], axis=1)
+        return array_namespace(sim.qpos).concatenate([sim.qpos[:, 1:], sim.qvel], axis=1)
 
     def batch_step_info(
-        self, sim: Simulations, before: np.ndarray, action: np.ndarray
-    ) -> tuple[dict[str, np.ndarray], np.ndarray]:
+        self, sim: Simulations, before: Any, action: Any
+    ) -> tuple[dict[str, Any], Any]:
         """Info terms [B] after a step from x = before with robot actions [B, 6]; never ends."""
-        x = sim.qpos[:, 0].copy()
+        x = copied(sim.qpos[:, 0])
         info = {
             "x_position": x,
             "x_velocity": (x - before) / self.dt,
             "reward_ctrl": control_reward(action, self.ctrl_cost_weight),
         }
-        return info, np.zeros(len(x), dtype=bool)
+        return info, array_namespace(x).zeros_like(x, dtype=bool)
 
 
 class HalfCheetahVel(HalfCheetahFamily):
@@ -125,7 +126,7 @@ class HalfCheetahVel(HalfCheetahFamily):
 
     def reward(self, task: VelocityTask, info: Mapping[str, Any]) -> Any:
         """r = -|v_x - v_goal| + info["reward_ctrl"]; scalars, or arrays [B] (`stack_tasks`)."""
-        return -np.abs(info["x_velocity"] - task.velocity) + info["reward_ctrl"]
+        return -abs(info["x_velocity"] - task.velocity) + info["reward_ctrl"]
 
 
 class HalfCheetahDir(HalfCheetahFamily):

@@ -16,7 +16,10 @@ Episodes are truncated after ``max_episode_steps`` by Gymnasium's ``TimeLimit``.
 ``reward(task, info)`` is array code: given one task and one step's ``info`` it returns a
 scalar; given ``stack_tasks`` of B tasks and ``info`` arrays [B] it returns the rewards [B].
 `MujocoFamily.make_batch_env` runs B environments natively (`envs.mujoco_batch`) with the
-same reward function and trajectories identical to B of these Gymnasium environments.
+same reward function and trajectories identical to B of these Gymnasium environments; with
+``stepper="warp"`` it runs them as one MuJoCo Warp batch on a torch device (`envs.warp_batch`),
+through the same observation, reward and health code, written once on arrays that are numpy's
+for the C steppers and torch tensors for Warp (`envs.mujoco_batch.array_namespace`).
 """
 
 from __future__ import annotations
@@ -121,6 +124,8 @@ class MujocoFamily:
     default_task: Task
     contact_forces: bool = False
     """Whether the batched terms read ``cfrc_ext`` (filled by ``mj_rnePostConstraint``)."""
+    warp_stepper: bool = True
+    """Whether `make_batch_env` offers ``stepper="warp"`` (``sampler: warp``)."""
 
     def __init__(
         self, max_episode_steps: int, action_scale: float, make_kwargs: Mapping[str, Any]
@@ -155,14 +160,20 @@ class MujocoFamily:
         return MujocoTaskEnv(self.make_gym_env(), self, self.default_task)
 
     def make_batch_env(
-        self, num_envs: int, stepper: str = "auto", num_threads: int | None = None
+        self,
+        num_envs: int,
+        stepper: str = "auto",
+        num_threads: int | None = None,
+        device: Any = None,
     ) -> MujocoBatchEnv:
         """`num_envs` environments stepped natively, identical to `make_env`'s for one seed.
 
-        stepper: "batch" (``mujoco.batch.Batch``), "threads" (a thread pool over MjData) or
-        "auto" (the faster for this family); num_threads: default all CPUs of this process.
+        stepper: "batch" (``mujoco.batch.Batch``), "threads" (a thread pool over MjData),
+        "auto" (the faster of those for this family) or "warp" (MuJoCo Warp on the torch
+        `device`, default cpu; float32, torch tensors in and out); num_threads: default all
+        CPUs of this process.
         """
-        return MujocoBatchEnv(self, num_envs, stepper, num_threads)
+        return MujocoBatchEnv(self, num_envs, stepper, num_threads, device)
 
     def reward(self, task: Any, info: Mapping[str, Any]) -> Any:
         raise NotImplementedError

@@ -14,7 +14,7 @@ its Gymnasium environments (``family.make_env()``, env i reset with ``seed + i``
   (``batch_observation``, ``batch_step_info``) and the reward is the family's own
   ``reward(stack_tasks(tasks), info)``; episodes are truncated after ``max_episode_steps``.
 
-Two steppers move the physics:
+Three steppers move the physics:
 
 * ``"batch"``: ``mujoco.batch.Batch`` (MuJoCo >= 4.0), whose C++ thread pool steps all
   simulations in one call and whose state rows are live numpy arrays. ``mj_step`` leaves
@@ -28,6 +28,11 @@ Two steppers move the physics:
   releases the GIL), each thread on its own ``MjData`` into which a simulation's integration
   state is swapped for its step, each step followed by ``mj_rnePostConstraint`` where needed.
 
+* ``"warp"``: all B simulations as one MuJoCo Warp batch on a torch device
+  (`envs.warp_batch`); the arrays the family reads, and the env's observations, rewards and
+  flags, are then torch tensors on that device (float32), and the same family code computes
+  them (the family's array code takes numpy arrays or torch tensors: `array_namespace`).
+
 ``"auto"`` picks ``"batch"`` unless the family needs contact forces or MuJoCo has no
 ``mujoco.batch``, else ``"threads"`` (benchmarks/sampler.py measures both).
 """
@@ -39,11 +44,12 @@ import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import fields
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import gymnasium as gym
 import mujoco
 import numpy as np
+import torch
 from gymnasium.utils import seeding
 
 from maml_rl.tasks import Task
@@ -56,7 +62,7 @@ except ImportError:  # mujoco < 4.0: only the "threads" stepper
 if TYPE_CHECKING:
     from envs.mujoco_base import MujocoFamily
 
-STEPPERS = ("auto", "batch", "threads")
+STEPPERS = ("auto", "batch", "threads", "warp")
 CHUNKS_PER_THREAD = 4
 
 
@@ -64,40 +70,78 @@ class Simulations(Protocol):
     """B simulations of one model, read as arrays after `reset` and `step`.
 
     qpos [B, nq], qvel [B, nv], xpos [B, nbody, 3] (as MjData after ``mj_step``: from the
-    last substep's forward pass), cfrc_ext [B, nbody, 6] (zeros unless contact forces are on).
+    last substep's forward pass), cfrc_ext [B, nbody, 6] (zeros unless contact forces are on):
+    numpy arrays (float64), or torch tensors on `device` (float32) for the Warp stepper.
     """
 
-    qpos: np.ndarray
-    qvel: np.ndarray
-    xpos: np.ndarray
-    cfrc_ext: np.ndarray
+    device: torch.device | None
+    """None: the arrays are numpy's; else the torch device of the tensors."""
+    qpos: Any
+    qvel: Any
+    xpos: Any
+    cfrc_ext: Any
 
     def reset(self, qpos: np.ndarray, qvel: np.ndarray) -> None:
         """``mj_resetData``, set qpos [B, nq], qvel [B, nv], ``mj_forward``, for every sim."""
 
-    def step(self, ctrl: np.ndarray, ids: np.ndarray | None) -> None:
-        """Set ctrl [B, nu] and advance simulations `ids` (None: all) by frame_skip substeps."""
+    def step(self, ctrl: Any, live: Any) -> None:
+        """Set ctrl [B, nu] and advance the simulations where `live` [B] (bool) is true by
+        frame_skip substeps; the others keep their state."""
 
     def close(self) -> None: ...
 
 
-def control_reward(action: np.ndarray, weight: float) -> np.ndarray:
+def array_namespace(array: Any) -> Any:
+    """torch for a torch tensor, else numpy: the module whose functions the families' array
+    code calls (abs, clip, concatenate, isfinite, square, sum and all with ``axis=``, where,
+    zeros_like, ...: the same names and meaning in both), so that the C steppers (numpy) and
+    the Warp stepper (torch) run one description of the observation, reward and health terms."""
+    return torch if isinstance(array, torch.Tensor) else np
+
+
+def copied(array: Any) -> Any:
+    """A copy of a numpy array or a torch tensor (the steppers' arrays are live views)."""
+    return array.clone() if isinstance(array, torch.Tensor) else array.copy()
+
+
+def as_array(values: Any, dtype: type, device: torch.device | None) -> Any:
+    """`values` as a numpy array of `dtype` (np.float32, np.bool_, np.float64), or, with a
+    device, as a torch tensor of that dtype on it (no copy when it already is one)."""
+    if device is None:
+        return np.asarray(values, dtype=dtype)
+    return torch.as_tensor(values, dtype=TORCH_DTYPES[dtype], device=device)
+
+
+TORCH_DTYPES = {np.float32: torch.float32, np.float64: torch.float64, np.bool_: torch.bool}
+
+
+def control_reward(action: Any, weight: float) -> Any:
     """Gymnasium's ``reward_ctrl = -weight·‖a‖²`` for robot actions [B, nu] (float32, as the
     single env computes it) -> [B]."""
-    return -(weight * np.sum(np.square(action), axis=-1))
+    xp = array_namespace(action)
+    return -(weight * xp.sum(xp.square(action), axis=-1))
 
 
-def stack_tasks(tasks: Sequence[Task]) -> Task:
+def stack_tasks(tasks: Sequence[Task], device: torch.device | None = None) -> Task:
     """B tasks of one dataclass as one instance of it whose fields are arrays [B, ...].
 
     ``stack_tasks([VelocityTask(1.0), VelocityTask(2.0)]).velocity == array([1.0, 2.0])``;
-    a `GoalTask`'s goal becomes [B, 2]. Reward functions take either form.
+    a `GoalTask`'s goal becomes [B, 2]. Reward functions take either form. With a device, the
+    fields are torch tensors on it (floats as float32, the Warp stepper's precision).
     """
     kind = type(tasks[0])
     if any(type(task) is not kind for task in tasks):
         names = sorted({type(task).__name__ for task in tasks})
         raise TypeError(f"cannot stack tasks of different types: {names}")
-    return kind(**{f.name: np.array([getattr(t, f.name) for t in tasks]) for f in fields(kind)})
+    stacked = {f.name: np.array([getattr(t, f.name) for t in tasks]) for f in fields(kind)}
+    if device is not None:
+        stacked = {
+            name: torch.as_tensor(
+                array.astype(np.float32) if array.dtype.kind == "f" else array, device=device
+            )
+            for name, array in stacked.items()
+        }
+    return kind(**stacked)
 
 
 def default_num_threads() -> int:
@@ -119,6 +163,7 @@ class BatchStepper:
         contact_forces: bool,
     ) -> None:
         self.model, self.frame_skip, self.contact_forces = model, frame_skip, contact_forces
+        self.device = None
         assert mujoco_batch is not None, "mujoco.batch needs mujoco >= 4.0"
         self._batch = mujoco_batch.Batch(
             model, num_envs, nthread=num_threads, persistent=contact_forces
@@ -136,7 +181,10 @@ class BatchStepper:
         if self.contact_forces:
             self._copy_contact_forces(range(len(self.qpos)), post_constraint=False)
 
-    def step(self, ctrl: np.ndarray, ids: np.ndarray | None) -> None:
+    def step(self, ctrl: np.ndarray, live: np.ndarray) -> None:
+        ids = live_ids(live)
+        if ids is not None and len(ids) == 0:
+            return
         self._ctrl[:] = ctrl
         self._batch.step(ids, nstep=self.frame_skip)
         if self.contact_forces:
@@ -180,6 +228,7 @@ class ThreadStepper:
         contact_forces: bool,
     ) -> None:
         self.model, self.frame_skip, self.contact_forces = model, frame_skip, contact_forces
+        self.device = None
         self._spec = mujoco.mjtState.mjSTATE_INTEGRATION
         self._state = np.zeros((num_envs, mujoco.mj_stateSize(model, self._spec)))
         self.qpos = np.zeros((num_envs, model.nq))
@@ -229,7 +278,7 @@ class ThreadStepper:
 
         self._run(work, None)
 
-    def step(self, ctrl: np.ndarray, ids: np.ndarray | None) -> None:
+    def step(self, ctrl: np.ndarray, live: np.ndarray) -> None:
         model, frame_skip, contact_forces = self.model, self.frame_skip, self.contact_forces
         state, spec = self._state, self._spec
 
@@ -244,7 +293,7 @@ class ThreadStepper:
                     mujoco.mj_rnePostConstraint(model, data)
                 self._store(i, data)
 
-        self._run(work, ids)
+        self._run(work, live_ids(live))
 
     def close(self) -> None:
         if self._pool is not None:
@@ -252,9 +301,14 @@ class ThreadStepper:
             self._pool = None
 
 
+def live_ids(live: np.ndarray) -> np.ndarray | None:
+    """The indices where `live` [B] is true, or None when all are."""
+    return None if live.all() else np.flatnonzero(live)
+
+
 def resolve_stepper(stepper: str, contact_forces: bool) -> str:
     """The stepper "auto" stands for: "batch" unless contact forces are needed or MuJoCo has
-    no ``mujoco.batch``, else "threads"."""
+    no ``mujoco.batch``, else "threads" ("auto" never picks "warp")."""
     if stepper not in STEPPERS:
         raise ValueError(f"unknown MuJoCo stepper {stepper!r}; choose one of {STEPPERS}")
     if stepper == "batch" and mujoco_batch is None:
@@ -271,6 +325,10 @@ class MujocoBatchEnv:
     (float64, as Gymnasium's); ``step(actions [B, act_dim])`` -> (observations, rewards [B],
     terminated [B], truncated [B]). An environment whose episode has ended is not stepped
     again until the next reset; it reports reward 0 and keeps its terminated flag.
+
+    With the "warp" stepper, `device` is the torch device (default cpu) of its simulations:
+    step takes actions as a tensor (or array) and every result is a torch tensor on it
+    (observations and rewards float32); the C steppers have ``device = None``.
     """
 
     def __init__(
@@ -279,6 +337,7 @@ class MujocoBatchEnv:
         num_envs: int,
         stepper: str = "auto",
         num_threads: int | None = None,
+        device: torch.device | str | None = None,
     ) -> None:
         if num_envs < 1:
             raise ValueError(f"num_envs must be >= 1, got {num_envs}")
@@ -294,13 +353,23 @@ class MujocoBatchEnv:
         self._high = env.action_space.high.astype(np.float32)
         model, frame_skip = env.model, int(env.frame_skip)
         env.close()
-        threads = default_num_threads() if num_threads is None else int(num_threads)
-        make = BatchStepper if self.stepper == "batch" else ThreadStepper
-        self.sim: Simulations = make(model, num_envs, frame_skip, threads, family.contact_forces)
+        self.sim: Simulations
+        if self.stepper == "warp":
+            from .warp_batch import WarpStepper  # optional dependency: mujoco-warp
+
+            where = torch.device("cpu" if device is None else device)
+            self.sim = WarpStepper(model, num_envs, frame_skip, family.contact_forces, where)
+        else:
+            threads = default_num_threads() if num_threads is None else int(num_threads)
+            make = BatchStepper if self.stepper == "batch" else ThreadStepper
+            self.sim = make(model, num_envs, frame_skip, threads, family.contact_forces)
+        self.device = self.sim.device
+        self._low = as_array(self._low, np.float32, self.device)
+        self._high = as_array(self._high, np.float32, self.device)
         self._generators: list[np.random.Generator] | None = None
         self._tasks: Task | None = None
-        self._done = np.zeros(num_envs, dtype=bool)
-        self._terminated = np.zeros(num_envs, dtype=bool)
+        self._done = as_array(np.zeros(num_envs), np.bool_, self.device)
+        self._terminated = as_array(np.zeros(num_envs), np.bool_, self.device)
         self._t = 0
 
     def _reset_generators(self, seed: int | None) -> list[np.random.Generator]:
@@ -312,7 +381,7 @@ class MujocoBatchEnv:
             return [seeding.np_random(None)[0] for _ in range(self.num_envs)]
         return self._generators
 
-    def reset(self, tasks: Sequence[Task], seed: int | None = None) -> np.ndarray:
+    def reset(self, tasks: Sequence[Task], seed: int | None = None) -> Any:
         if len(tasks) != self.num_envs:
             raise ValueError(f"reset needs {self.num_envs} tasks, got {len(tasks)}")
         self._generators = self._reset_generators(seed)
@@ -323,26 +392,26 @@ class MujocoBatchEnv:
             qpos[i] = self._init_qpos + rng.uniform(low=-scale, high=scale, size=nq)
             qvel[i] = self._init_qvel + scale * rng.standard_normal(nv)
         self.sim.reset(qpos, qvel)
-        self._tasks = stack_tasks(tasks)
+        self._tasks = stack_tasks(tasks, self.device)
         self._done[:] = False
         self._terminated[:] = False
         self._t = 0
         return self.family.batch_observation(self.sim)
 
-    def step(self, actions: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    def step(self, actions: Any) -> tuple[Any, Any, Any, Any]:
         assert self._tasks is not None, "reset before step"
-        scaled = np.asarray(actions, dtype=np.float32) / self.family.action_scale
-        action = np.clip(scaled, self._low, self._high)
+        xp = array_namespace(self._done)
+        scaled = as_array(actions, np.float32, self.device) / self.family.action_scale
+        action = xp.clip(scaled, self._low, self._high)
         live = ~self._done
         before = self.family.batch_position(self.sim)
-        if live.any():
-            self.sim.step(action, None if live.all() else np.flatnonzero(live))
+        self.sim.step(action, live)
         observations = self.family.batch_observation(self.sim)
         info, terminated = self.family.batch_step_info(self.sim, before, action)
-        rewards = np.where(live, self.family.reward(self._tasks, info), 0.0)
-        terminated = np.where(live, terminated, self._terminated)
+        rewards = xp.where(live, self.family.reward(self._tasks, info), 0.0)
+        terminated = xp.where(live, terminated, self._terminated)
         self._t += 1
-        truncated = np.full(self.num_envs, self._t >= self.max_episode_steps)
+        truncated = xp.full_like(self._done, self._t >= self.max_episode_steps)
         self._terminated = terminated
         self._done |= terminated | truncated
         return observations, rewards, terminated, truncated

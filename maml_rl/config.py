@@ -159,12 +159,18 @@ class Config:
     KL(π_old ‖ π) (rllab, the paper's code). Same curvature at the current point; the line
     search differs at third order."""
     sampler: str = "auto"
-    """Environment backend: auto (native batch env if the family has one, else the family's
-    sampler_backend if it sets one, else sync), native, threads (MuJoCo families, threaded
-    mj_step), sync or async (Gymnasium vector envs; async: a process per env), procs (the
-    Gymnasium envs sharded over a worker process per CPU: for slow Python envs such as
-    Meta-World), or ray (tasks split over Ray actors, each sampling its share on the auto
-    backend)."""
+    """Environment backend: auto (warp on a CUDA device when MuJoCo Warp is installed and the
+    family is a MuJoCo one, else the native batch env if the family has one, else the
+    family's sampler_backend if it sets one, else sync), native, threads (MuJoCo families,
+    threaded mj_step), warp (MuJoCo families: all N x K worlds as one MuJoCo Warp batch on the
+    policy's device, torch tensors end to end; for GPUs, where it lifts the CPU's cap on
+    sampling; float32, so a step agrees with the C backends to float32 round-off and
+    episodes statistically; not bit-deterministic on a GPU (atomics), deterministic on the
+    CPU device; the first use compiles kernels, about 90 s, cached in ~/.cache/warp; needs
+    pip install "maml-rl[warp]"), sync or async (Gymnasium vector envs; async: a process per
+    env), procs (the Gymnasium envs sharded over a worker process per CPU: for slow Python
+    envs such as Meta-World), or ray (tasks split over Ray actors, each sampling its share on
+    the auto backend)."""
     ray_address: str | None = None
     """sampler ray: the cluster to join (HOST:PORT from `ray start --head`); null starts a
     local Ray instance."""
@@ -181,7 +187,8 @@ class Config:
     --no-check) skips it, for a family the checker wrongly refuses; the run says what went
     unchecked."""
     device: str = "cpu"
-    """Device of the policy and the optimisation (cpu or cuda); environments run on the CPU."""
+    """Device of the policy and the optimisation (cpu or cuda); environments run on the CPU
+    (except with sampler warp)."""
     dtype: str = "float32"
     """Floating point type of the policy and the optimisation: float32 or float64."""
     meta_gradient: str = "maml"
@@ -286,7 +293,7 @@ def _validate(cfg: Config) -> None:
         "nonlinearity": ("tanh", "relu", "elu", "gelu", "silu"),
         "dtype": ("float32", "float64"),
         "algo": ("maml", "pretrained", "oracle"),
-        "sampler": ("auto", "native", "threads", "sync", "async", "procs", "ray"),
+        "sampler": ("auto", "native", "threads", "warp", "sync", "async", "procs", "ray"),
         "advantage_statistics": ("steps", "episodes"),
         "loss_weighting": ("steps", "episodes"),
         "kl_direction": ("old_new", "new_old"),

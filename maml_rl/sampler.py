@@ -4,8 +4,14 @@ All N·K environments step together; the policy runs once per time step for all 
 each task with its own parameters (`torch.func.vmap` over stacked per-task parameters).
 Sampling runs under `torch.no_grad` and contains no learning code: it returns a `Batch`.
 The environments come from `maml_rl.vector.make_batch_env` on the chosen backend (``auto``,
-``native``, ``threads``, ``sync``, ``async``, ``procs``); every backend gives the same batch
-for one seed.
+``native``, ``threads``, ``warp``, ``sync``, ``async``, ``procs``); every CPU backend gives
+the same batch for one seed (``warp`` computes in float32: the same to float32 round-off
+for a step, statistically the same over episodes).
+
+The trajectories are gathered in torch tensors on the policy's device. A batch env with a
+``device`` (the ``warp`` backend) takes the actions and returns observations, rewards and
+flags as tensors there, so a step never leaves the device and the loop waits on the device
+only once, at the end; the others' numpy arrays cross to the device once a step.
 
 A family with ``reports_success = True`` also gets the per-step success flags of its
 environments (`Batch.success`; see `maml_rl.vector`).
@@ -17,6 +23,7 @@ both close the mask the same way: the step that ends an episode is its last vali
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from typing import Protocol
 
@@ -30,7 +37,13 @@ from maml_rl.policy import Categorical, Normal, action_noise, forward, sample
 from maml_rl.tasks import BatchEnv, Task, TaskFamily, TaskFamilyError
 from maml_rl.threads import torch_threads
 from maml_rl.types import Batch, Params
-from maml_rl.vector import BACKENDS, EnvironmentFailure, make_batch_env
+from maml_rl.vector import (
+    BACKENDS,
+    WARP_MISSING,
+    EnvironmentFailure,
+    make_batch_env,
+    warp_installed,
+)
 
 
 class TrajectorySampler(Protocol):
@@ -59,7 +72,8 @@ class Sampler:
         family: the task family.
         policy: the policy module (architecture); parameters are passed to `sample`.
         trajectories_per_task: K.
-        device, dtype: where the policy runs and the batch is returned; envs run on the CPU.
+        device, dtype: where the policy runs and the batch is returned; envs run on the CPU,
+            except on the warp backend, which steps them on this device.
         backend: how the environments are stepped (`maml_rl.vector.make_batch_env`).
         policy_threads: torch's intra-op threads while sampling (restored after), default 1:
             the policy is small and the environments' threads need the cores; torch's OpenMP
@@ -81,6 +95,8 @@ class Sampler:
     ) -> None:
         if backend not in BACKENDS:
             raise ValueError(f"unknown sampler backend {backend!r}; choose one of {BACKENDS}")
+        if backend == "warp" and not warp_installed():
+            raise TaskFamilyError(WARP_MISSING)
         self.family, self.policy, self.backend = family, policy, backend
         self.trajectories_per_task = trajectories_per_task
         self.device, self.dtype = torch.device(device), dtype
@@ -90,7 +106,7 @@ class Sampler:
 
     def _env(self, num_envs: int) -> BatchEnv:
         if num_envs not in self._envs:
-            env = make_batch_env(self.family, num_envs, self.backend, self.env_threads)
+            env = make_batch_env(self.family, num_envs, self.backend, self.env_threads, self.device)
             if self.success and not hasattr(env, "success"):
                 env.close()
                 raise TaskFamilyError(
@@ -154,49 +170,60 @@ class Sampler:
             obs = env.reset([task for task in tasks for _ in range(k)], seed=seed + first_task * k)
         except Exception as error:
             raise failed(error, 0) from error
+        on_device = getattr(env, "device", None) is not None  # tensors in and out
+
+        def tensor(values: object, dtype: torch.dtype) -> torch.Tensor:
+            return torch.as_tensor(values, device=self.device).to(dtype)
+
+        def flags(values: object) -> torch.Tensor:
+            return tensor(values if on_device else np.asarray(values, dtype=bool), torch.bool)
+
         # observations are kept at the precision the policy sees them
-        obs_dtype = np.float64 if self.dtype == torch.float64 else np.float32
-        obs_buf = np.zeros((horizon, num_envs, obs.shape[-1]), dtype=obs_dtype)
-        act_buf = np.zeros((horizon, num_envs, *act_shape), dtype=np.float64)
-        rew_buf = np.zeros((horizon, num_envs), dtype=np.float64)
-        mask_buf = np.zeros((horizon, num_envs), dtype=np.float32)
-        success_buf = np.zeros((horizon, num_envs), dtype=np.float32) if self.success else None
-        alive = np.ones(num_envs, dtype=bool)
-        length = horizon
+        zeros = functools.partial(torch.zeros, device=self.device)
+        obs_buf = zeros((horizon, num_envs, obs.shape[-1]), dtype=self.dtype)
+        act_buf = zeros((horizon, num_envs, *act_shape), dtype=torch.float64)
+        rew_buf = zeros((horizon, num_envs), dtype=torch.float64)
+        mask_buf = zeros((horizon, num_envs), dtype=torch.float32)
+        success_buf = zeros((horizon, num_envs), dtype=torch.float32) if self.success else None
+        alive = torch.ones(num_envs, dtype=torch.bool, device=self.device)
+        obs_t = tensor(obs, self.dtype)
         for t in range(horizon):
-            obs_t = torch.as_tensor(obs, dtype=self.dtype, device=self.device)
             if per_task:
                 dist = forward(self.policy, params, obs_t.view(num_tasks, k, -1), per_task=True)
                 actions_t = sample(dist, noise[t])
             else:
                 dist = forward(self.policy, params, obs_t)
                 actions_t = sample(dist, noise[t].reshape(num_envs, *noise_dims))
-            actions = actions_t.reshape(num_envs, *act_shape).cpu().numpy()
+            actions_t = actions_t.reshape(num_envs, *act_shape)
             try:
-                # Box actions clipped to the space, Discrete ones shifted by its start
-                next_obs, reward, terminated, truncated = env.step(
-                    env_actions(actions, env.action_space)
-                )
+                if on_device:  # the env clips to its own action bounds
+                    next_obs, reward, terminated, truncated = env.step(actions_t)
+                else:  # Box actions clipped to the space, Discrete ones shifted by its start
+                    next_obs, reward, terminated, truncated = env.step(
+                        env_actions(actions_t.cpu().numpy(), env.action_space)
+                    )
             except Exception as error:
                 raise failed(error, t) from error
-            if np.shape(next_obs) != np.shape(obs):
+            if np.shape(next_obs) != tuple(obs_t.shape):
                 raise TaskFamilyError(
                     f"task family {self.family!r}: step {t} returned observations of shape "
-                    f"{np.shape(next_obs)}, expected {np.shape(obs)}"
+                    f"{np.shape(next_obs)}, expected {tuple(obs_t.shape)}"
                 )
-            obs_buf[t][alive], act_buf[t][alive], mask_buf[t] = obs[alive], actions[alive], alive
-            rew_buf[t] = np.where(alive, reward, 0.0)
+            live = alive.view(num_envs, *[1] * len(act_shape))
+            obs_buf[t] = torch.where(alive[:, None], obs_t, 0)
+            act_buf[t] = torch.where(live, actions_t.to(torch.float64), 0)
+            mask_buf[t] = alive
+            rew_buf[t] = torch.where(alive, tensor(reward, torch.float64), 0)
             if success_buf is not None:
-                success_buf[t] = alive & np.asarray(env.success, dtype=bool)  # type: ignore[attr-defined]
-            alive = alive & ~(np.asarray(terminated) | np.asarray(truncated))
-            obs = next_obs
-            if not alive.any():
-                length = t + 1
+                success_buf[t] = alive & flags(env.success)  # type: ignore[attr-defined]
+            alive = alive & ~(flags(terminated) | flags(truncated))
+            obs_t = tensor(next_obs, self.dtype)
+            if not on_device and not alive.any():  # on a device: no wait for the host here
                 break
+        length = int(mask_buf.any(dim=1).sum())  # episodes end for good: the live steps lead
 
-        def to_tensor(array: np.ndarray, dtype: torch.dtype) -> torch.Tensor:
-            array = array[:length].reshape(length, num_tasks, k, *array.shape[2:])
-            return torch.as_tensor(array, device=self.device).to(dtype)
+        def to_tensor(array: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+            return array[:length].reshape(length, num_tasks, k, *array.shape[2:]).to(dtype)
 
         return Batch(
             observations=to_tensor(obs_buf, self.dtype),

@@ -161,7 +161,7 @@ def describe_sampler(family: TaskFamily, cfg: Config) -> str:
     """The environment backend a run samples on, for its start-up line."""
     if cfg.sampler == "ray":
         return f"ray ({cfg.ray_num_actors} actors x {cfg.ray_actor_cpus} CPUs)"
-    backend = resolved_backend(family, cfg.sampler)
+    backend = resolved_backend(family, cfg.sampler, cfg.device)  # auto: warp on CUDA
     return backend if backend == cfg.sampler else f"{backend} (auto)"
 
 

@@ -6,6 +6,10 @@ Backends (``make_batch_env(family, num_envs, backend)``):
   MuJoCo simulations stepped all at once (``envs.mujoco_batch``);
 * ``threads``: the native env with its ``stepper="threads"`` (MuJoCo families: one MjData per
   environment, stepped by a pool of Python threads);
+* ``warp``: the native env with its ``stepper="warp"`` on the policy's device (MuJoCo families:
+  all environments as one MuJoCo Warp batch, `envs.warp_batch`; needs the optional extra,
+  ``pip install "maml-rl[warp]"``). Such an env has a ``device`` and takes and returns torch
+  tensors on it;
 * ``sync``: `GymBatchEnv`, the family's Gymnasium environments stepped one after another here;
 * ``async``: `AsyncGymBatchEnv`, the same in worker processes (``gymnasium.vector``), one
   process per environment;
@@ -13,10 +17,11 @@ Backends (``make_batch_env(family, num_envs, backend)``):
   process per CPU, each stepping its shard with a `GymBatchEnv`. It pays for environments whose
   step costs much more than a pipe round trip (Python-heavy simulators such as Meta-World,
   ~1 ms a step), on several cores; for fast ones (2D navigation, a MuJoCo step) it is slower;
-* ``auto``: ``native`` when the family has one, else the family's ``sampler_backend``
-  attribute when it sets one (one of `GYM_BACKENDS`, e.g. ``"procs"``), else ``sync`` (on a
-  few cores a process round trip costs more than a MuJoCo step, so the process backends only
-  pay for slow Python environments).
+* ``auto``: ``warp`` when the run is on a CUDA device, the family offers it
+  (``warp_stepper = True``) and MuJoCo Warp is installed; else ``native`` when the family has
+  one, else the family's ``sampler_backend`` attribute when it sets one (one of
+  `GYM_BACKENDS`, e.g. ``"procs"``), else ``sync`` (on a few cores a process round trip costs
+  more than a MuJoCo step, so the process backends only pay for slow Python environments).
 
 All give the same trajectories for the same seed: sub-environment i is reset with
 ``seed + i`` and its own task. Gymnasium's vector envs send the same reset options to every
@@ -34,16 +39,18 @@ keeps the same attribute).
 from __future__ import annotations
 
 import functools
+import importlib.util
 import inspect
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import gymnasium as gym
 import numpy as np
+import torch
 
 from maml_rl.tasks import BatchEnv, Task, TaskFamily, TaskFamilyError
 
-BACKENDS = ("auto", "native", "threads", "sync", "async", "procs")
+BACKENDS = ("auto", "native", "threads", "warp", "sync", "async", "procs")
 GYM_BACKENDS = ("sync", "async", "procs")
 """The backends that step a family's Gymnasium environments (``make_env``), the values a
 family's optional ``sampler_backend`` attribute may take."""
@@ -270,11 +277,24 @@ def horizon_of(family: TaskFamily) -> int:
     return int(horizon)
 
 
+WARP_MISSING = 'sampler "warp" needs MuJoCo Warp, not installed: pip install "maml-rl[warp]"'
+
+
+def warp_installed() -> bool:
+    """Whether MuJoCo Warp (the optional extra ``maml-rl[warp]``) can be imported."""
+    return importlib.util.find_spec("mujoco_warp") is not None
+
+
 def native_batch_env(
-    family: TaskFamily, num_envs: int, stepper: str | None = None, num_threads: int | None = None
+    family: TaskFamily,
+    num_envs: int,
+    stepper: str | None = None,
+    num_threads: int | None = None,
+    device: torch.device | None = None,
 ) -> BatchEnv:
-    """The family's own ``make_batch_env(num_envs)``, with ``stepper=...`` when given and
-    ``num_threads=...`` when given and the family takes it."""
+    """The family's own ``make_batch_env(num_envs)``, with ``stepper=...`` when given,
+    ``num_threads=...`` when given and the family takes it, and ``device=...`` for the
+    "warp" stepper."""
     native = getattr(family, "make_batch_env", None)
     if not callable(native):
         raise TaskFamilyError(
@@ -292,15 +312,30 @@ def native_batch_env(
         kwargs["stepper"] = stepper
     if num_threads is not None and "num_threads" in parameters:
         kwargs["num_threads"] = num_threads
+    if stepper == "warp":
+        if not getattr(family, "warp_stepper", False) or "device" not in parameters:
+            raise TaskFamilyError(
+                f"task family {family!r} offers no MuJoCo Warp batch env; backend 'warp' is "
+                "for the MuJoCo families"
+            )
+        if not warp_installed():
+            raise TaskFamilyError(WARP_MISSING)
+        kwargs["device"] = device
     return native(num_envs, **kwargs)
 
 
-def resolved_backend(family: TaskFamily, backend: str) -> str:
-    """The backend `make_batch_env` uses for `backend`. "auto": native if the family has a
-    native batch environment, else its ``sampler_backend`` attribute if it has one (one of
-    `GYM_BACKENDS`, else TaskFamilyError), else sync."""
+def resolved_backend(
+    family: TaskFamily, backend: str, device: torch.device | str | None = None
+) -> str:
+    """The backend `make_batch_env` uses for `backend`. "auto": warp if `device` is a CUDA
+    device, the family offers a Warp batch env (``warp_stepper``) and MuJoCo Warp is installed;
+    else native if the family has a native batch environment, else its ``sampler_backend``
+    attribute if it has one (one of `GYM_BACKENDS`, else TaskFamilyError), else sync."""
     if backend != "auto":
         return backend
+    on_cuda = device is not None and torch.device(device).type == "cuda"
+    if on_cuda and getattr(family, "warp_stepper", False) and warp_installed():
+        return "warp"
     if callable(getattr(family, "make_batch_env", None)):
         return "native"
     preferred = getattr(family, "sampler_backend", None)
@@ -315,15 +350,23 @@ def resolved_backend(family: TaskFamily, backend: str) -> str:
 
 
 def make_batch_env(
-    family: TaskFamily, num_envs: int, backend: str = "auto", num_threads: int | None = None
+    family: TaskFamily,
+    num_envs: int,
+    backend: str = "auto",
+    num_threads: int | None = None,
+    device: torch.device | str | None = None,
 ) -> BatchEnv:
     """A `BatchEnv` of `num_envs` environments of `family` on `backend` (see the module doc).
 
     num_threads: threads of a native MuJoCo batch, or worker processes of `procs` (a Ray
-    actor passes its CPUs; default: all CPUs of this process)."""
+    actor passes its CPUs; default: all CPUs of this process). device: the policy's device,
+    where the warp backend steps (and which "auto" looks at)."""
     if backend not in BACKENDS:
         raise TaskFamilyError(f"unknown sampler backend {backend!r}; choose one of {BACKENDS}")
-    backend = resolved_backend(family, backend)
+    backend = resolved_backend(family, backend, device)
+    if backend == "warp":
+        where = torch.device("cpu" if device is None else device)
+        return native_batch_env(family, num_envs, "warp", num_threads, where)
     if backend == "native":
         return native_batch_env(family, num_envs, num_threads=num_threads)
     if backend == "threads":
