@@ -99,24 +99,28 @@ class WarpStepper:
         self.xpos, self.cfrc_ext = wp.to_torch(data.xpos), wp.to_torch(data.cfrc_ext)
         self._ctrl = wp.to_torch(data.ctrl)
         self._graph: Any = None
+        # CUDA: Warp's work on a stream of its own (a graph cannot be captured on torch's
+        # default stream), ordered with torch's by events, without waiting on the host
+        self._stream = wp.Stream(self._wp_device) if self._wp_device.is_cuda else None
 
     def _launch(self, work: Any) -> None:
-        """Run `work()` (Warp calls) on this device, in order with torch's work on it."""
-        with wp.ScopedDevice(self._wp_device):
-            if self._wp_device.is_cuda:
-                with wp.ScopedStream(wp.stream_from_torch(self.device)):
-                    work()
-            else:
+        """Run `work()` (Warp calls only) on this device, after the torch work queued on it so
+        far and before the torch work queued next."""
+        if self._stream is None:  # the CPU device runs each launch as it comes
+            with wp.ScopedDevice(self._wp_device):
                 work()
+            return
+        torch_stream = wp.stream_from_torch(self.device)
+        self._stream.wait_stream(torch_stream)
+        with wp.ScopedDevice(self._wp_device), wp.ScopedStream(self._stream, sync_enter=False):
+            work()
+        torch_stream.wait_stream(self._stream)
 
     def reset(self, qpos: np.ndarray, qvel: np.ndarray) -> None:
-        def work() -> None:
-            mjw.reset_data(self._model, self._data)
-            self.qpos.copy_(torch.as_tensor(qpos, dtype=torch.float32))
-            self.qvel.copy_(torch.as_tensor(qvel, dtype=torch.float32))
-            mjw.forward(self._model, self._data)
-
-        self._launch(work)
+        self._launch(lambda: mjw.reset_data(self._model, self._data))
+        self.qpos.copy_(torch.as_tensor(qpos, dtype=torch.float32))
+        self.qvel.copy_(torch.as_tensor(qvel, dtype=torch.float32))
+        self._launch(lambda: mjw.forward(self._model, self._data))
 
     def _control_step(self) -> None:
         for _ in range(self.frame_skip):
@@ -124,22 +128,23 @@ class WarpStepper:
         if self.contact_forces:
             mjw.rne_postconstraint(self._model, self._data)
 
+    def _advance(self) -> None:
+        """One control step; on CUDA the first runs eagerly (loading the kernels) and is then
+        captured as a graph, which later steps relaunch."""
+        if self._stream is None:
+            self._control_step()
+        elif self._graph is None:
+            self._control_step()
+            with wp.ScopedCapture(device=self._wp_device, stream=self._stream) as capture:
+                self._control_step()
+            self._graph = capture.graph
+        else:
+            wp.capture_launch(self._graph, stream=self._stream)
+
     def step(self, ctrl: torch.Tensor, live: torch.Tensor) -> None:
         frozen = self.qpos.clone(), self.qvel.clone()
-
-        def work() -> None:
-            self._ctrl.copy_(ctrl)
-            if not self._wp_device.is_cuda:
-                self._control_step()
-            elif self._graph is None:  # the first step runs eagerly, then is captured
-                self._control_step()
-                with wp.ScopedCapture(device=self._wp_device) as capture:
-                    self._control_step()
-                self._graph = capture.graph
-            else:
-                wp.capture_launch(self._graph)
-
-        self._launch(work)
+        self._ctrl.copy_(ctrl)
+        self._launch(self._advance)
         # an ended episode keeps its state, as the C steppers (which skip it) keep it
         self.qpos.copy_(torch.where(live[:, None], self.qpos, frozen[0]))
         self.qvel.copy_(torch.where(live[:, None], self.qvel, frozen[1]))
