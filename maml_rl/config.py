@@ -164,10 +164,11 @@ class Config:
     family's sampler_backend if it sets one, else sync), native, threads (MuJoCo families,
     threaded mj_step), warp (MuJoCo families: all N x K worlds as one MuJoCo Warp batch on the
     policy's device, torch tensors end to end; for GPUs, where it lifts the CPU's cap on
-    sampling; float32, so a step agrees with the C backends to float32 round-off and
-    episodes statistically; not bit-deterministic on a GPU (atomics), deterministic on the
-    CPU device; the first use compiles kernels, about 90 s, cached in ~/.cache/warp; needs
-    pip install "maml-rl[warp]"), sync or async (Gymnasium vector envs; async: a process per
+    sampling; float32: half-cheetah agrees with the C backends to float32 round-off, Ant
+    in distribution (its friction pyramids are oriented differently, envs/warp_batch.py);
+    not bit-deterministic on a GPU (atomics), deterministic on the CPU device; the first use
+    compiles kernels, about 90 s, cached in ~/.cache/warp; needs pip install
+    "maml-rl[warp]"), sync or async (Gymnasium vector envs; async: a process per
     env), procs (the Gymnasium envs sharded over a worker process per CPU: for slow Python
     envs such as Meta-World), or ray (tasks split over Ray actors, each sampling its share on
     the auto backend)."""

@@ -5,8 +5,8 @@ each task with its own parameters (`torch.func.vmap` over stacked per-task param
 Sampling runs under `torch.no_grad` and contains no learning code: it returns a `Batch`.
 The environments come from `maml_rl.vector.make_batch_env` on the chosen backend (``auto``,
 ``native``, ``threads``, ``warp``, ``sync``, ``async``, ``procs``); every CPU backend gives
-the same batch for one seed (``warp`` computes in float32: the same to float32 round-off
-for a step, statistically the same over episodes).
+the same batch for one seed (``warp`` computes in float32 and is the same to float32
+round-off on half-cheetah, in distribution on Ant: `envs.warp_batch`).
 
 The trajectories are gathered in torch tensors on the policy's device. A batch env with a
 ``device`` (the ``warp`` backend) takes the actions and returns observations, rewards and
