@@ -22,11 +22,11 @@ import re
 import secrets
 import time
 from collections.abc import Callable, Iterable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import IO, Any
 
-from maml_rl.errors import CheckpointError
+from maml_rl.errors import CheckpointError, os_error_in
 
 try:
     import fcntl
@@ -94,9 +94,11 @@ def replacing(path: str | Path) -> Iterator[Path]:
             os.fsync(handle.fileno())
         os.replace(tmp, path)
     except BaseException as error:
-        tmp.unlink(missing_ok=True)
-        if isinstance(error, OSError):
-            reason = error.strerror or str(error)
+        with suppress(OSError):  # a read-only file system refuses even this (EROFS)
+            tmp.unlink(missing_ok=True)
+        cause = os_error_in(error)  # torch.save hides a full disk behind its own RuntimeError
+        if cause is not None or isinstance(error, OSError):
+            reason = (cause or error).strerror or str(error)  # type: ignore[union-attr]
             raise ArtifactError(f"cannot write {path}: {reason}; it was left as it was") from error
         raise
     _sync_directory(path.parent)

@@ -29,6 +29,7 @@ from maml_rl.errors import (
     ResourceError,
     RunStopped,
     TaskFamilyError,
+    os_error_in,
 )
 from maml_rl.runtime import configure_process
 
@@ -511,11 +512,12 @@ def machine_failure(error: BaseException) -> str | None:
     OSError with an errno (ENOSPC, EROFS, EACCES, EMFILE, ...), memory that cannot be
     allocated (MemoryError, torch's allocator failures), a path or text that cannot be encoded
     (a directory name with a non-UTF-8 byte); None for anything else (a bug: traceback)."""
-    if isinstance(error, OSError) and error.errno is not None:
-        code = errno.errorcode.get(error.errno, str(error.errno))
-        where = " and ".join(repr(str(f)) for f in (error.filename, error.filename2) if f)
+    cause = os_error_in(error)  # also one that a library's own error hides
+    if cause is not None:
+        code = errno.errorcode.get(cause.errno, str(cause.errno))
+        where = " and ".join(repr(str(f)) for f in (cause.filename, cause.filename2) if f)
         hint = "; raise `ulimit -n` or sample with fewer processes" * (code == "EMFILE")
-        return f"{error.strerror or error} ({code}){f': {where}' if where else ''}{hint}"
+        return f"{cause.strerror or cause} ({code}){f': {where}' if where else ''}{hint}"
     text = " ".join(str(error).split())
     allocating = ("can't allocate memory", "out of memory", "Cannot allocate memory")
     if isinstance(error, MemoryError) or (

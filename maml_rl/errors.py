@@ -4,6 +4,19 @@ so that the CLI can name them before it imports torch, Gymnasium or Ray."""
 from __future__ import annotations
 
 
+def os_error_in(error: BaseException) -> OSError | None:
+    """The OSError with an errno that `error` is, or that it was raised from or while handling
+    (a library that turns a full disk into its own RuntimeError while cleaning up); None."""
+    seen: BaseException | None = error
+    for _ in range(10):
+        if seen is None:
+            return None
+        if isinstance(seen, OSError) and seen.errno is not None:
+            return seen
+        seen = seen.__cause__ or seen.__context__
+    return None
+
+
 class CheckpointError(ValueError):
     """A checkpoint or run directory that cannot be used; the message is one line."""
 

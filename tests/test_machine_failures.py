@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 from test_artifacts import LATEST, TINY, train, trained  # noqa: F401 (a fixture)
 
-from maml_rl import checkpoint
+from maml_rl import artifacts, checkpoint
 from maml_rl.cli import main
 from maml_rl.logger import RunLogger
 
@@ -101,6 +101,43 @@ def test_a_full_disk_while_logging_metrics_is_one_line_naming_the_file(
     line = one_line(capsys.readouterr().err)
     assert line.startswith("maml-rl: error: No space left on device (ENOSPC): ")
     assert "metrics.jsonl" in line
+
+
+def test_a_full_disk_that_torch_save_hides_behind_its_own_error_is_one_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Found by the second round (a real full tmpfs): torch.save's zip writer meets ENOSPC and
+    then raises a RuntimeError ('unexpected pos') while closing."""
+
+    torch = importlib.import_module("maml_rl.checkpoint").torch
+    real_save = torch.save
+
+    def save(state: object, target: object, *args: object, **kwargs: object) -> None:
+        if isinstance(target, io.BytesIO):  # the checksum's copy, in memory
+            return real_save(state, target, *args, **kwargs)
+        try:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        finally:
+            raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 832")
+
+    monkeypatch.setattr(torch, "save", save)
+    assert train(tmp_path / "run") == 2
+    line = one_line(capsys.readouterr().err)
+    assert "checkpoint_best.pt: No space left on device" in line, line
+
+
+def test_a_write_on_a_read_only_file_system_is_one_artifact_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Found by the second round (a tmpfs remounted read-only): removing the temporary file
+    that could not be created fails too (EROFS), and must not replace the one-line error."""
+
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise OSError(errno.EROFS, os.strerror(errno.EROFS), str(tmp_path / ".f.tmp.png"))
+
+    monkeypatch.setattr(Path, "unlink", refuse)
+    with pytest.raises(artifacts.ArtifactError, match=r"cannot write .*f\.png: Read-only file"):
+        artifacts.write_with(tmp_path / "f.png", refuse)
 
 
 @pytest.mark.parametrize("when", ["start", "mid-step"])
