@@ -3,12 +3,19 @@
 from __future__ import annotations
 
 import importlib.util
+import os
 
 import torch
 
 from maml_rl.policy import GaussianMLPPolicy, parameters_of
 from maml_rl.tasks import available_families
 from maml_rl.types import Batch, Params
+
+# MuJoCo picks its OpenGL backend when it is first imported. `maml-rl` sets MUJOCO_GL=egl on a
+# machine without a display before that (maml_rl/runtime.py); in this test process the task
+# families may import MuJoCo before any command runs, so set it here, as a run would.
+if not (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")):
+    os.environ.setdefault("MUJOCO_GL", "egl")
 
 # Families of optional extras: the module each needs (without it their tests skip, in
 # tests/test_meta_world.py, and the registry-wide tests leave them out).
