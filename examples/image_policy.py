@@ -1,6 +1,6 @@
 """A convolutional policy on a task family whose observations are images.
 
-    python examples/image_policy.py [--out runs/image_policy] [--iterations 30] [--tiny]
+    python examples/image_policy.py [--out runs/image_policy] [--iterations 60] [--tiny]
 
 `ImageNavigation` is 2D navigation (a point moves to a hidden goal in the plane, reward minus
 the distance) whose observation is an 8x8 grey image (uint8, channels last) of where the
@@ -124,7 +124,7 @@ TINY = dict(num_batches=2, meta_batch_size=2, fast_batch_size=2, cg_iters=2,
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default="runs/image_policy", help="run directory (replaced)")
-    parser.add_argument("--iterations", type=int, default=30)
+    parser.add_argument("--iterations", type=int, default=60)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--tiny", action="store_true", help="toy sizes, for CI")
     args = parser.parse_args()
