@@ -3,19 +3,20 @@
 from __future__ import annotations
 
 import importlib.util
-import os
 
-import torch
+from maml_rl.runtime import configure_process
 
-from maml_rl.policy import GaussianMLPPolicy, parameters_of
-from maml_rl.tasks import available_families
-from maml_rl.types import Batch, Params
+# The test process runs as a run does: the process-wide settings (maml_rl/runtime.py: MKL's
+# strict reproducibility mode, passive thread waiting, MUJOCO_GL=egl without a display, the
+# allocator) applied before torch and MuJoCo load, so that its samples equal those of Ray
+# actors and worker processes, which apply them too, and MuJoCo renders offscreen.
+configure_process()
 
-# MuJoCo picks its OpenGL backend when it is first imported. `maml-rl` sets MUJOCO_GL=egl on a
-# machine without a display before that (maml_rl/runtime.py); in this test process the task
-# families may import MuJoCo before any command runs, so set it here, as a run would.
-if not (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")):
-    os.environ.setdefault("MUJOCO_GL", "egl")
+import torch  # noqa: E402
+
+from maml_rl.policy import GaussianMLPPolicy, parameters_of  # noqa: E402
+from maml_rl.tasks import available_families  # noqa: E402
+from maml_rl.types import Batch, Params  # noqa: E402
 
 # Families of optional extras: the module each needs (without it their tests skip, in
 # tests/test_meta_world.py, and the registry-wide tests leave them out).
