@@ -204,10 +204,15 @@ def test_the_builtin_mlp_refuses_an_image_family_and_names_the_way_out() -> None
         build_run(cfg, None)
 
 
-def test_the_builtin_mlp_as_a_custom_module_gives_the_same_first_iteration() -> None:
-    """Same network, same parameters, same seeds: returns, surrogate and KL of iteration 1
-    agree to float32 rounding (the custom module takes the generic derivative path)."""
-    base = Config(meta_batch_size=4, fast_batch_size=5, num_batches=1, sampler="native")
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+def test_the_builtin_mlp_as_a_custom_module_gives_the_same_first_iteration(dtype: str) -> None:
+    """Same network, same parameters, same seeds (the custom module takes the generic
+    derivative path): in float64 the returns, surrogate, KL and step of iteration 1 agree to
+    1e-6; in float32 the returns agree to float32 rounding (the step is not compared there:
+    10 CG iterations in float32 on products summed in another order move it by a few %)."""
+    base = Config(
+        meta_batch_size=4, fast_batch_size=5, num_batches=1, sampler="native", dtype=dtype
+    )
     results = {}
     theta0 = None
     custom = dataclasses.replace(base, policy="policy_helpers:PlainMLP")
@@ -228,15 +233,15 @@ def test_the_builtin_mlp_as_a_custom_module_gives_the_same_first_iteration() -> 
         pre = data.inner[0][0].episode_returns.mean().item()
         results[name] = (pre, data.post.episode_returns.mean().item(), info)
     (pre_a, post_a, a), (pre_b, post_b, b) = results["builtin"], results["custom"]
-    assert pre_a == pytest.approx(pre_b, rel=1e-5)
-    assert post_a == pytest.approx(post_b, rel=1e-5)
-    assert a.surrogate_before == pytest.approx(b.surrogate_before, abs=1e-6)  # ~0 at theta
-    # after the step: 10 float32 CG iterations on products computed in a different order
-    # amplify rounding (measured: 1e-3 relative in the KL)
-    for field in ("surrogate_after", "kl_after", "max_step_length"):
-        assert getattr(a, field) == pytest.approx(getattr(b, field), rel=1e-2), field
-    assert a.accepted == b.accepted and a.line_search_steps == b.line_search_steps
-    assert math.isfinite(b.grad_norm) and b.grad_norm == pytest.approx(a.grad_norm, rel=1e-3)
+    tight = dtype == "float64"
+    assert pre_a == pytest.approx(pre_b, rel=1e-9 if tight else 1e-5)
+    assert post_a == pytest.approx(post_b, rel=1e-9 if tight else 1e-5)
+    assert a.surrogate_before == pytest.approx(b.surrogate_before, abs=1e-9 if tight else 1e-6)
+    if tight:
+        for field in ("surrogate_after", "kl_after", "max_step_length", "grad_norm"):
+            assert getattr(a, field) == pytest.approx(getattr(b, field), rel=1e-6), field
+        assert a.accepted == b.accepted and a.line_search_steps == b.line_search_steps
+    assert math.isfinite(b.grad_norm)
 
 
 def test_dict_observations_are_flattened_for_every_gym_backend() -> None:
