@@ -155,6 +155,7 @@ def build(
                 cfg.nonlinearity,
                 cfg.init_std,
                 generator=generator,
+                min_std=cfg.min_std,
             )
         except ValueError as error:  # spaces the policy cannot handle
             raise TaskFamilyError(f"task family '{cfg.env}': {error}") from error

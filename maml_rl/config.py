@@ -95,6 +95,11 @@ class Config:
     """Hidden activation: tanh, relu, elu, gelu or silu."""
     init_std: float = 1.0
     """Initial standard deviation of the Gaussian policy (state-independent log-std)."""
+    min_std: float = 1e-6
+    """Floor on the built-in Gaussian policy's standard deviation (like `init_std`, unused by a
+    custom `policy`): its log-std is clamped at log(min_std), with no gradient below it. A floor
+    keeps the policy exploring and bounds a policy-gradient inner step, whose mean gradient
+    grows as 1/σ."""
     policy: str | None = None
     """The policy network: null for the built-in MLP (`hidden_sizes`, `nonlinearity`,
     `init_std`), or `module:callable` for your own: called as
@@ -108,7 +113,8 @@ class Config:
     fast_lr: float = 0.1
     """Inner-loop (adaptation) step size alpha."""
     learn_step_size: str = "none"
-    """Meta-learn alpha: none, scalar (one learnable alpha) or per_parameter (Meta-SGD)."""
+    """Meta-learn alpha: none, scalar (one learnable alpha for every step), per_step (one
+    learnable alpha per inner step, initialised at fast_lr) or per_parameter (Meta-SGD)."""
     num_steps: int = 1
     """Inner gradient steps; each samples fresh trajectories with the current adapted params."""
     fast_batch_size: int = 20
@@ -274,6 +280,10 @@ def _validate(cfg: Config) -> None:
     _check(all(h >= 1 for h in cfg.hidden_sizes), "hidden_sizes", "must be >= 1", cfg.hidden_sizes)
     for key in ("max_kl", "fast_lr", "init_std"):
         _check(getattr(cfg, key) > 0, key, "must be > 0", getattr(cfg, key))
+    _check(cfg.min_std > 0, "min_std", "must be > 0", cfg.min_std)
+    _check(
+        cfg.min_std <= cfg.init_std, "min_std", f"must be <= init_std ({cfg.init_std})", cfg.min_std
+    )
     _check(0 < cfg.hvp_subsample <= 1, "hvp_subsample", "must be in (0, 1]", cfg.hvp_subsample)
     _check(cfg.cg_damping >= 0, "cg_damping", "must be >= 0", cfg.cg_damping)
     _check(cfg.ray_timeout_s > 0, "ray_timeout_s", "must be > 0", cfg.ray_timeout_s)
@@ -290,7 +300,7 @@ def _validate(cfg: Config) -> None:
     )
     choices = {
         "hvp": ("finite_difference", "exact", "gauss_newton"),
-        "learn_step_size": ("none", "scalar", "per_parameter"),
+        "learn_step_size": ("none", "scalar", "per_step", "per_parameter"),
         "nonlinearity": ("tanh", "relu", "elu", "gelu", "silu"),
         "dtype": ("float32", "float64"),
         "algo": ("maml", "pretrained", "oracle"),

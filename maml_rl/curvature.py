@@ -27,6 +27,9 @@ and backward (adjoint w_s, with H_{n,s} = ∇²L_{n,s}(phi_{n,s}) symmetric):
     w_S = F_n t_S / N,   w_s = w_{s+1} - H_{n,s} (alpha ⊙ w_{s+1}),
     (H v)_theta = Σ_n w_{n,0},   (H v)_alpha = -Σ_n Σ_s g_{n,s} ⊙ w_{n,s+1}  (to alpha's shape)
 
+With one learnable scalar per step (alpha_s for step s), v_alpha ⊙ g_{n,s} uses v_{alpha_s} and
+(H v)_{alpha_s} = -Σ_n g_{n,s} · w_{n,s+1} (that step's term only).
+
 First-order MAML differentiates phi = theta - Σ_s alpha ⊙ g_s with g_s held fixed (inner.py),
 so there H_{n,s} = 0. The same adjoint recursion, started from w_S = ∇L_n(phi_n) / N instead of
 F_n t_S / N, gives the meta-gradient of the post-update surrogate (``meta_gradient``).
@@ -59,7 +62,10 @@ from maml_rl.inner import (
     StepSize,
     alpha_of,
     apply_step,
+    is_per_step,
     reinforce_loss,
+    step_key,
+    step_of,
 )
 from maml_rl.mlp_derivatives import GaussianFisher, ReinforceCurvature, supports
 from maml_rl.policy import Distribution, detach, forward, kl, log_prob
@@ -222,7 +228,7 @@ class GaussNewtonHVP:
             if second is not None:
                 t = _axpy(t, -1.0, _scale(alpha, second.product(t)))
             if v_step:
-                t = _axpy(t, -1.0, _scale(v_step, g))
+                t = _axpy(t, -1.0, _scale(step_of(v_step, s), g))
         w = {k: u / n for k, u in self.fisher.product(t).items()}
         return self._adjoint(w, v_step)
 
@@ -241,12 +247,13 @@ class GaussNewtonHVP:
         """w_S = w; w_s = w_{s+1} - H_s (alpha ⊙ w_{s+1}); theta part Σ_n w_0, alpha part
         -Σ_n Σ_s g_s ⊙ w_{s+1} (shaped like v_step)."""
         out_step = {k: torch.zeros_like(v) for k, v in v_step.items()}
+        per_step = is_per_step(v_step)
         for s in reversed(range(len(self.inner))):
             alpha, g, second = self.step_sizes[s], self.inner_grads[s], self.inner[s]
             for k in out_step:
-                if k == SCALAR_STEP_SIZE:
+                if k == SCALAR_STEP_SIZE or (per_step and k == step_key(s)):
                     out_step[k] = out_step[k] - sum((g[m] * w[m]).sum() for m in w)
-                else:
+                elif not per_step:
                     out_step[k] = out_step[k] - (g[k] * w[k]).sum(0)
             if second is not None:
                 w = _axpy(w, -1.0, second.product(_scale(alpha, w)))

@@ -12,6 +12,8 @@ Pure functions of the meta-parameters, the adapted parameters and the post-updat
                                       post-update batch (how far adaptation moves the policy)
     success/pre_update, _post_update  fraction of episodes that succeeded (families reporting
                                       success only)
+    adaptation/step_size, _step_size_i  meta-learned step sizes (learn_step_size): the scalar,
+                                      the mean of the per-parameter ones, or alpha_i of step i
 
 so that a collapse of exploration or of the inner step is visible in any run.
 """
@@ -23,6 +25,7 @@ import math
 import torch
 from torch import nn
 
+from maml_rl.inner import PER_STEP_PREFIX
 from maml_rl.policy import Categorical, forward, kl
 from maml_rl.returns import masked_mean
 from maml_rl.types import Batch, Params
@@ -70,6 +73,22 @@ def adaptation(policy: nn.Module, theta: Params, phi: Params, post: Batch) -> di
         "adaptation/step_norm": float(torch.as_tensor(squares).sqrt().mean()),
         "adaptation/kl_pre_post": float(divergence.mean()),
     }
+
+
+def step_sizes(step_size: Params) -> dict[str, float]:
+    """The meta-learned step sizes (empty when fixed): ``adaptation/step_size`` (the scalar, or
+    the mean over the per-parameter ones), or ``adaptation/step_size_i`` for step i (per step)."""
+    if not step_size:
+        return {}
+    per_step = sorted(n for n in step_size if n.startswith(PER_STEP_PREFIX))
+    if per_step:
+        return {
+            f"adaptation/step_size_{int(n[len(PER_STEP_PREFIX) :]) + 1}": float(step_size[n])
+            for n in per_step
+        }
+    total = sum(float(a.sum()) for a in step_size.values())
+    count = sum(a.numel() for a in step_size.values())
+    return {"adaptation/step_size": total / count}
 
 
 def success_metrics(batches: list[Batch]) -> dict[str, float]:

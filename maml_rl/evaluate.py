@@ -34,7 +34,7 @@ from maml_rl.artifacts import ArtifactError
 from maml_rl.build import Streams, build, check_memory
 from maml_rl.checkpoint import CheckpointError
 from maml_rl.config import Config, ConfigError, from_saved
-from maml_rl.inner import StepSize
+from maml_rl.inner import StepSize, step_sizes_of
 from maml_rl.maml import collect, draw_seeds
 from maml_rl.plot import plot_adaptation
 from maml_rl.policy import parameters_of
@@ -256,8 +256,11 @@ def _check_compatible(name: str, run: LoadedRun, baseline: LoadedRun) -> None:
 
 
 def maml_step_sizes(run: LoadedRun, schedule: Sequence[float]) -> list[StepSize]:
-    """The step sizes a MAML run adapts with: its meta-learned ones, else the schedule."""
-    return [run.step_size] * len(schedule) if run.step_size else list(schedule)
+    """The step sizes a MAML run adapts with: its meta-learned ones (per-step ones: step s
+    uses alpha_s, steps past the trained ones the last alpha), else the schedule."""
+    if run.step_size:
+        return step_sizes_of(run.step_size, run.cfg.fast_lr, len(schedule))
+    return list(schedule)
 
 
 def method_batches(

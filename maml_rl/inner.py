@@ -24,27 +24,63 @@ from maml_rl.returns import masked_mean
 from maml_rl.types import Batch, Params
 
 SCALAR_STEP_SIZE = "_scalar"
+PER_STEP_PREFIX = "_step"
+"""Keys of per-step step sizes: {"_step0": alpha_1, "_step1": alpha_2, ...}, 0-dim each."""
 
 StepSize = float | Params
-"""A fixed step size, or learnable ones: {"_scalar": 0-dim} or {param name: param-shaped}."""
+"""The step size of one inner step: a fixed float, or learnable ones: {"_scalar": 0-dim} or
+{param name: param-shaped}."""
 
 InnerObjective = Callable[[nn.Module, Params, Batch, Tensor], Tensor]
 """(policy, per-task params [N, *shape], batch [T, N, K, ...], advantages [T, N, K]) -> per-task
 inner losses [N]: `reinforce_loss`, or another estimator's (`maml_rl.estimators`)."""
 
 
-def init_step_size(theta: Params, mode: str, value: float) -> Params:
-    """Learnable step sizes initialised at `value`: {} (fixed), one scalar, or one per parameter."""
+def init_step_size(theta: Params, mode: str, value: float, num_steps: int = 1) -> Params:
+    """Learnable step sizes initialised at `value`: {} (fixed), one scalar, one scalar for each
+    of `num_steps` inner steps (per_step), or one per parameter."""
+    reference = next(iter(theta.values()))
+
+    def scalar() -> Tensor:
+        return torch.tensor(value, dtype=reference.dtype, device=reference.device)
+
     if mode == "none":
         return {}
     if mode == "scalar":
-        reference = next(iter(theta.values()))
-        return {
-            SCALAR_STEP_SIZE: torch.tensor(value, dtype=reference.dtype, device=reference.device)
-        }
+        return {SCALAR_STEP_SIZE: scalar()}
+    if mode == "per_step":
+        return {step_key(s): scalar() for s in range(max(1, num_steps))}
     if mode == "per_parameter":
         return {name: torch.full_like(p, value) for name, p in theta.items()}
     raise ValueError(f"unknown step-size mode {mode!r}")
+
+
+def step_key(step: int) -> str:
+    """The key of inner step `step`'s (0-based) learnable step size in per-step mode."""
+    return f"{PER_STEP_PREFIX}{step}"
+
+
+def is_per_step(step_size: Params) -> bool:
+    """Whether `step_size` holds one learnable scalar per inner step."""
+    return any(name.startswith(PER_STEP_PREFIX) for name in step_size)
+
+
+def step_of(step_size: Params, step: int) -> Params:
+    """The learnable step sizes of inner step `step` (0-based): in per-step mode
+    {"_scalar": alpha_step} (a view, differentiable), past the last learned step the last
+    one's; otherwise `step_size` itself (the same for every step)."""
+    if not is_per_step(step_size):
+        return step_size
+    last = sum(1 for name in step_size if name.startswith(PER_STEP_PREFIX)) - 1
+    return {SCALAR_STEP_SIZE: step_size[step_key(min(step, last))]}
+
+
+def step_sizes_of(step_size: Params, fast_lr: float, num_steps: int) -> list[StepSize]:
+    """The step sizes of inner steps 1..num_steps: fast_lr for every step when nothing is
+    learned, else the learned ones (`step_of`)."""
+    if not step_size:
+        return [fast_lr] * num_steps
+    return [step_of(step_size, s) for s in range(num_steps)]
 
 
 def alpha_of(step_size: StepSize, name: str) -> float | Tensor:

@@ -33,7 +33,7 @@ from maml_rl.config import Config
 from maml_rl.curvature import ChunkedGaussNewtonHVP, GaussNewtonHVP
 from maml_rl.errors import NonFiniteError
 from maml_rl.estimators import emaml_loss, inner_objective
-from maml_rl.inner import StepSize, adapt, first_order_gradients, inner_step
+from maml_rl.inner import StepSize, adapt, first_order_gradients, inner_step, step_sizes_of
 from maml_rl.policy import Distribution, detach, forward, kl, log_prob
 from maml_rl.returns import loss_weights, masked_mean
 from maml_rl.sampler import TrajectorySampler
@@ -185,7 +185,7 @@ def _post_distribution(
     frozen_grads: Sequence[Params] | None = None,
 ) -> Distribution:
     theta, step_size = layout.unflatten(x)
-    steps: list[StepSize] = [step_size or cfg.fast_lr] * len(data.inner)
+    steps = step_sizes_of(step_size, cfg.fast_lr, len(data.inner))
     phi = adapt(
         policy,
         theta,
@@ -298,7 +298,7 @@ def meta_step(
             policy,
             theta0,
             data.inner,
-            [steps0 or cfg.fast_lr] * len(data.inner),
+            step_sizes_of(steps0, cfg.fast_lr, len(data.inner)),
             inner_objective(cfg.meta_gradient, cfg.gamma),
         )
     curvature = None
@@ -413,7 +413,7 @@ def _gauss_newton(
 ) -> ChunkedGaussNewtonHVP:
     """The meta-KL's Gauss-Newton products and the meta-gradient at x0 (curvature.py)."""
     theta, step_size = layout.unflatten(x0)
-    steps: list[StepSize] = [step_size or cfg.fast_lr] * len(data.inner)
+    steps = step_sizes_of(step_size, cfg.fast_lr, len(data.inner))
     objective = inner_objective(cfg.meta_gradient, cfg.gamma)
     build = functools.partial(GaussNewtonHVP, policy, theta, steps, objective=objective)
     return ChunkedGaussNewtonHVP(build, data.inner, data.post, old_dist, frozen_grads)

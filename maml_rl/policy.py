@@ -140,6 +140,7 @@ def build_policy(
     nonlinearity: str,
     init_std: float,
     generator: torch.Generator | None = None,
+    min_std: float = 1e-6,
 ) -> Policy:
     """A Gaussian policy for a Box action space, a categorical one for a Discrete one.
 
@@ -155,6 +156,7 @@ def build_policy(
             hidden_sizes,
             nonlinearity,
             init_std,
+            min_std,
             generator=generator,
         )
     if isinstance(action_space, gym.spaces.Discrete):

@@ -26,7 +26,7 @@ from torch import Tensor, nn
 
 from maml_rl.config import Config
 from maml_rl.estimators import inner_objective
-from maml_rl.inner import StepSize, adaptation_path
+from maml_rl.inner import adaptation_path, step_sizes_of
 from maml_rl.maml import MetaParams, MetaStepInfo, TaskData, trust_region_kl
 from maml_rl.policy import Distribution, detach, forward, log_prob
 from maml_rl.returns import masked_mean
@@ -43,7 +43,7 @@ def _path(
     policy: nn.Module, layout: MetaParams, x: Tensor, data: TaskData, cfg: Config
 ) -> list[Params]:
     theta, step_size = layout.unflatten(x)
-    steps: Sequence[StepSize] = [step_size or cfg.fast_lr] * len(data.inner)
+    steps = step_sizes_of(step_size, cfg.fast_lr, len(data.inner))
     return adaptation_path(
         policy,
         theta,

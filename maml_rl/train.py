@@ -21,7 +21,7 @@ from maml_rl.checker import SKIPPED
 from maml_rl.checkpoint import CheckpointError
 from maml_rl.config import Config, ConfigError, from_dict, from_saved, save
 from maml_rl.errors import RunInterrupted, RunStopped, StopTraining
-from maml_rl.inner import init_step_size
+from maml_rl.inner import init_step_size, step_sizes_of
 from maml_rl.logger import RunLogger, truncate_metrics
 from maml_rl.maml import NonFiniteError, collect, draw_seeds, meta_step
 from maml_rl.policy import parameters_of
@@ -284,7 +284,7 @@ def _train(
                     "sampler": describe_sampler(family, cfg)}, indent=1) + "\n"
     )  # fmt: skip
     theta: Params = parameters_of(policy)
-    step_size: Params = init_step_size(theta, cfg.learn_step_size, cfg.fast_lr)
+    step_size: Params = init_step_size(theta, cfg.learn_step_size, cfg.fast_lr, cfg.num_steps)
     start, env_steps, best_return = 0, 0, -float("inf")
 
     # --- resume: parameters, RNG streams and counters of the last complete iteration ---
@@ -336,7 +336,7 @@ def _train(
             t0 = time.perf_counter()
             tasks = family.sample_tasks(cfg.meta_batch_size, streams.tasks)
             seeds = draw_seeds(streams.environments, cfg.inner_steps + 1)
-            step_sizes = [step_size or cfg.fast_lr] * cfg.inner_steps
+            step_sizes = step_sizes_of(step_size, cfg.fast_lr, cfg.inner_steps)
             traffic = getattr(sampler, "traffic", None)  # Ray: bytes through the object store
             sent, received = (traffic.total_sent, traffic.total_received) if traffic else (0, 0)
             try:
@@ -385,6 +385,7 @@ def _train(
                 "env_steps": float(env_steps),
                 **diagnostics.exploration(theta, policy, batches[0]),
                 **adapt_metrics,
+                **diagnostics.step_sizes(step_size),
             }
             if traffic:
                 metrics["sampler/bytes_sent"] = float(traffic.total_sent - sent)

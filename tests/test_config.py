@@ -206,6 +206,8 @@ def test_optional_float_accepts_null() -> None:
         ("hvp_fd_eps", 0.0),
         ("hvp", "pearlmutter"),
         ("learn_step_size", "per_layer"),
+        ("min_std", 0.0),
+        ("min_std", 2.0),  # above init_std
         ("nonlinearity", "sigmoid"),
         ("dtype", "float16"),
         ("device", "tpu"),
@@ -231,6 +233,8 @@ def test_out_of_range_value_raises_naming_key(key: str, value: Any) -> None:
         ("dtype", "float64"),
         ("hvp", "exact"),
         ("learn_step_size", "per_parameter"),
+        ("learn_step_size", "per_step"),
+        ("min_std", 1.0),  # = init_std
         ("nonlinearity", "relu"),
         ("hidden_sizes", []),
     ],
@@ -404,6 +408,7 @@ def test_save_load_round_trip_non_defaults(tmp_path: Path) -> None:
             "hidden_sizes": [16, 8, 4],
             "nonlinearity": "relu",
             "init_std": 0.5,
+            "min_std": 0.05,
             "fast_lr": 1e-3,
             "learn_step_size": "per_parameter",
             "num_steps": 3,

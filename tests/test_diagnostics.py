@@ -8,7 +8,7 @@ import pytest
 import torch
 from conftest import make_batch, make_policy
 
-from maml_rl.diagnostics import adaptation, exploration
+from maml_rl.diagnostics import adaptation, exploration, step_sizes
 
 
 def test_entropy_and_log_std_statistics_are_the_gaussians() -> None:
@@ -40,3 +40,14 @@ def test_adaptation_size_by_hand() -> None:
     )
     per_task = 2 * (shifts + torch.exp(-2 * shifts) / 2 - 0.5)
     assert metrics["adaptation/kl_pre_post"] == pytest.approx(float(per_task.mean()), rel=1e-10)
+
+
+def test_step_sizes_report_each_learned_alpha() -> None:
+    assert step_sizes({}) == {}
+    assert step_sizes({"_scalar": torch.tensor(0.25)}) == {"adaptation/step_size": 0.25}
+    per_parameter = {"w": torch.tensor([0.1, 0.3]), "b": torch.tensor([0.5])}
+    assert step_sizes(per_parameter)["adaptation/step_size"] == pytest.approx(0.3)
+    per_step = {"_step0": torch.tensor(0.1), "_step1": torch.tensor(0.05)}
+    assert step_sizes(per_step) == pytest.approx(
+        {"adaptation/step_size_1": 0.1, "adaptation/step_size_2": 0.05}
+    )

@@ -154,6 +154,23 @@ def test_meta_learned_step_sizes_replace_the_schedule_for_maml_only(tmp_path: Pa
     assert not np.allclose(with_learned.returns["random"][1], with_fixed.returns["random"][1])
 
 
+def test_per_step_learned_step_sizes_adapt_step_s_with_alpha_s(tmp_path: Path) -> None:
+    """A per_step run trained with 2 steps adapts with alpha_1, alpha_2, then alpha_2 again:
+    the same returns as the fixed schedule 0.1, 0.05, 0.05."""
+    fixed = fake_run(tmp_path / "fixed")
+    learned = fake_run(tmp_path / "learned", learn_step_size="per_step", num_steps=2)
+    for name in ("checkpoint_latest.pt", "checkpoint_best.pt"):
+        state = checkpoint.load(learned / name)
+        state["step_size"] = {"_step0": torch.tensor(0.1), "_step1": torch.tensor(0.05)}
+        checkpoint.save_atomic(state, learned / name)
+    with_fixed = evaluate_run(fixed, {}, 3, 2, step_sizes=[0.1, 0.05])
+    with_learned = evaluate_run(learned, {}, 3, 2)
+    assert with_learned.learned_step_size
+    np.testing.assert_allclose(with_learned.returns["maml"], with_fixed.returns["maml"], rtol=1e-5)
+    with_first = evaluate_run(fixed, {}, 3, 2, step_sizes=[0.1])
+    assert not np.allclose(with_first.returns["maml"][2], with_fixed.returns["maml"][2])
+
+
 def test_mismatched_or_wrong_baselines_are_one_line_errors(tmp_path: Path) -> None:
     run = fake_run(tmp_path / "run")
     other_env = fake_run(

@@ -7,10 +7,12 @@ from conftest import make_batch, make_policy
 from maml_rl.inner import (
     SCALAR_STEP_SIZE,
     adapt,
+    alpha_of,
     expand_to_tasks,
     init_step_size,
     inner_step,
     reinforce_loss,
+    step_sizes_of,
 )
 from maml_rl.policy import forward, log_prob
 
@@ -60,6 +62,9 @@ def test_init_step_size_shapes() -> None:
     scalar = init_step_size(theta, "scalar", 0.1)
     assert list(scalar) == [SCALAR_STEP_SIZE] and scalar[SCALAR_STEP_SIZE].shape == ()
     per = init_step_size(theta, "per_parameter", 0.1)
+    steps = init_step_size(theta, "per_step", 0.1, num_steps=3)
+    assert sorted(steps) == ["_step0", "_step1", "_step2"]
+    assert all(v.shape == () for v in steps.values())
     assert {k: v.shape for k, v in per.items()} == {k: v.shape for k, v in theta.items()}
     with pytest.raises(ValueError):
         init_step_size(theta, "adam", 0.1)
@@ -98,3 +103,16 @@ def test_inputs_are_not_mutated() -> None:
     inner_step(policy, expand_to_tasks(theta, 3), batch, advantages, 0.5, True)
     assert all(torch.equal(before[k], theta[k]) for k in theta)
     assert torch.equal(adv_before, advantages)
+
+
+def test_per_step_sizes_give_each_step_its_own_alpha() -> None:
+    """step_sizes_of: step s uses alpha_s; steps past the learned ones use the last one; fixed
+    and shared learned step sizes are the same for every step."""
+    _, theta = make_policy()
+    steps = {k: torch.tensor(0.1 * (i + 1)) for i, k in enumerate(["_step0", "_step1"])}
+    sizes = step_sizes_of(steps, 0.5, 4)
+    values = [float(alpha_of(s, "log_std")) for s in sizes]
+    assert values == pytest.approx([0.1, 0.2, 0.2, 0.2])
+    assert step_sizes_of({}, 0.5, 3) == [0.5, 0.5, 0.5]
+    shared = init_step_size(theta, "scalar", 0.3)
+    assert step_sizes_of(shared, 0.5, 2) == [shared, shared]

@@ -9,7 +9,7 @@ import torch
 from conftest import make_batch, make_policy
 
 from maml_rl.config import Config
-from maml_rl.inner import adapt, first_order_gradients, init_step_size
+from maml_rl.inner import adapt, first_order_gradients, init_step_size, step_sizes_of
 from maml_rl.maml import (
     MetaParams,
     TaskData,
@@ -35,7 +35,7 @@ def task_data(num_steps: int, seed: int = 10) -> TaskData:
 def setup(num_steps: int, first_order: bool = False, mode: str = "none", **kw):
     cfg = Config(fast_lr=0.1, first_order=first_order, learn_step_size=mode, **kw)
     policy, theta = make_policy()
-    step_size = init_step_size(theta, mode, 0.1)
+    step_size = init_step_size(theta, mode, 0.1, num_steps)
     layout = MetaParams.of(theta, step_size)
     x0 = layout.flatten(theta, step_size)
     data = task_data(num_steps)
@@ -50,7 +50,7 @@ def central_difference(f, x: torch.Tensor, v: torch.Tensor, h: float = 1e-6) -> 
 
 
 @pytest.mark.parametrize("num_steps", [1, 2])
-@pytest.mark.parametrize("mode", ["none", "scalar", "per_parameter"])
+@pytest.mark.parametrize("mode", ["none", "scalar", "per_step", "per_parameter"])
 def test_meta_gradient_equals_finite_difference(num_steps: int, mode: str) -> None:
     cfg, policy, _, _, layout, x0, data, old = setup(num_steps, mode=mode)
 
@@ -142,7 +142,7 @@ def test_finite_difference_hvp_matches_exact_on_the_policy_kl(first_order: bool)
 GAUSS_NEWTON_CASES = [(0, "none", False)] + [
     (steps, mode, first_order)
     for steps in (1, 2)
-    for mode in ("none", "scalar", "per_parameter")
+    for mode in ("none", "scalar", "per_step", "per_parameter")
     for first_order in (False, True)
 ]
 
@@ -161,7 +161,8 @@ def test_gauss_newton_hvp_equals_exact(num_steps: int, mode: str, first_order: b
     frozen = None
     if first_order:
         theta, steps = layout.unflatten(x0)
-        frozen = first_order_gradients(policy, theta, data.inner, [steps or 0.1] * num_steps)
+        sizes = step_sizes_of(steps, 0.1, num_steps)
+        frozen = first_order_gradients(policy, theta, data.inner, sizes)
 
     def kl_fn(y: torch.Tensor) -> torch.Tensor:
         return meta_objective(policy, layout, y, data, old, cfg, frozen)[1]

@@ -11,7 +11,7 @@ from conftest import make_batch
 
 from maml_rl.config import Config
 from maml_rl.curvature import GaussNewtonHVP, _per_task, _SecondOrder
-from maml_rl.inner import init_step_size, reinforce_loss
+from maml_rl.inner import init_step_size, reinforce_loss, step_sizes_of
 from maml_rl.maml import (
     MetaParams,
     TaskData,
@@ -147,7 +147,7 @@ def setup(num_steps: int, mode: str, first_order: bool = False, nonlinearity: st
         2, 2, (8, 8), nonlinearity, init_std=0.7, generator=torch.Generator().manual_seed(0)
     ).double()
     theta = parameters_of(policy)
-    step_size = init_step_size(theta, mode, 0.1)
+    step_size = init_step_size(theta, mode, 0.1, num_steps)
     layout = MetaParams.of(theta, step_size)
     x0 = layout.flatten(theta, step_size)
     data = TaskData(tuple(make_batch(10 + i) for i in range(num_steps)), *make_batch(110))
@@ -157,7 +157,7 @@ def setup(num_steps: int, mode: str, first_order: bool = False, nonlinearity: st
 
 
 @pytest.mark.parametrize("num_steps", [0, 1, 2])
-@pytest.mark.parametrize("mode", ["none", "scalar", "per_parameter"])
+@pytest.mark.parametrize("mode", ["none", "scalar", "per_step", "per_parameter"])
 @pytest.mark.parametrize("nonlinearity", NONLINEARITIES)
 def test_meta_gradient_by_the_adjoint_recursion_equals_autograd(
     num_steps: int, mode: str, nonlinearity: str
@@ -169,10 +169,10 @@ def test_meta_gradient_by_the_adjoint_recursion_equals_autograd(
         curvature = _gauss_newton(policy, layout, x0, data, old, cfg, None)
         if not closed_form:  # the autograd products and surrogate gradient of curvature.py
             theta, steps = layout.unflatten(x0)
+            sizes = step_sizes_of(steps, 0.1, num_steps)
             curvature = GaussNewtonHVP(
-                policy, theta, [steps or 0.1] * num_steps, data.inner, data.post, old, None,
-                closed_form=False,
-            )  # fmt: skip
+                policy, theta, sizes, data.inner, data.post, old, None, closed_form=False
+            )
         assert curvature.closed_form is closed_form
         grad = _gauss_newton_gradient(curvature, policy, layout, x0, data, cfg)
         error = (grad - expected).norm() / expected.norm()
@@ -198,7 +198,7 @@ def test_estimators_with_other_inner_losses_use_the_autograd_products() -> None:
         assert curvature.closed_form is closed_form
 
 
-@pytest.mark.parametrize("mode", ["none", "scalar", "per_parameter"])
+@pytest.mark.parametrize("mode", ["none", "scalar", "per_step", "per_parameter"])
 def test_first_order_meta_gradient_by_the_recursion_equals_autograd(mode: str) -> None:
     """First-order MAML: the linear model phi = theta - alpha g with g frozen (inner.adapt)."""
     from maml_rl.inner import first_order_gradients
@@ -206,7 +206,7 @@ def test_first_order_meta_gradient_by_the_recursion_equals_autograd(mode: str) -
     cfg, policy, layout, x0, data, old = setup(2, mode)
     cfg = dataclasses.replace(cfg, first_order=True)
     theta, steps = layout.unflatten(x0)
-    frozen = first_order_gradients(policy, theta, data.inner, [steps or 0.1] * 2)
+    frozen = first_order_gradients(policy, theta, data.inner, step_sizes_of(steps, 0.1, 2))
     x = x0.clone().requires_grad_(True)
     expected = flat_grad(meta_objective(policy, layout, x, data, old, cfg, frozen)[0], [x])
     curvature = _gauss_newton(policy, layout, x0, data, old, cfg, frozen)

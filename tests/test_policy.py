@@ -211,3 +211,24 @@ def test_build_policy_picks_by_action_space_and_rejects_others() -> None:
         build_policy(gym.spaces.Box(-1, 1, (2, 2)), gym.spaces.Discrete(2), (8,), "tanh", 1.0)
     with pytest.raises(ValueError, match="nonlinearity"):
         GaussianMLPPolicy(3, 2, (8,), "sigmoidish")
+
+
+def test_min_std_config_floors_the_built_policy_std() -> None:
+    """Config key min_std reaches the built policy: σ = max(exp(log_std), min_std), with no
+    gradient to a log-std below the floor and the exact one above it."""
+    from maml_rl.build import build
+    from maml_rl.config import Config
+
+    cfg = Config(env="navigation", min_std=0.2, meta_batch_size=2, fast_batch_size=2)
+    _, policy, sampler = build(cfg, torch.Generator().manual_seed(0), num_tasks=2)
+    sampler.close()
+    assert policy.min_log_std == pytest.approx(math.log(0.2))
+    obs = torch.zeros(1, 2, dtype=policy.log_std.dtype)
+    for log_std, floored in ((-5.0, True), (-1.0, False)):
+        params = {n: p.detach().clone() for n, p in policy.named_parameters()}
+        params["log_std"] = torch.full_like(params["log_std"], log_std).requires_grad_(True)
+        dist = forward(policy, params, obs)
+        expected = math.log(0.2) if floored else log_std
+        assert torch.allclose(dist.log_std, torch.full_like(dist.log_std, expected))
+        (grad,) = torch.autograd.grad(log_prob(dist, obs + 1).sum(), params["log_std"])
+        assert (grad == 0).all() == floored
