@@ -90,14 +90,19 @@ def run_dir(out: Path, task: str, variant: str, seed: int) -> Path:
     return out / task / f"{variant}-seed{seed}"
 
 
-def evaluate_job(name: str, target: Path, eval_dir: Path, after: list[str]) -> Job:
-    """Evaluate `target` after 0..EVAL_STEPS steps into `eval_dir` (done if already there for
-    the run's current iteration)."""
+def evaluate_job(name: str, target: Path, eval_dir: Path, after: list[str], num_tasks: int) -> Job:
+    """Evaluate `target` after 0..EVAL_STEPS steps on `num_tasks` held-out tasks into
+    `eval_dir` (done if already there for the run's current iteration)."""
     record = eval_dir / "multistep.json"
-    wanted = {"iteration": iterations_done(target) - 1, "num_steps": EVAL_STEPS}
+    wanted = {
+        "iteration": iterations_done(target) - 1,
+        "num_steps": EVAL_STEPS,
+        "num_tasks": num_tasks,
+    }
     recorded = json.loads(record.read_text()) if record.exists() else {}
     finished = all(recorded.get(key) == value for key, value in wanted.items())
     argv = ["evaluate", str(target), "--num-steps", str(EVAL_STEPS), "--out", str(eval_dir)]
+    argv += ["--num-tasks", str(num_tasks)]
     return Job(name, [*argv, "--no-progress"], finished and not after, after, record, wanted)
 
 
@@ -107,18 +112,18 @@ def plan_jobs(args: argparse.Namespace) -> list[Job]:
         reference = args.reference / args.task / f"seed{seed}"
         if reference.exists():
             eval_dir = args.out / args.task / f"steps1-seed{seed}-eval"
-            jobs.append(evaluate_job(f"{args.task}/steps1-seed{seed}/evaluate", reference,
-                                     eval_dir, []))  # fmt: skip
+            name = f"{args.task}/steps1-seed{seed}/evaluate"
+            jobs.append(evaluate_job(name, reference, eval_dir, [], args.num_tasks))
     for variant in args.variants:
         spec = VARIANTS[args.task][variant]
         for seed in args.seeds:
             target = run_dir(args.out, args.task, variant, seed)
             name = f"{args.task}/{variant}-seed{seed}"
-            train = train_job(name, spec.config, target, seed, args.iterations, "maml",
-                              spec.overrides)  # fmt: skip
+            overrides = [*spec.overrides, *args.set]
+            train = train_job(name, spec.config, target, seed, args.iterations, "maml", overrides)
             jobs.append(train)
             after = [] if train.done else [name]
-            job = evaluate_job(f"{name}/evaluate", target, target / "eval", after)
+            job = evaluate_job(f"{name}/evaluate", target, target / "eval", after, args.num_tasks)
             if not train.done:  # its iteration is known only once trained
                 job.info["iteration"] = args.iterations - 1
             jobs.append(job)
@@ -141,8 +146,9 @@ def monotone(rows: Sequence[SummaryRow]) -> bool:
     return all(b > a for a, b in itertools.pairwise(means))
 
 
-def task_table(out: Path, task: str) -> str | None:
-    """The per-step table of every evaluated variant of `task` (None if there is none)."""
+def task_table(out: Path, task: str, reference_runs: Path) -> str | None:
+    """The per-step table of every evaluated variant of `task` (None if there is none);
+    reference_runs/TASK/seedS are the 1-step runs (for their cost per iteration)."""
     reference = {
         int(p.name.removeprefix("steps1-seed").removesuffix("-eval")): e
         for p in sorted((out / task).glob("steps1-seed*-eval"))
@@ -156,8 +162,8 @@ def task_table(out: Path, task: str) -> str | None:
     for name in names:
         if name == "steps1":
             seeds, evals = sorted(reference), [reference[s] for s in sorted(reference)]
-            costs = [run_cost(d) for s in seeds if (d := out.parent / "reproduce-500" / task /
-                                                     f"seed{s}").exists()]  # fmt: skip
+            dirs = [reference_runs / task / f"seed{s}" for s in seeds]
+            costs = [run_cost(d) for d in dirs if (d / "metrics.jsonl").exists()]
             about = "one inner step (the shipped config)"
         else:
             dirs = [
@@ -203,8 +209,8 @@ def task_table(out: Path, task: str) -> str | None:
     return "\n".join([*lines, "", *notes, ""])
 
 
-def write_table(out: Path) -> Path:
-    sections = [s for task in VARIANTS if (s := task_table(out, task)) is not None]
+def write_table(out: Path, reference_runs: Path) -> Path:
+    sections = [s for task in VARIANTS if (s := task_table(out, task, reference_runs))]
     if not sections:
         raise ReproduceError(f"nothing has been evaluated under {out} yet")
     header = (
@@ -229,6 +235,14 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--variants", nargs="+", default=[])
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--iterations", type=int, default=500)
+    parser.add_argument("--num-tasks", type=int, default=40, help="held-out tasks per seed")
+    parser.add_argument(
+        "--set",
+        nargs="+",
+        default=[],
+        metavar="KEY=VALUE",
+        help="further config overrides for new runs; resumed runs keep theirs",
+    )
     parser.add_argument("--jobs", type=int, default=1, help="commands run at once")
     parser.add_argument("--stage", choices=("all", "table"), default="all")
     parser.add_argument("--out", type=Path, default=HERE / "results" / "multistep")
@@ -243,8 +257,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     if unknown:
         parser.error(f"unknown variants {unknown} of {args.task}; choose from "
                      f"{list(VARIANTS[args.task])}")  # fmt: skip
-    if args.jobs < 1 or args.iterations < 1:
-        parser.error("--jobs and --iterations must be >= 1")
+    if args.jobs < 1 or args.iterations < 1 or args.num_tasks < 2:
+        parser.error("--jobs and --iterations must be >= 1, --num-tasks >= 2")
     return args
 
 
@@ -253,7 +267,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.stage == "all":
             run_jobs(plan_jobs(args), args.jobs, args.out / "logs")
-        print(f"wrote {write_table(args.out)}")
+        print(f"wrote {write_table(args.out, args.reference)}")
     except (ReproduceError, CheckpointError, ConfigError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
