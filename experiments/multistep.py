@@ -60,9 +60,9 @@ VARIANTS: dict[str, dict[str, Variant]] = {
         "steps2": Variant("navigation", ("num_steps=2",), "two inner steps of 0.1"),
         "steps3": Variant("navigation", ("num_steps=3",), "three inner steps of 0.1"),
         "steps3-scalar": Variant(
-            "navigation",
-            ("num_steps=3", "learn_step_size=scalar"),
-            "three inner steps, one meta-learned step size",
+            "navigation-steps3",
+            (),
+            "three inner steps, one meta-learned step size (`experiments/navigation-steps3.yaml`)",
         ),
         "steps3-per-step": Variant(
             "navigation",
