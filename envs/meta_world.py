@@ -1,12 +1,13 @@
-"""Meta-World ML1 and ML10 (Yu et al. 2019) as task families (optional extra ``metaworld``).
+"""Meta-World ML1, ML10 and ML45 (Yu et al. 2019) as task families (optional extra
+``metaworld``).
 
 A task is one of the benchmark's own tasks, picked by split and index from
-``metaworld.ML1(env_name, seed)`` / ``metaworld.ML10(seed)``: training samples only
-``train_tasks`` (`sample_tasks`), evaluation only the held-out ``test_tasks``
-(`sample_test_tasks`, used by `maml-rl evaluate` and `render`). In ML1 the two splits are 50
-goal positions each of one environment; in ML10 the train split is 10 environments and the
-test split 5 others, 50 goals each. The goal is hidden (zeros in the last 3 of 39 observation
-entries), so the policy must find it by adapting.
+``metaworld.ML1(env_name, seed)`` / ``metaworld.ML10(seed)`` / ``metaworld.ML45(seed)``:
+training samples only ``train_tasks`` (`sample_tasks`), evaluation only the held-out
+``test_tasks`` (`sample_test_tasks`, used by `maml-rl evaluate` and `render`). In ML1 the two
+splits are 50 goal positions each of one environment; in ML10 the train split is 10
+environments and the test split 5 others, in ML45 45 and 5, 50 goals each. The goal is
+hidden (zeros in the last 3 of 39 observation entries), so the policy must find it by adapting.
 
 Each environment reports Meta-World's ``info["success"]`` per step (`reports_success`), and the
 family asks the `procs` sampler backend by default: a Sawyer step costs 0.3–1 ms of Python
@@ -21,6 +22,7 @@ only when ``mjNEQDATA != 11``.
 
 from __future__ import annotations
 
+import functools
 import pickle
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -90,8 +92,21 @@ def _import_metaworld() -> Any:
     return metaworld
 
 
+@functools.lru_cache(maxsize=4)
+def built_benchmark(kind: str, seed: int, env_name: str | None = None) -> Any:
+    """``metaworld.ML1(env_name, seed)``, ``ML10(seed)`` or ``ML45(seed)``, built once per
+    process for each (kind, seed, env_name) and shared by the families that ask for it: the
+    families only read it, and building one instantiates every environment of the benchmark
+    (ML45: 50 environments, 10-20 s)."""
+    metaworld = _import_metaworld()
+    if kind == "ML1":
+        return metaworld.ML1(env_name, seed=seed)
+    return getattr(metaworld, kind)(seed=seed)
+
+
 class _MetaWorldFamily:
-    """What ML1 and ML10 share: the benchmark (built once, lazily), its splits, the tasks."""
+    """What ML1, ML10 and ML45 share: the benchmark (built once, lazily), its splits, the
+    tasks."""
 
     reports_success: ClassVar[bool] = True
     sampler_backend: ClassVar[str] = "procs"
@@ -110,7 +125,7 @@ class _MetaWorldFamily:
         self.observation_space = gym.spaces.Box(-np.inf, np.inf, (39,), np.float64)
         self.action_space = gym.spaces.Box(-1.0, 1.0, (4,), np.float32)
 
-    def _build(self) -> Any:  # the metaworld.ML1 / ML10 object
+    def _build(self) -> Any:  # the metaworld.ML1 / ML10 / ML45 object
         raise NotImplementedError
 
     @property
@@ -186,7 +201,7 @@ class MetaWorldML1(_MetaWorldFamily):
         self.env_name = env_name
 
     def _build(self) -> Any:
-        return _import_metaworld().ML1(self.env_name, seed=self.benchmark_seed)
+        return built_benchmark("ML1", self.benchmark_seed, self.env_name)
 
     def oracle_features(self, task: MetaWorldTask) -> np.ndarray:
         """The task's parameters, Meta-World's ``rand_vec`` (object and goal positions, e.g.
@@ -206,10 +221,25 @@ class MetaWorldML10(_MetaWorldFamily):
         super().__init__(max_episode_steps, benchmark_seed)
 
     def _build(self) -> Any:
-        return _import_metaworld().ML10(seed=self.benchmark_seed)
+        return built_benchmark("ML10", self.benchmark_seed)
 
     def __repr__(self) -> str:
         return f"MetaWorldML10(H={self.max_episode_steps})"
+
+
+class MetaWorldML45(_MetaWorldFamily):
+    """Meta-World ML45: 45 training environments for meta-training, 5 others held out for
+    evaluation, 50 goals each (``metaworld.ML45(benchmark_seed)``; building it instantiates
+    every environment once, about 10-20 s)."""
+
+    def __init__(self, max_episode_steps: int = 500, benchmark_seed: int = 0) -> None:
+        super().__init__(max_episode_steps, benchmark_seed)
+
+    def _build(self) -> Any:
+        return built_benchmark("ML45", self.benchmark_seed)
+
+    def __repr__(self) -> str:
+        return f"MetaWorldML45(H={self.max_episode_steps})"
 
 
 class MetaWorldEnv(gym.Env):
@@ -315,6 +345,7 @@ __all__: Sequence[str] = (
     "MetaWorldEnv",
     "MetaWorldML1",
     "MetaWorldML10",
+    "MetaWorldML45",
     "MetaWorldTask",
     "apply_mujoco_compat",
     "needs_weld_fix",

@@ -20,7 +20,11 @@ from maml_rl.types import Batch, Params  # noqa: E402
 
 # Families of optional extras: the module each needs (without it their tests skip, in
 # tests/test_meta_world.py, and the registry-wide tests leave them out).
-EXTRA_FAMILIES = {"metaworld-ml1": "metaworld", "metaworld-ml10": "metaworld"}
+EXTRA_FAMILIES = {
+    "metaworld-ml1": "metaworld",
+    "metaworld-ml10": "metaworld",
+    "metaworld-ml45": "metaworld",
+}
 
 
 def usable_families() -> list[str]:

@@ -60,6 +60,21 @@ def test_ml10_trains_on_ten_environments_and_holds_five_others_out() -> None:
     assert len(family.all_tasks("train")) == 500 and len(family.all_tasks("test")) == 250
 
 
+def test_ml45_trains_on_45_environments_and_holds_5_others_out() -> None:
+    family = make_family("metaworld-ml45", {"max_episode_steps": 20})
+    train_names, test_names = set(family.env_names("train")), set(family.env_names("test"))
+    assert len(train_names) == 45 and len(test_names) == 5
+    assert train_names.isdisjoint(test_names)
+    assert test_names == {f"{n}-v3" for n in ("bin-picking", "box-close", "hand-insert",
+                                              "door-lock", "door-unlock")}  # fmt: skip
+    drawn = family.sample_tasks(2000, np.random.default_rng(1))
+    assert {t.env_name for t in drawn} == train_names
+    held = family.sample_test_tasks(300, np.random.default_rng(1))
+    assert {t.env_name for t in held} == test_names
+    assert len(family.all_tasks("train")) == 45 * 50 and len(family.all_tasks("test")) == 250
+    assert make_family("metaworld-ml45").benchmark is family.benchmark  # built once
+
+
 def test_evaluation_draws_the_held_out_split() -> None:
     cfg = Config(env="metaworld-ml1", env_kwargs={"env_name": "reach-v3"})
     tasks = held_out(cfg, num_tasks=10, num_steps=1, eval_seed=0).tasks
@@ -159,3 +174,17 @@ def test_a_tiny_training_iteration_and_evaluation_from_the_cli(tmp_path: Path) -
 
     with Image.open(gif) as video:
         assert video.size == (640, 240) and video.n_frames == 11  # 10 steps + the last state
+
+
+def test_ml45_smoke_trains_one_iteration(tmp_path: Path) -> None:
+    """The shipped ML45 config at tiny sizes: tasks of the 45 training environments, one
+    meta-update, success logged."""
+    run = tmp_path / "ml45"
+    overrides = [
+        "num_batches=1", "meta_batch_size=3", "fast_batch_size=2", "hidden_sizes=[8]",
+        "env_kwargs={max_episode_steps: 10}", "sampler=sync",
+    ]  # fmt: skip
+    assert main(["train", "metaworld-ml45", "--out", str(run), "--no-progress", "--set",
+                 *overrides]) == 0  # fmt: skip
+    row = json.loads((run / "metrics.jsonl").read_text().splitlines()[-1])
+    assert row["meta/accepted"] in (0.0, 1.0) and 0.0 <= row["success/post_update"] <= 1.0
