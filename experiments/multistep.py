@@ -81,7 +81,13 @@ VARIANTS: dict[str, dict[str, Variant]] = {
         ),
     },
     "halfcheetah-vel": {
-        "steps2": Variant("halfcheetah-vel", ("num_steps=2",), "two inner steps"),
+        "steps2": Variant("halfcheetah-vel", ("num_steps=2",), "two inner steps of 0.1"),
+        "steps3": Variant("halfcheetah-vel", ("num_steps=3",), "three inner steps of 0.1"),
+        "steps3-scalar": Variant(
+            "halfcheetah-vel",
+            ("num_steps=3", "learn_step_size=scalar"),
+            "three inner steps, one meta-learned step size",
+        ),
     },
 }
 

@@ -10,9 +10,10 @@
     a ``train`` on a Ray cluster only loads its config and overrides (a two-node cluster runs
     in tests/test_ray_cluster.py).
     ``python examples/X.py`` must be an example that tests/test_examples*.py runs.
-    ``python experiments/X.py`` / ``benchmarks/X.py`` and ``bash benchmarks/X.sh`` are hours
-    long: the script must exist and accept every ``--flag`` given (experiments/reproduce.py
-    itself runs at tiny size in tests/test_reproduce.py). ``pip install`` may name only
+    ``python experiments/X.py`` (or ``python -m experiments.X``) / ``benchmarks/X.py`` and
+    ``bash benchmarks/X.sh`` are hours long: the script must exist and accept every ``--flag``
+    given (experiments/reproduce.py and multistep.py themselves run at tiny size in
+    tests/test_reproduce.py and tests/test_multistep.py). ``pip install`` may name only
     extras of setup.cfg; ``python -m pytest -q`` must be CI's command (.ci/run), any other
     pytest line may use only markers of setup.cfg. ``ray``, ``tensorboard`` and ``mkdocs``
     are other programs' commands and are not run. Anything else fails the test.
@@ -179,6 +180,9 @@ def run_command(command: str, folder: Path) -> None:
         return check_pip(argv)
     if argv[:3] == ["python", "-m", "pytest"]:
         return check_pytest(argv)
+    if argv[:2] == ["python", "-m"] and argv[2].startswith("experiments."):
+        module = argv[2].removeprefix("experiments.")
+        return check_script(["python", f"experiments/{module}.py", *argv[3:]])
     if argv[0] in ("python", "bash") and argv[1].endswith((".py", ".sh")):
         return check_script(argv)
     if argv[0] in EXTERNAL:
