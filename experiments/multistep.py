@@ -20,6 +20,7 @@ iteration.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import itertools
 import json
 import sys
@@ -39,6 +40,7 @@ from experiments.reproduce import (
 from maml_rl.checkpoint import CheckpointError
 from maml_rl.config import ConfigError
 from maml_rl.evaluate import SummaryRow, read_task_returns
+from maml_rl.plot import plot_adaptation
 from maml_rl.results import format_cell, median_rows, paired_rows, pooled_rows, run_cost
 
 HERE = Path(__file__).resolve().parent
@@ -165,6 +167,7 @@ def task_table(out: Path, task: str, reference_runs: Path) -> str | None:
     header += f" | improves 0→{MONOTONE_STEPS} | s / iteration |"
     lines = [f"### {task}", "", header, "|---" * (EVAL_STEPS + 5) + "|"]
     notes: list[str] = []
+    curves: list[SummaryRow] = []
     for name in names:
         if name == "steps1":
             seeds, evals = sorted(reference), [reference[s] for s in sorted(reference)]
@@ -185,6 +188,7 @@ def task_table(out: Path, task: str, reference_runs: Path) -> str | None:
             continue
         maml = [{"maml": e["maml"]} for e in evals]
         rows = pooled_rows(maml)
+        curves += [dataclasses.replace(r, method=f"{name} ({len(seeds)} seed{'s' * (len(seeds) > 1)})") for r in rows]
         medians = median_rows(maml)
         per_iteration = [c.wall_s / c.iterations for c in costs]
         cost = f"{np.mean(per_iteration):.1f}" if per_iteration else ""
@@ -212,7 +216,9 @@ def task_table(out: Path, task: str, reference_runs: Path) -> str | None:
         notes.append(f"- `{name}`: {about}.")
     if len(lines) == 4:
         return None
-    return "\n".join([*lines, "", *notes, ""])
+    figure = plot_adaptation(curves, out / task / "adaptation.png", f"{task}: mean over seeds")
+    image = f"![{task}: adaptation after 0-{EVAL_STEPS} steps]({figure.relative_to(out)})"
+    return "\n".join([*lines, "", *notes, "", image, ""])
 
 
 def write_table(out: Path, reference_runs: Path) -> Path:
