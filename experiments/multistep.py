@@ -188,7 +188,8 @@ def task_table(out: Path, task: str, reference_runs: Path) -> str | None:
             continue
         maml = [{"maml": e["maml"]} for e in evals]
         rows = pooled_rows(maml)
-        curves += [dataclasses.replace(r, method=f"{name} ({len(seeds)} seed{'s' * (len(seeds) > 1)})") for r in rows]
+        label = f"{name} ({len(seeds)} seed{'s' * (len(seeds) > 1)})"
+        curves += [dataclasses.replace(r, method=label) for r in rows]
         medians = median_rows(maml)
         per_iteration = [c.wall_s / c.iterations for c in costs]
         cost = f"{np.mean(per_iteration):.1f}" if per_iteration else ""
