@@ -59,7 +59,9 @@ class Variant:
 
 VARIANTS: dict[str, dict[str, Variant]] = {
     "navigation": {
-        "steps2": Variant("navigation", ("num_steps=2",), "two inner steps of 0.1"),
+        "steps2": Variant(
+            "navigation-steps2", (), "two inner steps of 0.1 (`experiments/navigation-steps2.yaml`)"
+        ),
         "steps3": Variant("navigation", ("num_steps=3",), "three inner steps of 0.1"),
         "steps3-scalar": Variant(
             "navigation-steps3",
