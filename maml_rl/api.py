@@ -183,6 +183,7 @@ def evaluate(
     step_sizes: Sequence[float] = (),
     eval_seed: int | None = None,
     device: str | None = None,
+    actions: str = "sampled",
     save: bool = True,
     out_dir: str | Path | None = None,
     progress: bool = True,
@@ -198,7 +199,9 @@ def evaluate(
         `train_baselines` iterations when given).
     checkpoint: 'latest' or 'best'; step_sizes: the inner step sizes, the last one repeated
         (default fast_lr, then fast_lr / 2); eval_seed: the seed of the held-out tasks
-        (default the run's); device: where the policies run (default where each trained).
+        (default the run's); device: where the policies run (default where each trained);
+        actions: 'sampled' (the paper's protocol) or 'mean' (the policy's mean actions after
+        each step, Meta-World's test protocol; adaptation still samples).
     save: write DIR/eval/ as ``maml-rl evaluate`` does, holding its lock throughout (an earlier
         evaluation with the same protocol keeps its other methods); out_dir: where to write
         instead of DIR/eval (a read-only run directory); report: receives progress lines and
@@ -218,7 +221,9 @@ def evaluate(
     out_dir = run_dir / "eval" if out_dir is None else Path(out_dir)
     with hold_eval_dir(out_dir) if save else contextlib.nullcontext():
         given = dict(baselines) if isinstance(baselines, Mapping) else dict.fromkeys(baselines)
-        check_request(run_dir, num_steps, num_tasks, checkpoint, step_sizes, list(given), device)
+        check_request(
+            run_dir, num_steps, num_tasks, checkpoint, step_sizes, list(given), device, actions
+        )
         if "oracle" in given:  # before any baseline trains: can this family have an oracle?
             cfg = load_run(run_dir, checkpoint).cfg
             OracleFamily(make_family(cfg.env, cfg.env_kwargs))
@@ -236,6 +241,7 @@ def evaluate(
             step_sizes=step_sizes,
             eval_seed=eval_seed,
             device=device,
+            actions=actions,
         )
         if save:
             save_evaluation(evaluation, out_dir, report=report)

@@ -186,11 +186,13 @@ def advantages(
     gae_lambda: float,
     normalize: bool = True,
     statistics_weights: Tensor | None = None,
+    scale: str = "std",
 ) -> Tensor:
     """GAE advantages with a freshly fitted linear baseline, per task; no autograd.
 
     R = discounted_returns(r, m, γ);   w = fit(obs, R, m);   V = predict(obs, w, m)
-    A = gae(r, V, m, γ, λ);   if normalize: A = masked_normalize(A, u, dim=(0, 2)) (per task)
+    A = gae(r, V, m, γ, λ);   if normalize: A = masked_normalize(A, u, dim=(0, 2), scale)
+    (per task: (A − μ) / (σ + 1e-8), or / (σ² + 1e-8) with scale "variance")
 
     with u the weights of the normalisation statistics: the mask (every valid step alike) or,
     e.g., `returns.episode_weights(m)` (mean and variance as means of per-episode means, as
@@ -205,6 +207,7 @@ def advantages(
         normalize: standardise advantages per task over its valid steps.
         statistics_weights: ``[T, N, K]`` weights u of the normalisation's mean and variance,
             non-zero exactly where the mask is; None means the mask.
+        scale: ``std`` or ``variance`` (`returns.masked_normalize`).
 
     Returns:
         ``[T, N, K]`` advantages (detached; 0 at masked steps), dtype of ``rewards``.
@@ -219,5 +222,5 @@ def advantages(
         adv = gae(rew, values, m, gamma, gae_lambda)
         if normalize:
             u = m if statistics_weights is None else statistics_weights.detach()
-            adv = masked_normalize(adv, u, dim=(0, 2))
+            adv = masked_normalize(adv, u, dim=(0, 2), scale=scale)
     return adv

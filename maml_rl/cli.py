@@ -206,6 +206,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         step_sizes=_step_sizes(args.step_sizes),
         eval_seed=args.eval_seed,
         device=args.device,
+        actions=args.actions,
         out_dir=args.out,
         progress=not args.no_progress,
         report=print,
@@ -218,6 +219,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         f"{evaluation.env}: {evaluation.rows[0].num_tasks} held-out tasks "
         f"(eval seed {evaluation.eval_seed}), K={evaluation.num_trajectories}, "
         f"step sizes [{schedule}]{learned}"
+        + ("; measured with the mean actions" if evaluation.actions == "mean" else "")
     )
     print(methods_line({method: evaluation.trained.get(method) for method in evaluation.returns}))
     print(format_table(evaluation.rows))
@@ -421,6 +423,13 @@ def parser() -> argparse.ArgumentParser:
     )
     evaluate.add_argument(
         "--device", help="cpu or cuda: where the policies run (default: where each trained)"
+    )
+    evaluate.add_argument(
+        "--actions",
+        choices=("sampled", "mean"),
+        default="sampled",
+        help="measure the sampled actions after each step (default) or the mean ones "
+        "(Meta-World's test protocol; adaptation still samples)",
     )
     evaluate.add_argument(
         "--out",

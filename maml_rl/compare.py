@@ -26,6 +26,7 @@ from maml_rl.evaluate import (
     protocol_difference,
     read_task_returns,
     summarize,
+    with_known_defaults,
 )
 
 # Keys of evaluation.json that may differ between the two runs: which checkpoint was
@@ -54,6 +55,7 @@ def load_evaluation(run_dir: str | Path) -> RunEvaluation:
     protocol = artifacts.read_json(protocol_path, remedy)
     if not isinstance(protocol, dict):
         raise ArtifactError(f"{protocol_path} is not an evaluation record; {remedy}")
+    protocol = with_known_defaults(protocol)
     shape = None  # the per-task rows must fill the protocol's (S + 1) x N where it gives them
     if isinstance(protocol.get("num_steps"), int) and isinstance(protocol.get("num_tasks"), int):
         shape = (protocol["num_steps"] + 1, protocol["num_tasks"])
@@ -93,7 +95,7 @@ def check_comparable(a: RunEvaluation, b: RunEvaluation) -> None:
             f"{a.run_dir} and {b.run_dir} were evaluated with different {key} "
             f"({a.protocol[key]!r} vs {b.protocol[key]!r}), so on different held-out tasks "
             "or steps; evaluate both runs of one family with the same env_kwargs, --eval-seed, "
-            "--num-tasks, --num-steps and --step-sizes"
+            "--num-tasks, --num-steps, --step-sizes and --actions"
         )
 
 

@@ -149,6 +149,12 @@ class Config:
     """GAE lambda (1.0: Monte-Carlo returns minus the baseline)."""
     normalize_advantages: bool = True
     """Normalise advantages per task (masked mean 0, std 1)."""
+    advantage_scale: str = "std"
+    """What that normalisation divides the centred advantages by: std (σ + 1e-8, unit
+    variance) or variance (σ² + 1e-8, Meta-World+'s MAML-TRPO, metaworld-algorithms
+    rl/algorithms/utils.py at e6a4738: an inner step then shrinks as 1/σ of the advantages,
+    so its size depends on the reward scale). The TRPO step is the same under either: its
+    length is set by the trust region."""
     advantage_statistics: str = "episodes"
     """Statistics of that normalisation: episodes (mean and variance as means of per-episode
     means, pytorch-maml-rl's convention) or steps (over a task's valid steps, every step alike:
@@ -306,6 +312,7 @@ def _validate(cfg: Config) -> None:
         "algo": ("maml", "pretrained", "oracle"),
         "sampler": ("auto", "native", "threads", "warp", "sync", "async", "procs", "ray"),
         "advantage_statistics": ("steps", "episodes"),
+        "advantage_scale": ("std", "variance"),
         "loss_weighting": ("steps", "episodes"),
         "kl_direction": ("old_new", "new_old"),
         "meta_gradient": ("maml", "lvc", "emaml", "dice"),

@@ -94,6 +94,18 @@ def mean_success(batches: Sequence[Batch]) -> np.ndarray | None:
     return torch.stack([rate.mean(dim=1) for rate in rates]).double().cpu().numpy()  # type: ignore[union-attr]
 
 
+ACTIONS = ("sampled", "mean")
+"""What an evaluation measures after each step: the policy's sampled actions (the paper's
+protocol, the episodes that also adapt) or its mean actions (the mode: Meta-World's test
+protocol, episodes rolled out beside the ones that adapt)."""
+
+
+def held_steps(num_steps: int, actions: str) -> int:
+    """The inner steps whose batches an evaluation holds at once, for the memory check: S + 1
+    batches for sampled actions, 2S + 2 (S' = 2S + 1) for mean ones."""
+    return 2 * num_steps + 1 if actions == "mean" else num_steps
+
+
 def adaptation_batches(
     sampler: TrajectorySampler,
     theta: Params,
@@ -101,10 +113,22 @@ def adaptation_batches(
     step_sizes: Sequence[StepSize],
     seeds: Sequence[int],
     cfg: Config,
+    actions: str = "sampled",
 ) -> list[Batch]:
-    """The batches sampled after 0..S inner steps (`maml.collect`), each [T, N, K, ...]."""
-    data, _ = collect(sampler, theta, tasks, step_sizes, seeds, cfg)
-    return [batch for batch, _ in data.inner] + [data.post]
+    """The batches measured after 0..S inner steps, each [T, N, K, ...].
+
+    sampled: the batches `maml.collect` samples and adapts on. mean: adaptation is the same
+    (on sampled actions), and after each step i the parameters (theta, then phi_i) are also
+    rolled out with their mean actions from the same environment seeds (seeds[i])."""
+    if actions not in ACTIONS:
+        raise ConfigError(f"--actions must be one of {list(ACTIONS)}, got {actions!r}")
+    data, adapted = collect(sampler, theta, tasks, step_sizes, seeds, cfg)
+    if actions == "sampled":
+        return [batch for batch, _ in data.inner] + [data.post]
+    return [
+        sampler.sample(params, tasks, seed=seeds[i], per_task=i > 0, deterministic=True)
+        for i, params in enumerate([theta, *adapted])
+    ]
 
 
 @dataclass(frozen=True)
@@ -222,8 +246,11 @@ def check_request(
     step_sizes: Sequence[float] = (),
     baselines: Sequence[str] = (),
     device: str | None = None,
+    actions: str = "sampled",
 ) -> LoadedRun:
     """The MAML run to evaluate, after checking the request (one-line errors, nothing run)."""
+    if actions not in ACTIONS:
+        raise ConfigError(f"--actions must be one of {list(ACTIONS)}, got {actions!r}")
     for name in baselines:
         if name not in BASELINES:
             raise ConfigError(f"unknown baseline '{name}'; choose from {', '.join(BASELINES)}")
@@ -237,7 +264,8 @@ def check_request(
             f"{run.run_dir} is an algo={run.cfg.algo} run; evaluate a MAML run and pass this "
             f"one as --{run.cfg.algo} DIR"
         )
-    check_memory(run.cfg, num_tasks, num_steps)  # this evaluation's sizes, before any list
+    # this evaluation's sizes, before any list (mean actions hold a second batch per step)
+    check_memory(run.cfg, num_tasks, held_steps(num_steps, actions))
     step_size_schedule(run.cfg.fast_lr, num_steps, step_sizes, run.cfg.num_steps)
     return run
 
@@ -273,9 +301,11 @@ def method_batches(
     seeds: Sequence[int],
     init_seed: int,
     first_task: int = 0,
+    actions: str = "sampled",
 ) -> list[Batch]:
     """The batches after 0..S steps of a policy built from `cfg` with parameters `theta`
-    (None: its fresh initialisation from `init_seed`), K = num_trajectories per task.
+    (None: its fresh initialisation from `init_seed`), K = num_trajectories per task, of its
+    sampled or mean `actions` (`adaptation_batches`).
 
     first_task: the index of tasks[0] among the held-out tasks, so that a slice of them
     samples exactly the trajectories it gets within the whole set (`Sampler.sample`)."""
@@ -284,7 +314,7 @@ def method_batches(
         replace(cfg, fast_batch_size=num_trajectories),
         generator,
         num_tasks=len(tasks),
-        num_steps=len(step_sizes),
+        num_steps=held_steps(len(step_sizes), actions),
     )
     if theta is None:
         theta = parameters_of(policy)
@@ -296,7 +326,9 @@ def method_batches(
     steps = [a if isinstance(a, float | int) else to_sampler(a) for a in step_sizes]
     offset = _Offset(sampler, first_task) if first_task else sampler
     try:
-        return adaptation_batches(offset, to_sampler(theta), tasks, steps, seeds, evaluation)
+        return adaptation_batches(
+            offset, to_sampler(theta), tasks, steps, seeds, evaluation, actions
+        )
     finally:
         sampler.close()
 
@@ -309,9 +341,17 @@ class _Offset:
         self.policy, self.device, self.dtype = sampler.policy, sampler.device, sampler.dtype
 
     def sample(
-        self, params: Params, tasks: Sequence[Task], seed: int, per_task: bool, first_task: int = 0
+        self,
+        params: Params,
+        tasks: Sequence[Task],
+        seed: int,
+        per_task: bool,
+        first_task: int = 0,
+        deterministic: bool = False,
     ) -> Batch:
-        return self._sampler.sample(params, tasks, seed, per_task, self._first + first_task)
+        return self._sampler.sample(
+            params, tasks, seed, per_task, self._first + first_task, deterministic
+        )
 
     def close(self) -> None:
         self._sampler.close()
@@ -349,6 +389,8 @@ class Evaluation:
     env_kwargs: dict[str, object] = field(default_factory=dict)
     """The family's keyword arguments (bounds, horizon, ...): with `env`, the eval seed and the
     numbers of tasks, steps and trajectories, what defines the held-out tasks."""
+    actions: str = "sampled"
+    """What was measured after each step: the sampled actions or the mean ones (ACTIONS)."""
 
     @property
     def protocol(self) -> dict[str, object]:
@@ -365,6 +407,7 @@ class Evaluation:
             "num_steps": int(shape[0]) - 1,
             "num_tasks": int(shape[1]),
             "env_kwargs": json.loads(json.dumps(self.env_kwargs)),  # as evaluation.json reads
+            "actions": self.actions,
         }
 
     @property
@@ -398,16 +441,20 @@ def evaluate_run(
     step_sizes: Sequence[float] = (),
     eval_seed: int | None = None,
     device: str | None = None,
+    actions: str = "sampled",
 ) -> Evaluation:
     """Adaptation curves of the MAML run in `run_dir` and of the requested baselines.
 
     baselines: name -> run directory ('pretrained', 'oracle') or None ('random').
     device: where every method's policy runs (default: the device each trained on).
+    actions: measure the sampled actions or the mean ones after each step (ACTIONS).
     Held-out tasks and the S + 1 sampling seeds come from the evaluation stream of
     `eval_seed` (default: the run's seed); every method sees the same tasks and seeds.
     """
     baselines = dict(baselines or {})
-    run = check_request(run_dir, num_steps, num_tasks, which, step_sizes, list(baselines), device)
+    run = check_request(
+        run_dir, num_steps, num_tasks, which, step_sizes, list(baselines), device, actions
+    )
     cfg = run.cfg
     for name, path in baselines.items():
         if name != "random" and path is None:
@@ -431,7 +478,9 @@ def evaluate_run(
     def curve(
         name: str, method_cfg: Config, theta: Params | None, steps: Sequence[StepSize]
     ) -> None:
-        batches = method_batches(method_cfg, theta, k, cfg, tasks, steps, seeds, seed)
+        batches = method_batches(
+            method_cfg, theta, k, cfg, tasks, steps, seeds, seed, actions=actions
+        )
         returns[name], rates = mean_returns(batches), mean_success(batches)
         ran_on[name] = f"{method_cfg.device}/{method_cfg.dtype}"
         if rates is not None:
@@ -455,7 +504,7 @@ def evaluate_run(
     trained.update({name: baseline.iteration + 1 for name, baseline in loaded.items()})
     return Evaluation(
         cfg.env, returns, tuple(schedule), learned, seed, k, checkpoint, success, ran_on, trained,
-        dict(cfg.env_kwargs),
+        dict(cfg.env_kwargs), actions,
     )  # fmt: skip
 
 
@@ -586,6 +635,17 @@ def hold_eval_dir(out_dir: str | Path, wait_s: float = 0.0) -> Iterator[None]:
             shutil.rmtree(out_dir, ignore_errors=True)
 
 
+KNOWN_DEFAULTS: dict[str, object] = {"actions": "sampled"}
+"""Protocol keys recorded later whose value before then is known: every evaluation measured
+sampled actions until mean ones could be asked for."""
+
+
+def with_known_defaults(record: dict) -> dict:
+    """The protocol record with KNOWN_DEFAULTS filled in where an older evaluation lacks them
+    (so that a mean-action evaluation is never merged with, or compared to, a sampled one)."""
+    return {**KNOWN_DEFAULTS, **record}
+
+
 def protocol_difference(a: dict, b: dict, ignore: Iterable[str] = ()) -> str | None:
     """The first protocol key on which `a` and `b` differ, or None. A key that one of them
     lacks (an evaluation saved before the key was recorded) is unknown, not a difference: an
@@ -611,6 +671,7 @@ def _earlier(evaluation: Evaluation, out_dir: Path) -> Evaluation | None:
         raise ArtifactError(f"{previous} is not an evaluation record; {remedy}")
     earlier_ran_on = record.pop(RAN_ON, {}) if record is not None else {}
     earlier_trained = record.pop(TRAINED, {}) if record is not None else {}
+    record = with_known_defaults(record) if record is not None else None
     if not same_protocol(record, evaluation.protocol):
         return None
     shape = (int(evaluation.protocol["num_steps"]) + 1, int(evaluation.protocol["num_tasks"]))

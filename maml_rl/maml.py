@@ -103,7 +103,7 @@ class TaskData:
 
 def batch_advantages(batch: Batch, cfg: Config) -> Tensor:
     """Advantages of a batch: discounted returns, per-task linear baseline, GAE, normalisation
-    (its statistics weighted by `cfg.advantage_statistics`)."""
+    (its statistics weighted by `cfg.advantage_statistics`, divided by `cfg.advantage_scale`)."""
     return compute_advantages(
         batch.observations,
         batch.rewards,
@@ -112,6 +112,7 @@ def batch_advantages(batch: Batch, cfg: Config) -> Tensor:
         cfg.gae_lambda,
         normalize=cfg.normalize_advantages,
         statistics_weights=loss_weights(batch.mask, cfg.advantage_statistics),
+        scale=cfg.advantage_scale,
     )
 
 

@@ -98,9 +98,10 @@ class SamplerActor:
         seed: int,
         per_task: bool,
         first_task: int,
+        deterministic: bool = False,
     ) -> dict[str, np.ndarray]:
         torch_params = {n: torch.from_numpy(np.array(p)) for n, p in params.items()}  # copies
-        batch = self.sampler.sample(torch_params, tasks, seed, per_task, first_task)
+        batch = self.sampler.sample(torch_params, tasks, seed, per_task, first_task, deterministic)
         values = {f.name: getattr(batch, f.name) for f in fields(batch)}
         return {name: value.numpy() for name, value in values.items() if value is not None}
 
@@ -220,6 +221,7 @@ class RaySampler:
         seed: int,
         per_task: bool,
         first_task: int = 0,
+        deterministic: bool = False,
     ) -> Batch:
         """As `Sampler.sample`: a Batch [T, N, K, ...] on the sampler's device."""
         ray = _ray()
@@ -237,7 +239,13 @@ class RaySampler:
             if shared is None:
                 self.traffic.sent += _nbytes(part)
             return self._submit(
-                actor, part, list(tasks[start:stop]), seed, per_task, first_task + start
+                actor,
+                part,
+                list(tasks[start:stop]),
+                seed,
+                per_task,
+                first_task + start,
+                deterministic,
             )
 
         pending = {submit(self.actors[i], i): i for i in range(len(slices))}
@@ -291,9 +299,10 @@ class RaySampler:
         seed: int,
         per_task: bool,
         first_task: int,
+        deterministic: bool = False,
     ) -> Any:
         """Start one actor's share of a phase; returns the object ref of its batch."""
-        return actor.sample.remote(params, tasks, seed, per_task, first_task)
+        return actor.sample.remote(params, tasks, seed, per_task, first_task, deterministic)
 
     def _replace_dead(self, index: int) -> Any:
         """Replace actor `index` by a fresh one and return it to retry on: the other actors may

@@ -174,13 +174,18 @@ def masked_mean(x: Tensor, mask: Tensor, dim: Dims = None, keepdim: bool = False
 
 
 def masked_normalize(
-    x: Tensor, mask: Tensor, dim: int | tuple[int, ...], eps: float = 1e-8
+    x: Tensor,
+    mask: Tensor,
+    dim: int | tuple[int, ...],
+    eps: float = 1e-8,
+    scale: str = "std",
 ) -> Tensor:
     """Standardises ``x`` with masked statistics over ``dim``.
 
     μ = masked_mean(x, m, dim)
     σ = sqrt(masked_mean((x − μ)², m, dim))   (population std)
-    y = m ≠ 0 ? (x − μ) / (σ + eps) : 0
+    y = m ≠ 0 ? (x − μ) / (σ + eps) : 0       (scale "std")
+    y = m ≠ 0 ? (x − μ) / (σ² + eps) : 0      (scale "variance": Meta-World+'s convention)
 
     Used to normalise advantages ``[T, N, K]`` per task with ``dim=(0, 2)``.
 
@@ -188,7 +193,8 @@ def masked_normalize(
         x: tensor of any shape.
         mask: weights broadcastable to ``x`` (1.0 valid, 0.0 ignored).
         dim: dim or dims over which the statistics are taken.
-        eps: added to σ to avoid division by zero.
+        eps: added to σ (or σ²) to avoid division by zero.
+        scale: ``std`` or ``variance``, what the centred values are divided by.
 
     Returns:
         tensor with the shape of ``x`` broadcast with ``mask``; 0 at masked entries.
@@ -197,6 +203,10 @@ def masked_normalize(
     mean = masked_mean(x_b, m_b, dim=dim, keepdim=True)
     centred = _zero_masked(x_b - mean, m_b)
     var = masked_mean(centred.square(), m_b, dim=dim, keepdim=True)
+    if scale == "variance":
+        return _zero_masked(centred / (var + eps), m_b)
+    if scale != "std":
+        raise ValueError(f"unknown scale {scale!r}; choose std or variance")
     # sqrt has an infinite derivative at 0; keep the gradient finite for constant groups.
     positive = var > 0
     std = torch.where(positive, torch.sqrt(torch.where(positive, var, torch.ones_like(var))), 0.0)

@@ -60,6 +60,7 @@ class TrajectorySampler(Protocol):
         seed: int,
         per_task: bool,
         first_task: int = 0,
+        deterministic: bool = False,
     ) -> Batch: ...
 
     def close(self) -> None: ...
@@ -125,6 +126,7 @@ class Sampler:
         seed: int,
         per_task: bool,
         first_task: int = 0,
+        deterministic: bool = False,
     ) -> Batch:
         """Run K episodes for each task; returns a Batch [T, N, K, ...] on the policy device.
 
@@ -134,13 +136,21 @@ class Sampler:
         k of task n runs in an environment reset with seed + (first_task + n)·K + k and draws
         its action noise from task first_task + n's stream (`policy.action_noise`), so a task
         yields the same trajectories whichever sampler runs it. Steps after an episode ended
-        hold zeros (mask 0); T is the longest episode.
+        hold zeros (mask 0); T is the longest episode. deterministic: every action is the
+        distribution's mode (`policy.sample` with zero noise: the Gaussian's mean, the
+        categorical's most likely action), as test-time protocols such as Meta-World's measure.
         """
         with torch_threads(self.policy_threads):
-            return self._sample(params, tasks, seed, per_task, first_task)
+            return self._sample(params, tasks, seed, per_task, first_task, deterministic)
 
     def _sample(
-        self, params: Params, tasks: Sequence[Task], seed: int, per_task: bool, first_task: int
+        self,
+        params: Params,
+        tasks: Sequence[Task],
+        seed: int,
+        per_task: bool,
+        first_task: int,
+        deterministic: bool,
     ) -> Batch:
         num_tasks, k = len(tasks), self.trajectories_per_task
         num_envs = num_tasks * k
@@ -150,9 +160,12 @@ class Sampler:
         act_shape = () if discrete else env.action_space.shape
         noise_dims = (int(env.action_space.n),) if discrete else act_shape
         dist_type = Categorical if discrete else Normal
-        noise = action_noise(
-            dist_type, (horizon, k, *noise_dims), seed, first_task, num_tasks, self.dtype
-        ).to(self.device)
+        noise_shape = (horizon, k, *noise_dims)
+        if deterministic:
+            noise = torch.zeros((horizon, num_tasks, *noise_shape[1:]), dtype=self.dtype)
+        else:
+            noise = action_noise(dist_type, noise_shape, seed, first_task, num_tasks, self.dtype)
+        noise = noise.to(self.device)
 
         def failed(error: Exception, t: int) -> TaskFamilyError:
             where = f"task family {self.family!r}"

@@ -206,6 +206,7 @@ def test_optional_float_accepts_null() -> None:
         ("hvp_fd_eps", 0.0),
         ("hvp", "pearlmutter"),
         ("learn_step_size", "per_layer"),
+        ("advantage_scale", "mad"),
         ("min_std", 0.0),
         ("min_std", 2.0),  # above init_std
         ("nonlinearity", "sigmoid"),
@@ -232,6 +233,7 @@ def test_out_of_range_value_raises_naming_key(key: str, value: Any) -> None:
         ("device", "cuda:1"),
         ("dtype", "float64"),
         ("hvp", "exact"),
+        ("advantage_scale", "variance"),
         ("learn_step_size", "per_parameter"),
         ("learn_step_size", "per_step"),
         ("min_std", 1.0),  # = init_std
@@ -432,6 +434,7 @@ def test_save_load_round_trip_non_defaults(tmp_path: Path) -> None:
             "gamma": 0.95,
             "gae_lambda": 0.9,
             "advantage_statistics": "steps",
+            "advantage_scale": "variance",
             "loss_weighting": "steps",
             "kl_direction": "old_new",
             "torch_threads": 3,

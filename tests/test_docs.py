@@ -167,8 +167,11 @@ def tiny(argv: list[str]) -> list[str]:
 
 def copy_committed_runs(argv: list[str], folder: Path) -> None:
     for arg in argv:
-        if arg.startswith("experiments/results/") and (ROOT / arg).is_dir():
-            if not (folder / arg).exists():
+        if arg.startswith("experiments/results/") and (ROOT / arg).exists():
+            if (ROOT / arg).is_file():  # a committed run's config.yaml
+                (folder / arg).parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(ROOT / arg, folder / arg)
+            elif not (folder / arg).exists():
                 shutil.copytree(ROOT / arg, folder / arg)
 
 

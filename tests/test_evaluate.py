@@ -108,6 +108,60 @@ def test_adaptation_returns_shape_and_step_zero_is_a_plain_sample() -> None:
     sampler.close()
 
 
+def test_mean_actions_adapt_on_the_sampled_episodes_and_measure_the_mean_policy() -> None:
+    from maml_rl.evaluate import adaptation_batches
+    from maml_rl.maml import collect
+
+    cfg = tiny_config()
+    family, policy, sampler = build(cfg, torch.Generator().manual_seed(0))
+    theta = parameters_of(policy)
+    tasks = family.sample_tasks(3, np.random.default_rng(0))
+    seeds, steps = [11, 12, 13], [0.1, 0.05]
+    batches = adaptation_batches(sampler, theta, tasks, steps, seeds, cfg, actions="mean")
+    _, adapted = collect(sampler, theta, tasks, steps, seeds, cfg)  # what adaptation made
+    expected = [
+        sampler.sample(p, tasks, seed=seeds[i], per_task=i > 0, deterministic=True)
+        for i, p in enumerate([theta, *adapted])
+    ]
+    assert len(batches) == 3
+    for got, want in zip(batches, expected, strict=True):
+        assert torch.equal(got.actions, want.actions)
+        assert torch.equal(got.rewards, want.rewards)
+    sampled = adaptation_batches(sampler, theta, tasks, steps, seeds, cfg)
+    assert not torch.equal(sampled[1].actions, batches[1].actions)
+    with pytest.raises(ConfigError, match="--actions must be one of"):
+        adaptation_batches(sampler, theta, tasks, steps, seeds, cfg, actions="greedy")
+    sampler.close()
+
+
+def test_mean_and_sampled_evaluations_are_never_merged_or_compared(tmp_path: Path) -> None:
+    from maml_rl.api import evaluate
+    from maml_rl.compare import check_comparable, load_evaluation
+    from maml_rl.evaluate import read_task_returns
+
+    run = fake_run(tmp_path / "run")
+    other = fake_run(tmp_path / "other")
+    first = evaluate(run, num_steps=1, num_tasks=3, baselines=["random"], progress=False)
+    assert first.actions == "sampled"
+    record = json.loads((run / "eval" / "evaluation.json").read_text())
+    del record["actions"]  # as an evaluation saved before the key was recorded
+    (run / "eval" / "evaluation.json").write_text(json.dumps(record))
+    mean = evaluate(run, num_steps=1, num_tasks=3, actions="mean", progress=False)
+    assert json.loads((run / "eval" / "evaluation.json").read_text())["actions"] == "mean"
+    # the older (sampled) evaluation is set aside, not merged: random is not kept beside it
+    assert set(read_task_returns(run / "eval" / "adaptation_tasks.csv")) == {"maml"}
+    assert set(read_task_returns(run / "eval" / "replaced" / "1" / "adaptation_tasks.csv")) == {
+        "maml",
+        "random",
+    }
+    assert not np.array_equal(mean.returns["maml"], first.returns["maml"])
+    evaluate(other, num_steps=1, num_tasks=3, progress=False)
+    with pytest.raises(CheckpointError, match="different actions"):
+        check_comparable(load_evaluation(run), load_evaluation(other))
+    with pytest.raises(ConfigError, match="--actions must be one of"):
+        evaluate(run, num_steps=1, num_tasks=3, actions="mode", progress=False)
+
+
 def test_every_method_sees_the_same_tasks_and_seeds_and_the_oracle_is_not_adapted(
     tmp_path: Path,
 ) -> None:

@@ -314,3 +314,24 @@ def test_finite_difference_hvp_in_float32_at_production_size() -> None:
         expected = gauss_newton(v)
         error = ((fd(v) - expected).norm() / expected.norm()).item()
         assert error < 1e-3, error  # measured 4e-5 to 5e-5
+
+
+@pytest.mark.parametrize("statistics", ["steps", "episodes"])
+def test_advantages_divided_by_the_variance_are_the_unit_variance_ones_over_sigma(
+    statistics: str,
+) -> None:
+    from maml_rl.maml import batch_advantages
+    from maml_rl.returns import loss_weights
+
+    batch, _ = make_batch(3, horizon=8)
+    cfg = Config(advantage_statistics=statistics)
+    unit = batch_advantages(batch, cfg)
+    raw = batch_advantages(batch, dataclasses.replace(cfg, normalize_advantages=False))
+    u = loss_weights(batch.mask, statistics)
+    centred = raw - masked_mean(raw, u, dim=(0, 2), keepdim=True)
+    sigma = masked_mean(centred.square(), u, dim=(0, 2), keepdim=True).sqrt()
+    by_variance = batch_advantages(batch, dataclasses.replace(cfg, advantage_scale="variance"))
+    # (A - mu) / (sigma^2 + eps) = [(A - mu) / (sigma + eps)] * (sigma + eps) / (sigma^2 + eps)
+    expected = unit * (sigma + 1e-8) / (sigma.square() + 1e-8) * batch.mask
+    torch.testing.assert_close(by_variance, expected, rtol=1e-10, atol=1e-12)
+    assert not torch.allclose(by_variance, unit)

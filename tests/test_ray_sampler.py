@@ -79,6 +79,9 @@ def test_same_seed_same_batches_as_the_local_sampler(name: str) -> None:
         # shared theta goes out once; per-task phi in slices: together one copy of phi
         phi_bytes = sum(p.numpy().nbytes for p in per_task_params(theta, len(tasks)).values())
         assert remote.traffic.sent == phi_bytes
+        mean = local.sample(theta, tasks, seed=7, per_task=False, deterministic=True)
+        assert_same(remote.sample(theta, tasks, seed=7, per_task=False, deterministic=True), mean)
+        assert not torch.equal(mean.actions, local.sample(theta, tasks, 7, False).actions)
     finally:
         remote.close()
         local.close()

@@ -226,6 +226,31 @@ def test_masked_normalize_per_task_stats() -> None:
         np.testing.assert_allclose(y[:, i, :].numpy()[valid], want, atol=1e-12)
 
 
+def test_masked_normalize_by_the_variance_matches_numpy_per_task() -> None:
+    gen = torch.Generator().manual_seed(8)
+    steps, n, k = 9, 3, 4
+    x = -5.0 + 7.0 * torch.randn(steps, n, k, generator=gen, dtype=F64)
+    mask = random_mask(gen, steps, n, k)
+    y = masked_normalize(x, mask, dim=(0, 2), scale="variance")
+    assert (y[mask == 0] == 0).all()
+    for i in range(n):  # metaworld-algorithms: (A - mean) / (var + 1e-8), population variance
+        valid = mask[:, i, :].numpy() > 0
+        xi = x[:, i, :].numpy()[valid]
+        want = (xi - xi.mean()) / (xi.var() + 1e-8)
+        np.testing.assert_allclose(y[:, i, :].numpy()[valid], want, atol=1e-12)
+    # the std-normalised values divided once more by sigma
+    sigma = masked_mean((x - masked_mean(x, mask, (0, 2), keepdim=True)).square(), mask, (0, 2))
+    by_std = masked_normalize(x, mask, dim=(0, 2), eps=0.0)
+    torch.testing.assert_close(
+        masked_normalize(x, mask, dim=(0, 2), eps=0.0, scale="variance"),
+        by_std / sigma.sqrt()[None, :, None] * mask,
+        rtol=1e-12,
+        atol=1e-12,
+    )
+    with pytest.raises(ValueError, match="unknown scale"):
+        masked_normalize(x, mask, dim=0, scale="mad")
+
+
 def test_masked_normalize_constant_and_empty_groups_are_finite() -> None:
     x = t64([[2.0, 1.0], [2.0, 5.0], [2.0, 9.0]]).requires_grad_(True)
     mask = t64([[1.0, 0.0], [1.0, 0.0], [1.0, 0.0]])

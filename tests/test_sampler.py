@@ -288,6 +288,30 @@ def test_per_task_with_identical_parameters_matches_shared() -> None:
         )
 
 
+@pytest.mark.parametrize("per_task", [False, True])
+def test_deterministic_actions_are_the_policy_mean_at_every_step(per_task: bool) -> None:
+    family = Navigation2D(max_episode_steps=20)
+    policy, theta = make_policy(3, init_std=0.7)
+    tasks = family.sample_tasks(2, np.random.default_rng(4))
+    params = stack([theta, theta]) if per_task else theta
+    sampler = make_sampler(family, policy, k=3)
+    batch = sampler.sample(params, tasks, seed=5, per_task=per_task, deterministic=True)
+    mean = policy(batch.observations).mean  # theta's mean at the visited observations
+    valid = batch.mask > 0
+    torch.testing.assert_close(batch.actions[valid], mean[valid], rtol=0, atol=1e-12)
+    # one fixed start per task: its K mean-action episodes are one and the same
+    assert torch.equal(batch.observations[:, :, 0], batch.observations[:, :, 2])
+    sampled = sampler.sample(params, tasks, seed=5, per_task=per_task)
+    assert not torch.allclose(sampled.actions, batch.actions)
+
+
+def test_deterministic_categorical_actions_are_the_most_likely_ones() -> None:
+    from maml_rl.policy import Categorical, sample
+
+    logits = torch.tensor([[0.1, 2.0, -1.0], [3.0, 0.0, 2.9]])
+    assert sample(Categorical(logits), torch.zeros_like(logits)).tolist() == [1, 0]
+
+
 # ----------------------------------------------------------------------------- generic path
 
 
