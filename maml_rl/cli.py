@@ -290,6 +290,7 @@ def cmd_render(args: argparse.Namespace) -> int:
         args.eval_seed,
         args.eval_tasks,
         device=args.device,
+        actions=args.actions,
     )
     out = Path(args.out) if args.out else (
         Path(args.run_dir) / "render" / f"tasks{first}-{first + count - 1}"
@@ -488,6 +489,12 @@ def parser() -> argparse.ArgumentParser:
         "--eval-tasks", type=int, default=40, metavar="N", help="held-out set size (evaluate's)"
     )
     show.add_argument("--device", help="cpu or cuda (default: where the run trained)")
+    show.add_argument(
+        "--actions",
+        choices=("sampled", "mean"),
+        default="sampled",
+        help="show the sampled episodes (default) or the mean-action ones, as in evaluate",
+    )
     show.set_defaults(func=cmd_render)
 
     check = commands.add_parser(

@@ -38,6 +38,7 @@ from maml_rl.config import ConfigError
 from maml_rl.errors import TaskFamilyError
 from maml_rl.evaluate import (
     held_out,
+    held_steps,
     load_run,
     maml_step_sizes,
     method_batches,
@@ -76,11 +77,13 @@ def adaptation_clips(
     eval_seed: int | None = None,
     num_eval_tasks: int = 40,
     device: str | None = None,
+    actions: str = "sampled",
 ) -> Clips:
     """Sample held-out tasks first_task .. first_task + num_tasks - 1 (of `num_eval_tasks`, as
     `evaluate` draws them) with the run's policy, adapted as `evaluate` adapts it; keep the
     batches after each number of steps in `steps`. device: where the policy runs (default:
-    the device the run trained on)."""
+    the device the run trained on); actions: show the sampled episodes or the mean-action ones
+    (`evaluate --actions`)."""
     steps = tuple(sorted(set(int(s) for s in steps)))
     if not steps or steps[0] < 0 or steps[-1] > MAX_RENDER_STEPS:
         raise ConfigError(
@@ -99,7 +102,7 @@ def adaptation_clips(
     family = make_family(cfg.env, cfg.env_kwargs)
     _refuse_undrawable(family)  # before sampling, which takes seconds
     num_steps = steps[-1]
-    check_memory(cfg, num_tasks, num_steps, family)  # before drawing num_steps seeds
+    check_memory(cfg, num_tasks, held_steps(num_steps, actions), family)  # before the seeds
     chosen = held_out(cfg, num_eval_tasks, num_steps, eval_seed)
     schedule = step_size_schedule(cfg.fast_lr, num_steps)
     tasks = chosen.tasks[first_task : first_task + num_tasks]
@@ -113,6 +116,7 @@ def adaptation_clips(
         chosen.seeds,
         chosen.eval_seed,
         first_task=first_task,
+        actions=actions,
     )
     return Clips(
         family=family,

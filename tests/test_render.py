@@ -55,6 +55,22 @@ def test_render_shows_exactly_the_trajectories_evaluate_samples(tmp_path: Path) 
     assert image.shape[0] > 300 and image.shape[1] > 400 and image.std() > 0
 
 
+def test_render_with_mean_actions_shows_evaluates_mean_action_episodes(tmp_path: Path) -> None:
+    run_dir = trained(tmp_path, "navigation", "env_kwargs={max_episode_steps: 12}")
+    clips = adaptation_clips(
+        run_dir, steps=(0, 1), first_task=1, num_tasks=1, num_eval_tasks=3, actions="mean"
+    )
+    run = load_run(run_dir)
+    chosen = held_out(run.cfg, 3, 1, None)
+    steps = maml_step_sizes(run, step_size_schedule(run.cfg.fast_lr, 1))
+    full = method_batches(run.cfg, run.theta, 3, run.cfg, chosen.tasks, steps, chosen.seeds,
+                          chosen.eval_seed, actions="mean")  # fmt: skip
+    for shown, whole in zip(clips.batches, full, strict=True):
+        torch.testing.assert_close(shown.actions, whole.actions[:, 1:2])
+        # the K mean-action episodes from navigation's fixed start are one and the same
+        assert torch.equal(shown.actions[:, :, 0], shown.actions[:, :, 2])
+
+
 def test_mujoco_clips_replay_the_sampled_trajectory_and_are_filmed(tmp_path: Path) -> None:
     run_dir = trained(tmp_path, "halfcheetah-vel", "env_kwargs={max_episode_steps: 6}")
     clips = adaptation_clips(run_dir, steps=(0, 1), num_tasks=1, num_eval_tasks=2)
