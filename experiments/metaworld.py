@@ -32,6 +32,7 @@ from pathlib import Path
 import maml_rl
 from maml_rl.checkpoint import CheckpointError
 from maml_rl.config import ConfigError
+from maml_rl.errors import ResourceError
 from maml_rl.evaluate import SummaryRow, read_task_returns, summarize
 from maml_rl.logger import read_metrics
 from maml_rl.results import paired_rows, run_cost
@@ -238,7 +239,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     if args.stage == "all":
                         evaluate(name, run_dir)
         print(f"wrote {write_table(args.out)}")
-    except (ConfigError, CheckpointError) as error:
+    except (ConfigError, CheckpointError, ResourceError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     return 0

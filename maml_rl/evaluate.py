@@ -100,12 +100,6 @@ protocol, the episodes that also adapt) or its mean actions (the mode: Meta-Worl
 protocol, episodes rolled out beside the ones that adapt)."""
 
 
-def held_steps(num_steps: int, actions: str) -> int:
-    """The inner steps whose batches an evaluation holds at once, for the memory check: S + 1
-    batches for sampled actions, 2S + 2 (S' = 2S + 1) for mean ones."""
-    return 2 * num_steps + 1 if actions == "mean" else num_steps
-
-
 def adaptation_batches(
     sampler: TrajectorySampler,
     theta: Params,
@@ -264,8 +258,9 @@ def check_request(
             f"{run.run_dir} is an algo={run.cfg.algo} run; evaluate a MAML run and pass this "
             f"one as --{run.cfg.algo} DIR"
         )
-    # this evaluation's sizes, before any list (mean actions hold a second batch per step)
-    check_memory(run.cfg, num_tasks, held_steps(num_steps, actions))
+    # this evaluation's sizes, before any list; mean actions add S + 1 batches of data only,
+    # small against the activations the estimate counts for the S + 1 sampled ones
+    check_memory(run.cfg, num_tasks, num_steps)
     step_size_schedule(run.cfg.fast_lr, num_steps, step_sizes, run.cfg.num_steps)
     return run
 
@@ -314,7 +309,7 @@ def method_batches(
         replace(cfg, fast_batch_size=num_trajectories),
         generator,
         num_tasks=len(tasks),
-        num_steps=held_steps(len(step_sizes), actions),
+        num_steps=len(step_sizes),
     )
     if theta is None:
         theta = parameters_of(policy)

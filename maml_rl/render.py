@@ -38,7 +38,6 @@ from maml_rl.config import ConfigError
 from maml_rl.errors import TaskFamilyError
 from maml_rl.evaluate import (
     held_out,
-    held_steps,
     load_run,
     maml_step_sizes,
     method_batches,
@@ -102,7 +101,7 @@ def adaptation_clips(
     family = make_family(cfg.env, cfg.env_kwargs)
     _refuse_undrawable(family)  # before sampling, which takes seconds
     num_steps = steps[-1]
-    check_memory(cfg, num_tasks, held_steps(num_steps, actions), family)  # before the seeds
+    check_memory(cfg, num_tasks, num_steps, family)  # before drawing num_steps seeds
     chosen = held_out(cfg, num_eval_tasks, num_steps, eval_seed)
     schedule = step_size_schedule(cfg.fast_lr, num_steps)
     tasks = chosen.tasks[first_task : first_task + num_tasks]
