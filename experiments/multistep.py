@@ -35,10 +35,9 @@ from experiments.reproduce import (
     ReproduceError,
     iterations_done,
     run_jobs,
+    run_script,
     train_job,
 )
-from maml_rl.checkpoint import CheckpointError
-from maml_rl.config import ConfigError
 from maml_rl.evaluate import SummaryRow, read_task_returns
 from maml_rl.plot import plot_adaptation
 from maml_rl.results import format_cell, median_rows, paired_rows, pooled_rows, run_cost
@@ -279,17 +278,13 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    try:
+
+    def work() -> Path:
         if args.stage == "all":
             run_jobs(plan_jobs(args), args.jobs, args.out / "logs")
-        print(f"wrote {write_table(args.out, args.reference)}")
-    except (ReproduceError, CheckpointError, ConfigError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print("interrupted: run the same command again to resume", file=sys.stderr)
-        return 130
-    return 0
+        return write_table(args.out, args.reference)
+
+    return run_script(work)
 
 
 if __name__ == "__main__":

@@ -26,7 +26,7 @@ import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -347,19 +347,30 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     return args
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    args = parse_args(argv)
+def run_script(work: Callable[[], Path]) -> int:
+    """The exit status of an experiment script whose `work` runs its steps and returns the
+    table it wrote: 0 (and "wrote PATH"), 1 with a one-line error when a step failed or a run
+    or file is wrong, 130 when interrupted (the same command resumes)."""
     try:
-        if args.stage == "all":
-            run_jobs(plan_jobs(args), args.jobs, args.out / "logs")
-        print(f"wrote {write_tables(args.out)}")
-    except (ReproduceError, CheckpointError, ConfigError) as error:  # a run or file is wrong
+        print(f"wrote {work()}")
+    except (ReproduceError, CheckpointError, ConfigError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("interrupted: run the same command again to resume", file=sys.stderr)
         return 130
     return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+
+    def work() -> Path:
+        if args.stage == "all":
+            run_jobs(plan_jobs(args), args.jobs, args.out / "logs")
+        return write_tables(args.out)
+
+    return run_script(work)
 
 
 if __name__ == "__main__":
