@@ -238,14 +238,16 @@ def cmd_compare(args: argparse.Namespace) -> int:
     from maml_rl.evaluate import format_table
 
     a, b = load_evaluation(args.run_a), load_evaluation(args.run_b)
-    rows_a, rows_b, diff = paired_difference(a, b, args.method, args.success)
+    rows_a, rows_b, diff = paired_difference(a, b, args.method, args.success, args.own_step_sizes)
     protocol = a.protocol
     print(
         f"{protocol.get('env')}: {diff[0].num_tasks} held-out tasks "
         f"(eval seed {protocol.get('eval_seed')}), paired per task"
     )
-    print(f"A = {a.run_dir} ({a.protocol.get('checkpoint')})")
-    print(f"B = {b.run_dir} ({b.protocol.get('checkpoint')})")
+    for name, run in (("A", a), ("B", b)):
+        sizes = run.protocol.get("step_sizes")
+        own = f", step sizes {sizes}" if args.own_step_sizes and sizes is not None else ""
+        print(f"{name} = {run.run_dir} ({run.protocol.get('checkpoint')}{own})")
     print(
         format_table([*rows_a, *rows_b, *diff], "success rate" if args.success else "mean return")
     )
@@ -444,11 +446,21 @@ def parser() -> argparse.ArgumentParser:
         "compare",
         help="paired difference of two evaluated runs on the same held-out tasks (A − B)",
     )
-    compare.add_argument("run_a", metavar="DIR_A", help="an evaluated run directory")
+    compare.add_argument(
+        "run_a",
+        metavar="DIR_A",
+        help="an evaluated run directory, or the folder an evaluation was written to (--out)",
+    )
     compare.add_argument("run_b", metavar="DIR_B", help="another, evaluated the same way")
     compare.add_argument("--method", default="maml", help="which method's returns (default maml)")
     compare.add_argument(
         "--success", action="store_true", help="compare success rates instead of returns"
+    )
+    compare.add_argument(
+        "--own-step-sizes",
+        action="store_true",
+        help="compare runs that adapted with different step sizes (multi-step or meta-learned "
+        "ones) on the same held-out tasks: the difference is then of the whole adaptations",
     )
     compare.set_defaults(func=cmd_compare)
 

@@ -45,13 +45,30 @@ class RunEvaluation:
     """Per-task success rates (families reporting success), else empty."""
 
 
+def evaluation_folder(path: Path) -> Path:
+    """Where the evaluation of `path` lies: `path` itself when it holds evaluation.json (an
+    `evaluate --out` folder), else the run directory's `eval/` (CheckpointError if neither)."""
+    if (path / PROTOCOL).is_file():
+        return path
+    if (path / "eval" / PROTOCOL).is_file():
+        return path / "eval"
+    raise CheckpointError(
+        f"{path} has no evaluation (no {PROTOCOL} in it or in its eval/); "
+        f"run `maml-rl evaluate RUN_DIR` and compare the run directories"
+    )
+
+
 def load_evaluation(run_dir: str | Path) -> RunEvaluation:
-    """DIR/eval/evaluation.json and DIR/eval/adaptation_tasks.csv (CheckpointError if absent)."""
+    """An evaluation's evaluation.json, adaptation_tasks.csv and, where the family reports
+    success, success_tasks.csv: from DIR/eval/ of a run directory, or from DIR itself (an
+    `evaluate --out` folder); CheckpointError if there is none."""
     run_dir = Path(run_dir)
-    protocol_path = run_dir / "eval" / PROTOCOL
-    if not protocol_path.is_file():
-        raise CheckpointError(f"{run_dir} has no evaluation; run `maml-rl evaluate {run_dir}`")
-    remedy = f"evaluate the run again: maml-rl evaluate {run_dir}"
+    folder = evaluation_folder(run_dir)
+    protocol_path = folder / PROTOCOL
+    if folder == run_dir:  # an `evaluate --out` folder: which run it evaluated is not known
+        remedy = f"evaluate the run again: maml-rl evaluate RUN_DIR --out {run_dir}"
+    else:
+        remedy = f"evaluate the run again: maml-rl evaluate {run_dir}"
     protocol = artifacts.read_json(protocol_path, remedy)
     if not isinstance(protocol, dict):
         raise ArtifactError(f"{protocol_path} is not an evaluation record; {remedy}")
@@ -60,11 +77,12 @@ def load_evaluation(run_dir: str | Path) -> RunEvaluation:
     if isinstance(protocol.get("num_steps"), int) and isinstance(protocol.get("num_tasks"), int):
         shape = (protocol["num_steps"] + 1, protocol["num_tasks"])
     if "env_kwargs" not in protocol:  # saved before it was recorded: the run's, if it says
-        protocol["env_kwargs"] = _run_env_kwargs(run_dir, protocol.get("env"))
+        saved = None if folder == run_dir else _run_env_kwargs(run_dir, protocol.get("env"))
+        protocol["env_kwargs"] = saved
         if protocol["env_kwargs"] is None:
             del protocol["env_kwargs"]  # unknown: compared on the other keys
-    returns = read_task_returns(run_dir / "eval" / "adaptation_tasks.csv", shape)
-    success_path = run_dir / "eval" / "success_tasks.csv"
+    returns = read_task_returns(folder / "adaptation_tasks.csv", shape)
+    success_path = folder / "success_tasks.csv"
     success = read_task_returns(success_path, shape) if success_path.is_file() else {}
     return RunEvaluation(run_dir, protocol, returns, success)
 
@@ -84,27 +102,36 @@ def _run_env_kwargs(run_dir: Path, env: object) -> dict | None:
     return json.loads(json.dumps(kwargs)) if isinstance(kwargs, dict) else None
 
 
-def check_comparable(a: RunEvaluation, b: RunEvaluation) -> None:
+def check_comparable(a: RunEvaluation, b: RunEvaluation, own_step_sizes: bool = False) -> None:
     """CheckpointError naming the first protocol key on which the two evaluations differ:
     their held-out tasks (family and its kwargs, eval seed, numbers of tasks, steps and
     trajectories) or step sizes. A key one of them lacks (saved before it was recorded) is
-    not compared."""
-    key = protocol_difference(a.protocol, b.protocol, RUN_SPECIFIC)
+    not compared. With `own_step_sizes` each run may have adapted with its own step sizes
+    (a multi-step or meta-learned one's): the tasks and environment seeds do not depend on
+    them, so the difference then compares the two adaptations as wholes."""
+    ignore = (*RUN_SPECIFIC, "step_sizes") if own_step_sizes else RUN_SPECIFIC
+    key = protocol_difference(a.protocol, b.protocol, ignore)
     if key is not None:
+        hint = "" if key != "step_sizes" else " (or compare with --own-step-sizes)"
         raise CheckpointError(
             f"{a.run_dir} and {b.run_dir} were evaluated with different {key} "
             f"({a.protocol[key]!r} vs {b.protocol[key]!r}), so on different held-out tasks "
             "or steps; evaluate both runs of one family with the same env_kwargs, --eval-seed, "
-            "--num-tasks, --num-steps, --step-sizes and --actions"
+            f"--num-tasks, --num-steps, --step-sizes and --actions{hint}"
         )
 
 
 def paired_difference(
-    a: RunEvaluation, b: RunEvaluation, method: str = "maml", success: bool = False
+    a: RunEvaluation,
+    b: RunEvaluation,
+    method: str = "maml",
+    success: bool = False,
+    own_step_sizes: bool = False,
 ) -> tuple[list[SummaryRow], list[SummaryRow], list[SummaryRow]]:
     """Summary rows of A's `method`, of B's, and of the paired per-task differences A − B,
-    of the returns or (`success`) of the success rates."""
-    check_comparable(a, b)
+    of the returns or (`success`) of the success rates (`own_step_sizes`: see
+    `check_comparable`)."""
+    check_comparable(a, b, own_step_sizes)
     what = "success rates" if success else "returns"
     for run in (a, b):
         values = run.success if success else run.returns

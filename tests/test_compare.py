@@ -57,6 +57,26 @@ def test_different_protocols_are_refused_naming_the_key(tmp_path: Path) -> None:
         paired_difference(a, a, success=True)
 
 
+def test_own_step_sizes_compare_adaptations_that_differ_only_in_their_step_sizes(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    ra, rb = np.full((3, 5), -10.0), np.full((3, 5), -12.0)
+    ra[:, 0], rb[:, 0] = -9.0, -11.0
+    a = _evaluated(tmp_path / "a", {"maml": ra}, step_sizes=[0.1, 0.1])  # two trained steps
+    b = _evaluated(tmp_path / "b", {"maml": rb}, step_sizes=[0.1, 0.05])
+    with pytest.raises(CheckpointError, match=r"different step_sizes.*--own-step-sizes"):
+        paired_difference(load_evaluation(a), load_evaluation(b))
+    _, _, diff = paired_difference(load_evaluation(a), load_evaluation(b), own_step_sizes=True)
+    assert [row.mean_return for row in diff] == pytest.approx([2.0] * 3, abs=1e-12)
+    # the tasks must still be the same ones
+    c = _evaluated(tmp_path / "c", {"maml": rb}, step_sizes=[0.1, 0.05], eval_seed=1)
+    with pytest.raises(CheckpointError, match="different eval_seed"):
+        paired_difference(load_evaluation(a), load_evaluation(c), own_step_sizes=True)
+    assert main(["compare", str(a), str(b), "--own-step-sizes"]) == 0
+    out = capsys.readouterr().out
+    assert "step sizes [0.1, 0.1]" in out and "step sizes [0.1, 0.05]" in out
+
+
 def test_success_rates_are_compared_when_both_evaluations_have_them(tmp_path: Path) -> None:
     from maml_rl.evaluate import write_task_returns
 
@@ -82,6 +102,23 @@ def test_cli_prints_the_rows_and_refuses_an_unevaluated_run_in_one_line(
     assert main(["compare", str(a), str(tmp_path)]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "has no evaluation" in err
+
+
+def test_an_evaluation_folder_compares_like_the_run_directory_it_came_from(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`evaluate --out FOLDER` writes the evaluation outside the run: FOLDER is accepted."""
+    ra, rb = np.full((2, 5), -10.0), np.full((2, 5), -12.0)
+    ra[:, 0], rb[:, 0] = -9.0, -11.0
+    a = _evaluated(tmp_path / "a", {"maml": ra})
+    b = _evaluated(tmp_path / "b", {"maml": rb})
+    moved = tmp_path / "b-evaluation"
+    (b / "eval").rename(moved)
+    assert load_evaluation(moved).returns["maml"].tolist() == rb.tolist()
+    _, _, diff = paired_difference(load_evaluation(a), load_evaluation(moved))
+    assert [row.mean_return for row in diff] == pytest.approx([2.0, 2.0], abs=1e-12)
+    assert main(["compare", str(a / "eval"), str(moved)]) == 0
+    assert "2.00" in capsys.readouterr().out
 
 
 # --- the held-out tasks in the protocol (issue 38 item 6) ---
