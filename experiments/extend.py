@@ -75,9 +75,16 @@ def decide(
     done: int, source_done: int, gain: float, chunk: int, min_gain: float, max_iterations: int
 ) -> Decision:
     """Train another chunk (up to `max_iterations`) unless `done` already exceeds the
-    source's iterations and the last chunk gained less than `min_gain` (relative)."""
+    source's iterations and the last chunk gained less than `min_gain` (relative).
+
+    Chunks end at source_done + k C. A chunk that was interrupted (a resumed run, `done`
+    between two ends) is finished first: its gain is judged only at the end of a chunk.
+    """
     if done >= max_iterations:
         return Decision(None, f"reached --max-iterations {max_iterations}")
+    into_chunk = (done - source_done) % chunk
+    if into_chunk:  # an interrupted chunk: finish it before judging
+        return Decision(min(done + chunk - into_chunk, max_iterations), "")
     if done > source_done and gain < min_gain:
         return Decision(None, f"the last {chunk} iterations gained {gain:+.1%} < {min_gain:.1%}")
     return Decision(min(done + chunk, max_iterations), "")

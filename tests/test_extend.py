@@ -38,6 +38,14 @@ def test_decide_trains_at_least_one_chunk_then_stops_when_flat_or_at_the_cap() -
     assert extend.decide(600, 500, math.nan, 100, 0.02, 2000).target == 700  # NaN is not < 2 %
 
 
+def test_decide_finishes_an_interrupted_chunk_at_its_own_end() -> None:
+    # A run stopped at 602 during the chunk 600-699 resumes to 700, not 702, and is not
+    # judged on a window that straddles two chunks (even when that window looks flat).
+    assert extend.decide(602, 500, 0.0, 100, 0.02, 2000).target == 700
+    assert extend.decide(501, 500, -1.0, 100, 0.02, 2000).target == 600
+    assert extend.decide(1990, 500, 0.0, 100, 0.02, 1995).target == 1995  # still capped
+
+
 TINY = {
     "num_batches": 2,
     "meta_batch_size": 2,
