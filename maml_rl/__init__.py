@@ -59,7 +59,8 @@ def __getattr__(name: str) -> Any:
 
 
 def __dir__() -> list[str]:
-    return sorted({*globals(), *EXPORTS})
+    """The public API (what tab completion offers), not this module's own imports."""
+    return sorted({*__all__, "__version__"})
 
 
 class _Package(ModuleType):

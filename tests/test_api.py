@@ -56,6 +56,12 @@ def test_top_level_names_are_the_api_functions_even_after_their_modules_load() -
         maml_rl.nothing  # noqa: B018
 
 
+def test_dir_lists_the_public_api_not_the_package_imports() -> None:
+    names = dir(maml_rl)
+    assert names == sorted([*maml_rl.__all__, "__version__"])
+    assert not {"sys", "importlib", "Any", "ModuleType", "EXPORTS"} & set(names)
+
+
 def test_the_package_takes_attributes_after_maml_rl_types_loads(monkeypatch) -> None:  # type: ignore[no-untyped-def]
     """Loading the submodule maml_rl.types must not shadow the standard `types` that the
     package's __setattr__ uses (setting a name, as monkeypatch or an import does, raised)."""
