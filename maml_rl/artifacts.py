@@ -148,6 +148,27 @@ def read_json(path: str | Path, remedy: str) -> Any:
         raise ArtifactError(f"{path} cannot be read ({reason}); {remedy}") from None
 
 
+def read_saved_config(run_dir: str | Path) -> dict[str, Any] | None:
+    """The mapping in a run's ``config.yaml`` as `maml-rl train` saved it, None when the run has
+    none (an ``evaluate --out`` folder); an unreadable or malformed file is a one-line
+    ArtifactError naming it. Training, evaluation and rendering take the config from the
+    checkpoint; config.yaml serves plots' labels and `compare`'s checks."""
+    import yaml
+
+    path = Path(run_dir) / "config.yaml"
+    if not path.is_file():
+        return None
+    remedy = "restore or delete it (the run's checkpoint holds its config)"
+    try:
+        saved = yaml.safe_load(path.read_bytes().decode("utf-8"))
+    except (OSError, ValueError, yaml.YAMLError) as error:
+        reason = error.strerror if isinstance(error, OSError) else str(error).splitlines()[0]
+        raise ArtifactError(f"{path} cannot be read ({reason}); {remedy}") from None
+    if not isinstance(saved, dict):
+        raise ArtifactError(f"{path} is not a mapping of config keys; {remedy}")
+    return saved
+
+
 @contextmanager
 def locked(lock_path: str | Path, busy: str, wait_s: float = 0.0) -> Iterator[None]:
     """Hold an exclusive lock on `lock_path` (created if missing) for the block; if another

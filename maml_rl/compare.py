@@ -89,14 +89,9 @@ def load_evaluation(run_dir: str | Path) -> RunEvaluation:
 
 def _run_env_kwargs(run_dir: Path, env: object) -> dict | None:
     """The env_kwargs of the run's config.yaml (they cannot change on resume) when it is the
-    evaluated family's; None if unreadable."""
-    import yaml
-
-    try:
-        saved = yaml.safe_load((run_dir / "config.yaml").read_text())
-    except (OSError, ValueError, yaml.YAMLError):
-        return None
-    if not isinstance(saved, dict) or saved.get("env") != env:
+    evaluated family's; None without one (ArtifactError when it cannot be read)."""
+    saved = artifacts.read_saved_config(run_dir)
+    if saved is None or saved.get("env") != env:
         return None
     kwargs = saved.get("env_kwargs", {})
     return json.loads(json.dumps(kwargs)) if isinstance(kwargs, dict) else None

@@ -45,13 +45,10 @@ def run_labels(run_dirs: Sequence[Path]) -> list[str]:
 def training_labels(run_dirs: Sequence[Path]) -> list[str]:
     """Each run's algorithm (maml, pretrained, oracle: config.yaml's `algo`), followed by its
     directory where two runs share an algorithm: ``maml (nav-lvc)``."""
-    import yaml
-
     algos = []
     for run_dir in run_dirs:
-        config = Path(run_dir) / "config.yaml"
-        saved = yaml.safe_load(config.read_text()) if config.is_file() else None
-        algos.append(str(saved.get("algo", "maml")) if isinstance(saved, dict) else "maml")
+        saved = artifacts.read_saved_config(run_dir) or {}
+        algos.append(str(saved.get("algo", "maml")))
     return [
         algo if algos.count(algo) == 1 else f"{algo} ({label})"
         for algo, label in zip(algos, run_labels(run_dirs), strict=True)

@@ -392,3 +392,15 @@ def test_evaluate_holds_its_lock_against_a_second_evaluate_and_an_overwrite(
     assert overwrite == 2 and f"cannot overwrite {evaluated}" in overwrite_err
     assert checkpoint.load(evaluated / LATEST)["iteration"] == 1  # the run was not replaced
     assert (evaluated / "eval" / "adaptation_tasks.csv").read_bytes() == before
+
+
+def test_read_saved_config_is_none_without_one_and_one_line_when_damaged(tmp_path: Path) -> None:
+    assert artifacts.read_saved_config(tmp_path) is None
+    path = tmp_path / "config.yaml"
+    path.write_text("env: navigation\nalgo: oracle\n")
+    assert artifacts.read_saved_config(tmp_path) == {"env": "navigation", "algo": "oracle"}
+    for content in (b"env: [navigation\n", b"- a list\n", b"\xff\xfe", b"", b"42\n"):
+        path.write_bytes(content)
+        with pytest.raises(artifacts.ArtifactError, match="restore or delete it") as error:
+            artifacts.read_saved_config(tmp_path)
+        assert str(error.value).startswith(str(path)) and "\n" not in str(error.value)

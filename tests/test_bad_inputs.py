@@ -20,6 +20,7 @@ def _files(tmp: Path, run: Path) -> dict[str, str]:
     (tmp / "twice.yaml").write_text("env: navigation\nfast_lr: 0.1\nfast_lr: 0.2\n")
     (tmp / "a_file").write_text("x")
     os.symlink(tmp / "nowhere", tmp / "dangling")
+    (copy_run(run, tmp / "bad_config") / "config.yaml").write_text("algo: [maml\n")
     for name, change in [("wrong_shape", "shape"), ("missing", "missing")]:
         state = checkpoint.load(copy_run(run, tmp / name) / LATEST)
         key = next(iter(state["theta"]))
@@ -58,6 +59,7 @@ CASES = {
     "render --steps 0,1000000": (["render", "{run}", "--steps", "0,1000000"], "<= 1000"),
     "render --num-tasks 0": (["render", "{run}", "--num-tasks", "0"], "not among the"),
     "--step-sizes 0.1,,0.2": (["evaluate", "{run}", "--step-sizes", "0.1,,0.2"], "'0.1,,0.2'"),
+    "plot a damaged config.yaml": (["plot", "{bad_config}"], "config.yaml cannot be read"),
     "--resume shorter": (["train", "--resume", "{run}", "--set", "num_batches=1"],
                          "num_batches=1 is fewer than the 2 iterations"),
 }  # fmt: skip

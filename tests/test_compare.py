@@ -172,3 +172,28 @@ def test_an_evaluation_saved_before_env_kwargs_still_merges_and_compares(
     recorded = json.loads(record_path.read_text())["env_kwargs"]
     assert recorded == json.loads((default / "eval" / PROTOCOL).read_text())["env_kwargs"]
     assert recorded["max_episode_steps"] == 10
+
+
+def test_a_damaged_config_yaml_consulted_by_compare_is_one_line(
+    two_families: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """An evaluation without env_kwargs is compared on its run's config.yaml: a damaged one is
+    named in one line, not a traceback, and not silently skipped."""
+    import shutil
+
+    default, _ = two_families
+    old = tmp_path / "old"
+    shutil.copytree(default, old, ignore=shutil.ignore_patterns(".lock"))
+    record_path = old / "eval" / PROTOCOL
+    record = json.loads(record_path.read_text())
+    del record["env_kwargs"]
+    record_path.write_text(json.dumps(record))
+    for damaged in ("env: [navigation\n", "- a list\n", "\xff"):
+        (old / "config.yaml").write_text(damaged, encoding="latin-1")
+        capsys.readouterr()
+        assert main(["compare", str(old), str(default)]) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and "Traceback" not in err, err
+        assert str(old / "config.yaml") in err and "restore or delete it" in err, err
+    (old / "config.yaml").unlink()  # none at all: compared on the keys it has
+    assert main(["compare", str(old), str(default)]) == 0
