@@ -338,9 +338,43 @@ def cmd_envs(args: argparse.Namespace) -> int:
     return 0
 
 
+def version_line() -> str:
+    """``maml-rl 0.1.0 (Python 3.11.7, torch 2.13.0, gymnasium 1.4.0, mujoco 4.0.0, numpy ...)``:
+    the installed versions, read from the packages' metadata without importing them."""
+    from importlib import metadata
+
+    from maml_rl import __version__
+
+    def installed(name: str) -> str:
+        try:
+            return f"{name} {metadata.version(name)}"
+        except metadata.PackageNotFoundError:
+            return f"{name} not installed"
+
+    python = ".".join(map(str, sys.version_info[:3]))
+    packages = ", ".join(map(installed, ("torch", "gymnasium", "mujoco", "numpy")))
+    return f"maml-rl {__version__} (Python {python}, {packages})"
+
+
+class _VersionAction(argparse.Action):
+    """``--version``: print `version_line` and exit (looked up only when asked for)."""
+
+    def __init__(self, option_strings: Sequence[str], dest: str, **kwargs: Any) -> None:
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS, **kwargs)
+
+    def __call__(self, parser: argparse.ArgumentParser, *args: Any, **kwargs: Any) -> None:
+        print(version_line())
+        parser.exit()
+
+
 def parser() -> argparse.ArgumentParser:
     root = argparse.ArgumentParser(prog="maml-rl", description="MAML for reinforcement learning")
     root.add_argument("--debug", action="store_true", help="show tracebacks for errors")
+    root.add_argument(
+        "--version",
+        action=_VersionAction,
+        help="print the versions of maml-rl, torch, gymnasium, mujoco and numpy, and exit",
+    )
     commands = root.add_subparsers(dest="command", required=True)
 
     shipped = ", ".join(shipped_config_descriptions())

@@ -16,7 +16,7 @@ from maml_rl.cli import _overrides, main, parser
 PROBE = """
 import sys
 from maml_rl.cli import main
-for argv in (["--help"], ["train", "--help"], ["train", "--nonsense"]):
+for argv in (["--help"], ["--version"], ["train", "--help"], ["train", "--nonsense"]):
     try:
         main(argv)
     except SystemExit:
@@ -33,6 +33,21 @@ def test_help_and_argument_errors_import_no_heavy_module() -> None:
         [sys.executable, "-c", PROBE], capture_output=True, text=True, timeout=120, check=True
     )
     assert done.stdout.strip().splitlines()[-1] == "[]", done.stdout
+
+
+def test_version_names_the_installed_versions_of_the_stack() -> None:
+    from importlib import metadata
+
+    import maml_rl
+
+    done = subprocess.run(
+        [sys.executable, "-c", CLI, "--version"], capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0 and done.stderr == "", done.stderr
+    line = done.stdout.strip()
+    assert line.startswith(f"maml-rl {maml_rl.__version__} (Python {sys.version_info.major}.")
+    for name in ("torch", "gymnasium", "mujoco", "numpy"):
+        assert f"{name} {metadata.version(name)}" in line, line
 
 
 def test_set_takes_several_pairs_per_flag() -> None:
