@@ -34,18 +34,38 @@ MMAP_THRESHOLD_FALLBACK = 32 * 1024 * 1024
 TRIM_THRESHOLD = 1024 * 1024 * 1024
 
 
+def _libc_function(name: str) -> object | None:
+    """The C library's function `name`, or None where there is none (not glibc, no libc)."""
+    library = ctypes.util.find_library("c")
+    if library is None:
+        return None
+    try:
+        return getattr(ctypes.CDLL(library), name)
+    except (OSError, AttributeError):
+        return None
+
+
+def release_free_memory() -> bool:
+    """Hand the free memory the heap keeps (`retain_freed_memory`) back to the operating system
+    (glibc's ``malloc_trim(0)``), so that what is allocated next is seen in the resident memory
+    (`maml_rl.memory.environment_bytes` measures by it); False where there is no malloc_trim."""
+    trim = _libc_function("malloc_trim")
+    if trim is None:
+        return False
+    trim.argtypes = (ctypes.c_size_t,)
+    trim.restype = ctypes.c_int
+    trim(0)
+    return True
+
+
 def retain_freed_memory(
     mmap_threshold: int = MMAP_THRESHOLD, trim_threshold: int = TRIM_THRESHOLD
 ) -> bool:
     """Raise glibc's mmap and trim thresholds (bytes) with `mallopt` (an mmap threshold the C
     library refuses falls back to 32 MiB); False where there is no `mallopt` or a value is
     refused (then nothing or only part is changed)."""
-    name = ctypes.util.find_library("c")
-    if name is None:
-        return False
-    try:
-        mallopt = ctypes.CDLL(name).mallopt
-    except (OSError, AttributeError):
+    mallopt = _libc_function("mallopt")
+    if mallopt is None:
         return False
     mallopt.argtypes = (ctypes.c_int, ctypes.c_int)
     mallopt.restype = ctypes.c_int

@@ -16,7 +16,7 @@ from torch import nn
 
 from maml_rl.checker import check_family
 from maml_rl.config import Config, ConfigError
-from maml_rl.memory import RunSizes, check_run
+from maml_rl.memory import RunSizes, check_run, environment_bytes
 from maml_rl.mlp_derivatives import supports
 from maml_rl.observations import FlatObservationFamily, describe, is_flat
 from maml_rl.oracle import OracleFamily
@@ -24,7 +24,7 @@ from maml_rl.policy import build_policy
 from maml_rl.policy_adapter import build_custom_policy
 from maml_rl.sampler import Sampler, TrajectorySampler
 from maml_rl.tasks import TaskFamily, TaskFamilyError, make_family
-from maml_rl.vector import horizon_of
+from maml_rl.vector import GYM_BACKENDS, horizon_of, resolved_backend
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
@@ -107,8 +107,33 @@ def check_memory(
         cfg.fast_batch_size,
         cfg.num_steps if num_steps is None else num_steps,
         DTYPES[cfg.dtype].itemsize,
+        sampled_environment_bytes(family, cfg),
     )
     check_run(sizes)
+
+
+def sampled_environment_bytes(family: TaskFamily, cfg: Config) -> int:
+    """E of memory.py: the memory of one of the N·K Gymnasium environments that the local
+    sampler holds on the backends sync, async and procs (measured on a few environments reset
+    to tasks of a fixed seed, which draws nothing from the run's streams); 0 for native batch
+    environments and for Ray, whose environments live in its actors. A family that fails to
+    build or reset counts as 0 here: the family check names its fault."""
+    if (
+        cfg.sampler == "ray"
+        or resolved_backend(family, cfg.sampler, cfg.device) not in GYM_BACKENDS
+    ):
+        return 0
+    try:
+        tasks = family.sample_tasks(5, np.random.default_rng(0))
+
+        def make_one(i: int) -> gym.Env:
+            env = family.make_env()
+            env.reset(seed=i, options={"task": tasks[i]})
+            return env
+
+        return environment_bytes(make_one, count=4)
+    except Exception:  # the family check reports it, in one line
+        return 0
 
 
 def build(
@@ -117,13 +142,14 @@ def build(
     on_event: Callable[[str], None] | None = None,
     num_tasks: int | None = None,
     num_steps: int | None = None,
+    check_sizes: bool = True,
 ) -> tuple[TaskFamily, nn.Module, TrajectorySampler]:
     """The task family, the policy (initialised from `generator`) and the sampler of a config.
 
     on_event: where a distributed sampler reports faults it recovered from (one line each).
     num_tasks, num_steps: tasks sampled at once (default the meta-batch) and inner steps (default
     the run's), for the memory check (`check_memory`): sizes whose estimate (memory.py) exceeds
-    the memory available raise ResourceError before allocating.
+    the memory available raise ResourceError before allocating (unless not `check_sizes`).
     """
     family = make_family(cfg.env, cfg.env_kwargs)
     if cfg.algo == "oracle":
@@ -139,7 +165,8 @@ def build(
         )
     if not is_flat(observation_space):  # the sampler steps flat observations
         family = FlatObservationFamily(family, observation_space)
-    check_memory(cfg, num_tasks, num_steps, family, (observation_space, action_space))
+    if check_sizes:
+        check_memory(cfg, num_tasks, num_steps, family, (observation_space, action_space))
     device, dtype = resolve_device(cfg.device), DTYPES[cfg.dtype]
     if cfg.policy is not None:
         policy: nn.Module = build_custom_policy(
@@ -194,12 +221,15 @@ def check_built(family: TaskFamily, cfg: Config) -> None:
         ) from error
 
 
-def preflight(cfg: Config) -> TaskFamily:
+def preflight(cfg: Config, check_sizes: bool = True) -> TaskFamily:
     """What `maml-rl check` runs: everything `train` checks before its first iteration, in the
     same functions: the family is built, its observation space matched with the policy (the
     built-in MLP needs a flat Box; a custom policy is built and checked, policy_adapter.py),
-    and the family check run. Returns the family; raises one-line errors."""
-    family, _, sampler = build(cfg, torch.Generator().manual_seed(cfg.seed))
+    the memory of the config's sizes estimated (unless not `check_sizes`: a bare family has
+    no sizes of its own) and the family check run. Returns the family; raises one-line
+    errors."""
+    generator = torch.Generator().manual_seed(cfg.seed)
+    family, _, sampler = build(cfg, generator, check_sizes=check_sizes)
     sampler.close()
     check_built(family, cfg)
     return family

@@ -302,6 +302,10 @@ def cmd_render(args: argparse.Namespace) -> int:
     return 0
 
 
+SIZE_KEYS = {"meta_batch_size", "fast_batch_size", "num_steps", "hidden_sizes", "dtype"}
+"""The config keys the memory estimate of a run depends on (maml_rl/memory.py)."""
+
+
 def cmd_check(args: argparse.Namespace) -> int:
     """Check a family (name or module:Class) or a config's family with its policy: what
     `train` checks before its first iteration (`build.preflight`)."""
@@ -309,11 +313,15 @@ def cmd_check(args: argparse.Namespace) -> int:
     from maml_rl.tasks import available_families
 
     overrides = _overrides(args)
+    check_sizes = True
     if args.target in available_families() or ":" in args.target:
         cfg = config_module.from_dict({"env": args.target, **overrides})
-    else:  # a config: its family, kwargs and policy
+        # a bare family's sizes are the defaults, not a run's: their memory is checked only
+        # where --set gives some
+        check_sizes = bool(SIZE_KEYS & overrides.keys())
+    else:  # a config: its family, kwargs, policy and sizes
         cfg = config_module.load(find_config(args.target), overrides)
-    family = preflight(cfg)
+    family = preflight(cfg, check_sizes=check_sizes)
     policy = "the built-in MLP" if cfg.policy is None else cfg.policy
     print(f"{family!r} with {policy} policy: all checks passed")
     return 0

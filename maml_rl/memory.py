@@ -12,6 +12,14 @@ floats of b bytes:
                                                           derivatives, adjoints, tangents)
     parameters   (S + 2) · N · P · 6 · b                  per-task parameters, gradients, CG
                                                           vectors
+    environments N·K · E                                  one Gymnasium environment per
+                                                          trajectory (backends sync, async,
+                                                          procs), E bytes each
+
+E is measured (`environment_bytes`: the resident memory that building and resetting a few more
+environments adds); native batch environments (2D navigation, the MuJoCo families) hold a few
+arrays per environment and count as 0. Meta-World's environments hold about 9–19 MiB each, so
+that ML45's 450 take about 8 GiB beside the meta-step's 14.
 
 It is an estimate of the order of magnitude (measured peaks of the shipped configs are within
 a factor 2 of it); only sizes whose estimate exceeds the memory available are refused.
@@ -20,7 +28,7 @@ a factor 2 of it); only sizes whose estimate exceeds the memory available are re
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from itertools import pairwise
 from pathlib import Path
@@ -87,6 +95,8 @@ class RunSizes:
     trajectories: int
     num_steps: int
     itemsize: int
+    env_bytes: int = 0
+    """E: the memory of one environment where the sampler holds one per trajectory, else 0."""
 
     def __str__(self) -> str:
         width = "x".join(str(h) for h in self.hidden_sizes) or "linear"
@@ -96,6 +106,11 @@ class RunSizes:
         )
 
 
+def environments_bytes(sizes: RunSizes) -> int:
+    """N·K · E: the environments' share of the estimate, in bytes."""
+    return sizes.num_tasks * sizes.trajectories * sizes.env_bytes
+
+
 def estimate_bytes(sizes: RunSizes) -> int:
     """The estimate of the module docstring, in bytes."""
     s = sizes
@@ -103,7 +118,42 @@ def estimate_bytes(sizes: RunSizes) -> int:
     batches = (s.num_steps + 1) * samples * (s.obs_dim + s.act_dim + 6) * s.itemsize
     activations = (s.num_steps + 1) * samples * sum(s.hidden_sizes) * 8 * s.itemsize
     params = (s.num_steps + 2) * s.num_tasks * num_parameters(s.obs_dim, s.act_dim, s.hidden_sizes)
-    return batches + activations + params * 6 * s.itemsize
+    return batches + activations + params * 6 * s.itemsize + environments_bytes(s)
+
+
+def resident_bytes() -> int | None:
+    """This process's resident memory (Linux: /proc/self/statm); None where unknown."""
+    try:
+        pages = int(Path("/proc/self/statm").read_text().split()[1])
+        return pages * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError, AttributeError):
+        return None
+
+
+def environment_bytes(make_one: Callable[[int], object], count: int = 4) -> int:
+    """E: the resident memory one more environment adds, measured in this process.
+
+    `make_one(i)` builds and resets environment i (i = 0..count) and returns it; all are kept
+    until the measurement ends and then closed. The first one absorbs one-time costs (imports,
+    caches); then the heap's free memory goes back to the system (`release_free_memory`), so
+    that the next ones cannot hide in memory freed earlier, and E = (resident after the last −
+    resident before them) / count, at least 0; 0 where resident memory is unknown."""
+    from maml_rl.allocator import release_free_memory
+
+    environments = [make_one(0)]
+    try:
+        release_free_memory()
+        before = resident_bytes()
+        environments += [make_one(i) for i in range(1, count + 1)]
+        after = resident_bytes()
+    finally:
+        for env in environments:
+            close = getattr(env, "close", None)
+            if callable(close):
+                close()
+    if before is None or after is None:
+        return 0
+    return max(0, (after - before) // count)
 
 
 def check_fits(what: str, needed: int, available: int | None = None) -> None:
@@ -117,5 +167,12 @@ def check_fits(what: str, needed: int, available: int | None = None) -> None:
 
 
 def check_run(sizes: RunSizes, available: int | None = None) -> None:
-    """`check_fits` for a run of these sizes."""
-    check_fits(str(sizes), estimate_bytes(sizes), available)
+    """`check_fits` for a run of these sizes (naming the environments' share where they count)."""
+    what = str(sizes)
+    if sizes.env_bytes:
+        count = sizes.num_tasks * sizes.trajectories
+        what += (
+            f" and {count:,} environments of {sizes.env_bytes / 2**20:,.1f} MiB"
+            f" ({environments_bytes(sizes) / GIB:,.1f} GiB)"
+        )
+    check_fits(what, estimate_bytes(sizes), available)

@@ -2,10 +2,23 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
 import pytest
 
 from maml_rl.errors import ResourceError
-from maml_rl.memory import GIB, RunSizes, check_fits, check_run, estimate_bytes, num_parameters
+from maml_rl.memory import (
+    GIB,
+    RunSizes,
+    check_fits,
+    check_run,
+    environment_bytes,
+    estimate_bytes,
+    num_parameters,
+)
 from maml_rl.policy import GaussianMLPPolicy
 
 
@@ -50,3 +63,117 @@ def test_impossible_sizes_are_refused_with_the_estimate(sizes: dict, what: str) 
 def test_unknown_memory_never_refuses(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr("maml_rl.memory.available_bytes", lambda: None)
     check_fits("anything", 10**18)
+
+
+# --- the environments' share (one Gymnasium environment per trajectory) ---
+
+MIB = 2**20
+LINUX = Path("/proc/self/statm").exists()
+
+
+class HeavyEnv(gym.Env):
+    """An environment holding `mib` MiB of touched memory (as Meta-World's models do)."""
+
+    closed = 0
+
+    def __init__(self, mib: int) -> None:
+        self.observation_space = gym.spaces.Box(-np.inf, np.inf, (3,), np.float32)
+        self.action_space = gym.spaces.Box(-1.0, 1.0, (2,), np.float32)
+        self.mib = mib
+        self.buffer = np.zeros(0)
+
+    def reset(
+        self, *, seed: int | None = None, options: dict[str, Any] | None = None
+    ) -> tuple[np.ndarray, dict[str, Any]]:
+        super().reset(seed=seed)
+        self.buffer = np.ones(self.mib * MIB // 8)  # written, so resident
+        return np.zeros(3, np.float32), {}
+
+    def step(self, action: np.ndarray) -> tuple[np.ndarray, float, bool, bool, dict[str, Any]]:
+        return np.zeros(3, np.float32), 0.0, False, False, {}
+
+    def close(self) -> None:
+        HeavyEnv.closed += 1
+        self.buffer = np.zeros(0)
+
+
+class HeavyFamily:
+    max_episode_steps = 100
+
+    def __init__(self, mib: int) -> None:
+        self.mib = mib
+
+    def sample_tasks(self, n: int, rng: np.random.Generator) -> list[float]:
+        return [float(x) for x in rng.uniform(size=n)]
+
+    def make_env(self) -> gym.Env:
+        return HeavyEnv(self.mib)
+
+
+def test_the_environments_add_n_k_times_their_size_to_the_estimate() -> None:
+    sizes = dict(obs_dim=2, act_dim=2, hidden_sizes=(8, 8), horizon=10, num_tasks=4,
+                 trajectories=3, num_steps=1, itemsize=4)  # fmt: skip
+    without = estimate_bytes(RunSizes(**sizes))
+    assert estimate_bytes(RunSizes(**sizes, env_bytes=1000)) == without + 4 * 3 * 1000
+    with pytest.raises(ResourceError) as error:
+        check_run(RunSizes(**sizes, env_bytes=GIB), available=8 * GIB)
+    message = str(error.value)
+    assert "12 environments of 1,024.0 MiB (12.0 GiB)" in message and "\n" not in message
+    check_run(RunSizes(**sizes, env_bytes=GIB // 2), available=8 * GIB)  # 6 GiB fits
+
+
+@pytest.mark.skipif(not LINUX, reason="resident memory is read from /proc/self/statm")
+def test_environment_bytes_measures_what_one_more_environment_holds() -> None:
+    closed = HeavyEnv.closed
+
+    def make_one(i: int) -> gym.Env:
+        env = HeavyEnv(16)
+        env.reset(seed=i)
+        return env
+
+    measured = environment_bytes(make_one, count=4)
+    assert 15 * MIB <= measured <= 18 * MIB, measured / MIB
+    assert HeavyEnv.closed == closed + 5  # every environment it built is closed
+
+
+@pytest.mark.skipif(not LINUX, reason="resident memory is read from /proc/self/statm")
+def test_a_run_whose_environments_do_not_fit_is_refused_before_it_starts(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """As ML45 at its protocol on 24 GiB: the meta-step alone fits, its environments do not."""
+    from maml_rl.build import check_memory, sampled_environment_bytes
+    from maml_rl.config import load
+    from maml_rl.configs import find_config
+
+    cfg = load(find_config("navigation"), {"sampler": "sync", "meta_batch_size": 40,
+                                            "fast_batch_size": 25})  # fmt: skip
+    family = HeavyFamily(16)
+    assert 15 * MIB <= sampled_environment_bytes(family, cfg) <= 18 * MIB
+    monkeypatch.setattr("maml_rl.memory.available_bytes", lambda: 18 * GIB)
+    check_memory(cfg, family=family)  # 1,000 environments of 16 MiB: 15.6 GiB, fit in 18 ...
+    monkeypatch.setattr("maml_rl.memory.available_bytes", lambda: 15 * GIB)
+    with pytest.raises(ResourceError, match=r"1,000 environments of 1[5-8]\.[0-9] MiB"):
+        check_memory(cfg, family=family)  # ... not in 15 GiB
+    # native batch environments (navigation on "auto") and Ray's actors are not counted
+    assert (
+        sampled_environment_bytes(family, load(find_config("navigation"), {"sampler": "ray"})) == 0
+    )
+    navigation = load(find_config("navigation"))
+    from maml_rl.tasks import make_family
+
+    assert sampled_environment_bytes(make_family("navigation", {}), navigation) == 0
+
+
+def test_check_estimates_the_memory_of_a_config_not_of_a_bare_familys_defaults(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`maml-rl check FAMILY` has no run's sizes (the defaults stand in): it checks the family,
+    not whether 40 x 20 environments of it fit; a config, or sizes given with --set, are."""
+    from maml_rl.cli import main
+
+    monkeypatch.setattr("maml_rl.memory.available_bytes", lambda: 2**20)  # 1 MiB: nothing fits
+    assert main(["check", "navigation"]) == 0
+    assert main(["check", "navigation", "--set", "fast_batch_size=5"]) == 2
+    assert main(["check", "navigation-steps2"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 2 and all("GiB (estimate)" in line for line in err), err
