@@ -83,16 +83,24 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+MEMORY_CHECKS = ("training", "evaluation")
+"""What `check_memory` estimates: a meta-iteration, or an evaluation's adaptation."""
+
+
 def check_memory(
     cfg: Config,
     num_tasks: int | None = None,
     num_steps: int | None = None,
     family: TaskFamily | None = None,
     spaces: tuple[gym.Space, gym.Space] | None = None,
+    kind: str = "training",
 ) -> None:
     """ResourceError (one line) when `num_tasks` tasks (default the meta-batch) adapted for
     `num_steps` steps (default the run's num_steps; evaluate and render pass theirs) would not
-    fit in memory (memory.py), before anything is sampled or allocated."""
+    fit in memory (memory.py), before anything is sampled or allocated. kind: "training" (a
+    meta-iteration) or "evaluation" (adaptation only, as evaluate and render run it)."""
+    if kind not in MEMORY_CHECKS:
+        raise ValueError(f"kind must be one of {MEMORY_CHECKS}, got {kind!r}")
     family = make_family(cfg.env, cfg.env_kwargs) if family is None else family
     if spaces is None:
         probe = family.make_env()
@@ -108,6 +116,7 @@ def check_memory(
         cfg.num_steps if num_steps is None else num_steps,
         DTYPES[cfg.dtype].itemsize,
         sampled_environment_bytes(family, cfg),
+        meta_step=kind == "training",
     )
     check_run(sizes)
 
@@ -142,14 +151,15 @@ def build(
     on_event: Callable[[str], None] | None = None,
     num_tasks: int | None = None,
     num_steps: int | None = None,
-    check_sizes: bool = True,
+    memory: str | None = "training",
 ) -> tuple[TaskFamily, nn.Module, TrajectorySampler]:
     """The task family, the policy (initialised from `generator`) and the sampler of a config.
 
     on_event: where a distributed sampler reports faults it recovered from (one line each).
     num_tasks, num_steps: tasks sampled at once (default the meta-batch) and inner steps (default
     the run's), for the memory check (`check_memory`): sizes whose estimate (memory.py) exceeds
-    the memory available raise ResourceError before allocating (unless not `check_sizes`).
+    the memory available raise ResourceError before allocating. memory: the `check_memory`
+    kind, "training" or "evaluation"; None checks no memory (a family without a run's sizes).
     """
     family = make_family(cfg.env, cfg.env_kwargs)
     if cfg.algo == "oracle":
@@ -165,8 +175,9 @@ def build(
         )
     if not is_flat(observation_space):  # the sampler steps flat observations
         family = FlatObservationFamily(family, observation_space)
-    if check_sizes:
-        check_memory(cfg, num_tasks, num_steps, family, (observation_space, action_space))
+    if memory is not None:
+        spaces = (observation_space, action_space)
+        check_memory(cfg, num_tasks, num_steps, family, spaces, memory)
     device, dtype = resolve_device(cfg.device), DTYPES[cfg.dtype]
     if cfg.policy is not None:
         policy: nn.Module = build_custom_policy(
@@ -229,7 +240,7 @@ def preflight(cfg: Config, check_sizes: bool = True) -> TaskFamily:
     no sizes of its own) and the family check run. Returns the family; raises one-line
     errors."""
     generator = torch.Generator().manual_seed(cfg.seed)
-    family, _, sampler = build(cfg, generator, check_sizes=check_sizes)
+    family, _, sampler = build(cfg, generator, memory="training" if check_sizes else None)
     sampler.close()
     check_built(family, cfg)
     return family

@@ -259,8 +259,8 @@ def check_request(
             f"one as --{run.cfg.algo} DIR"
         )
     # this evaluation's sizes, before any list; mean actions add S + 1 batches of data only,
-    # small against the activations the estimate counts for the S + 1 sampled ones
-    check_memory(run.cfg, num_tasks, num_steps)
+    # small against the activations the estimate counts
+    check_memory(run.cfg, num_tasks, num_steps, kind="evaluation")
     step_size_schedule(run.cfg.fast_lr, num_steps, step_sizes, run.cfg.num_steps)
     return run
 
@@ -310,6 +310,7 @@ def method_batches(
         generator,
         num_tasks=len(tasks),
         num_steps=len(step_sizes),
+        memory="evaluation",
     )
     if theta is None:
         theta = parameters_of(policy)

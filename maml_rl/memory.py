@@ -16,10 +16,15 @@ floats of b bytes:
                                                           trajectory (backends sync, async,
                                                           procs), E bytes each
 
+An evaluation (or a render) adapts on detached parameters, first-order, and keeps only the
+S + 1 batches: its activations are those of one batch's forward and backward pass,
+N·K·H · Σ h_l · 4 · b, and its parameters (S + 1) · N · P · 2 · b (the adapted ones and a
+gradient).
+
 E is measured (`environment_bytes`: the resident memory that building and resetting a few more
 environments adds); native batch environments (2D navigation, the MuJoCo families) hold a few
-arrays per environment and count as 0. Meta-World's environments hold about 9–19 MiB each, so
-that ML45's 450 take about 8 GiB beside the meta-step's 14.
+arrays per environment and count as 0. Meta-World's environments hold about 20–28 MiB each, so
+that ML45's 450 take about 12 GiB beside the meta-step's 14.
 
 It is an estimate of the order of magnitude (measured peaks of the shipped configs are within
 a factor 2 of it); only sizes whose estimate exceeds the memory available are refused.
@@ -97,6 +102,8 @@ class RunSizes:
     itemsize: int
     env_bytes: int = 0
     """E: the memory of one environment where the sampler holds one per trajectory, else 0."""
+    meta_step: bool = True
+    """A training iteration (the meta-step's caches); False: an evaluation's adaptation."""
 
     def __str__(self) -> str:
         width = "x".join(str(h) for h in self.hidden_sizes) or "linear"
@@ -116,9 +123,14 @@ def estimate_bytes(sizes: RunSizes) -> int:
     s = sizes
     samples = s.num_tasks * s.trajectories * s.horizon
     batches = (s.num_steps + 1) * samples * (s.obs_dim + s.act_dim + 6) * s.itemsize
-    activations = (s.num_steps + 1) * samples * sum(s.hidden_sizes) * 8 * s.itemsize
-    params = (s.num_steps + 2) * s.num_tasks * num_parameters(s.obs_dim, s.act_dim, s.hidden_sizes)
-    return batches + activations + params * 6 * s.itemsize + environments_bytes(s)
+    per_task = s.num_tasks * num_parameters(s.obs_dim, s.act_dim, s.hidden_sizes) * s.itemsize
+    if s.meta_step:
+        activations = (s.num_steps + 1) * samples * sum(s.hidden_sizes) * 8 * s.itemsize
+        params = (s.num_steps + 2) * per_task * 6
+    else:
+        activations = samples * sum(s.hidden_sizes) * 4 * s.itemsize
+        params = (s.num_steps + 1) * per_task * 2
+    return batches + activations + params + environments_bytes(s)
 
 
 def resident_bytes() -> int | None:

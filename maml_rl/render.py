@@ -101,7 +101,7 @@ def adaptation_clips(
     family = make_family(cfg.env, cfg.env_kwargs)
     _refuse_undrawable(family)  # before sampling, which takes seconds
     num_steps = steps[-1]
-    check_memory(cfg, num_tasks, num_steps, family)  # before drawing num_steps seeds
+    check_memory(cfg, num_tasks, num_steps, family, kind="evaluation")  # before drawing seeds
     chosen = held_out(cfg, num_eval_tasks, num_steps, eval_seed)
     schedule = step_size_schedule(cfg.fast_lr, num_steps)
     tasks = chosen.tasks[first_task : first_task + num_tasks]

@@ -35,6 +35,12 @@ def test_estimate_is_the_documented_sum() -> None:
         + 3 * 4 * num_parameters(2, 2, (8, 8)) * 6 * 4
     )
     assert estimate_bytes(RunSizes(2, 2, (8, 8), 10, 4, 3, 1, 4)) == expected
+    evaluation = (  # 3 steps: 4 batches, one batch's activations, 4 sets of per-task parameters
+        4 * samples * (2 + 2 + 6) * 4
+        + samples * (8 + 8) * 4 * 4
+        + 4 * 4 * num_parameters(2, 2, (8, 8)) * 2 * 4
+    )
+    assert estimate_bytes(RunSizes(2, 2, (8, 8), 10, 4, 3, 3, 4, meta_step=False)) == evaluation
 
 
 def test_shipped_navigation_is_well_under_a_gigabyte() -> None:
@@ -177,3 +183,17 @@ def test_check_estimates_the_memory_of_a_config_not_of_a_bare_familys_defaults(
     assert main(["check", "navigation-steps2"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 2 and all("GiB (estimate)" in line for line in err), err
+
+
+def test_an_evaluation_is_estimated_without_the_meta_steps_caches() -> None:
+    """Meta-World ML1 at its protocol (512x512 policy, H = 500, environments of about 27 MiB):
+    the final evaluation on 25 held-out tasks after 0..3 steps fits in 20 GiB, its training
+    iteration (10 tasks, 1 step) too; 3 steps of training on 25 tasks would not."""
+    ml1 = dict(obs_dim=39, act_dim=4, hidden_sizes=(512, 512), horizon=500, trajectories=10,
+               itemsize=4, env_bytes=27 * MIB)  # fmt: skip
+    evaluation = RunSizes(**ml1, num_tasks=25, num_steps=3, meta_step=False)
+    assert 8 * GIB < estimate_bytes(evaluation) < 10 * GIB
+    check_run(evaluation, available=20 * GIB)
+    check_run(RunSizes(**ml1, num_tasks=10, num_steps=1), available=20 * GIB)
+    with pytest.raises(ResourceError):
+        check_run(RunSizes(**ml1, num_tasks=25, num_steps=3), available=20 * GIB)
