@@ -34,6 +34,7 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 
+from maml_rl.runtime import configure_worker_signals
 from maml_rl.tasks import Task, TaskFamilyError
 from maml_rl.vector import EnvironmentFailure, GymBatchEnv, WorkerDiedError
 
@@ -99,7 +100,7 @@ def _worker(
     (global_index, cause))`` or ``("error", one_line_message)``. Ctrl-C is left to the parent,
     which terminates the workers; a closed parent pipe ends the loop.
     """
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    configure_worker_signals()
     shard = f"environments {first_index}-{first_index + num_envs - 1}"
     try:
         try:

@@ -78,3 +78,18 @@ def configure_process(enabled: bool = True) -> ProcessSettings:
     changed = {name: value for name, value in wanted.items() if name not in os.environ}
     os.environ.update(changed)
     return ProcessSettings(changed, configure_from_environment())
+
+
+def configure_worker_signals() -> None:
+    """In a sampler's worker process: Ctrl-C is left to the parent (SIGINT ignored; the parent
+    closes its workers), and the parent's SIGTERM ends the worker at once (the default action),
+    whatever handler it inherited by fork (`maml-rl`'s turns SIGTERM into KeyboardInterrupt,
+    which would print a traceback per worker). Does nothing in the main process (Gymnasium's
+    AsyncVectorEnv calls its environment factory there once, for the spaces)."""
+    import multiprocessing
+    import signal
+
+    if multiprocessing.parent_process() is None:
+        return
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)

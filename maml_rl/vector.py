@@ -41,6 +41,7 @@ from __future__ import annotations
 import functools
 import importlib.util
 import inspect
+import warnings
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -48,6 +49,7 @@ import gymnasium as gym
 import numpy as np
 import torch
 
+from maml_rl.runtime import configure_worker_signals
 from maml_rl.tasks import BatchEnv, Task, TaskFamily, TaskFamilyError
 
 BACKENDS = ("auto", "native", "threads", "warp", "sync", "async", "procs")
@@ -156,7 +158,10 @@ class TaskOnReset(gym.Wrapper):
         return self.env.reset(seed=seed, options=options)
 
 
-def _make_task_env(make_env: Callable[[], gym.Env]) -> gym.Env:
+def _make_worker_task_env(make_env: Callable[[], gym.Env]) -> gym.Env:
+    """An async worker's environment, built in the worker (where its signals are set first:
+    `configure_worker_signals`)."""
+    configure_worker_signals()
     return TaskOnReset(make_env())
 
 
@@ -181,7 +186,7 @@ class AsyncGymBatchEnv:
         self.vector = gym.vector.AsyncVectorEnv.__new__(gym.vector.AsyncVectorEnv)
         try:
             self.vector.__init__(
-                [functools.partial(_make_task_env, make_env)] * num_envs, context=context
+                [functools.partial(_make_worker_task_env, make_env)] * num_envs, context=context
             )
         except BaseException:  # e.g. too few file descriptors (EMFILE) for the next pipe
             self._kill_workers()  # the workers started so far end quietly, not on a broken pipe
@@ -197,6 +202,13 @@ class AsyncGymBatchEnv:
         self.success = np.zeros(num_envs, dtype=bool)
 
     def _guarded(self, call: Callable[[], Any]) -> Any:
+        """`call()` on the workers; a worker's fault becomes one line (Gymnasium's own report of
+        it, a warning per worker with the worker's traceback, is silenced: the line says it)."""
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", module=r"gymnasium\.vector\.async_vector_env")
+            return self._call_workers(call)
+
+    def _call_workers(self, call: Callable[[], Any]) -> Any:
         try:
             return call()
         except (EOFError, BrokenPipeError, ConnectionError) as error:

@@ -56,9 +56,29 @@ def test_a_tensorboard_writer_blocked_in_close_does_not_hang_the_logger(
     assert "TensorBoard did not finish writing within 0.2 s" in capsys.readouterr().out
 
 
-def test_sigterm_mid_run_is_one_line_exit_143_and_the_run_resumes(tmp_path: Path) -> None:
+def processes_naming(text: str) -> list[int]:
+    """The pids of live processes whose command line contains `text` (forked workers keep
+    their parent's)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if text.encode() in (entry / "cmdline").read_bytes():
+                    found.append(int(entry.name))
+            except OSError:  # it ended meanwhile
+                pass
+    return found
+
+
+@pytest.mark.parametrize("sampler", ["auto", "async"])
+def test_sigterm_mid_run_is_one_line_exit_143_and_the_run_resumes(
+    tmp_path: Path, sampler: str
+) -> None:
+    """Also with Gymnasium's worker processes (async): they inherit the CLI's SIGTERM handler
+    by fork, and must end without a traceback each and without outliving the run."""
     run = tmp_path / "run"
     argv = ["train", "navigation", "--out", str(run), *TINY, "--set", "num_batches=10000"]
+    argv += ["--set", f"sampler={sampler}"]
     process = subprocess.Popen(
         [sys.executable, "-c", CLI, *argv],
         stdout=subprocess.PIPE,
@@ -75,6 +95,8 @@ def test_sigterm_mid_run_is_one_line_exit_143_and_the_run_resumes(tmp_path: Path
     assert process.returncode == 143, err
     line = one_line(err)
     assert line.startswith("maml-rl: terminated (SIGTERM): interrupted; ") and "saved" in line
+    if Path("/proc/self/cmdline").exists():
+        assert processes_naming(str(run)) == [], "workers outlived the run"
     done = checkpoint.load(run / LATEST)["iteration"] + 1
     assert main(["train", "--resume", str(run), "--set", f"num_batches={done + 1}"]) == 0
 

@@ -126,3 +126,13 @@ def test_ray_actors_get_the_drivers_settings(monkeypatch) -> None:
     env = _actor_environment()
     assert env["MKL_CBWR"] == "AUTO,STRICT" and env[runtime.SWITCH] == "off"
     assert "OMP_WAIT_POLICY" not in env and "PYTHONPATH" in env
+
+
+def test_worker_signals_leave_the_main_process_alone() -> None:
+    """Gymnasium's AsyncVectorEnv calls the worker's environment factory once in the main
+    process (for the spaces): there it must not take Ctrl-C or SIGTERM from the run."""
+    import signal
+
+    before = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
+    runtime.configure_worker_signals()
+    assert (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)) == before
