@@ -42,7 +42,7 @@ from experiments.reproduce import (
     train_job,
 )
 from maml_rl import artifacts
-from maml_rl.evaluate import read_task_returns
+from maml_rl.evaluation_files import read_task_returns
 from maml_rl.logger import POST_UPDATE, read_metrics
 from maml_rl.results import format_cell, paired_rows, pooled_rows
 from maml_rl.train import LATEST

@@ -33,7 +33,8 @@ import maml_rl
 from maml_rl.checkpoint import CheckpointError
 from maml_rl.config import ConfigError
 from maml_rl.errors import ResourceError
-from maml_rl.evaluate import SummaryRow, read_task_returns, summarize
+from maml_rl.evaluate import SummaryRow, summarize
+from maml_rl.evaluation_files import read_task_returns
 from maml_rl.logger import read_metrics
 from maml_rl.results import paired_rows, run_cost
 

@@ -38,7 +38,8 @@ from experiments.reproduce import (
     run_script,
     train_job,
 )
-from maml_rl.evaluate import SummaryRow, read_task_returns
+from maml_rl.evaluate import SummaryRow
+from maml_rl.evaluation_files import read_task_returns
 from maml_rl.plot import plot_adaptation
 from maml_rl.results import format_cell, median_rows, paired_rows, pooled_rows, run_cost
 

@@ -34,7 +34,8 @@ from pathlib import Path
 from maml_rl import checkpoint
 from maml_rl.checkpoint import CheckpointError
 from maml_rl.config import ConfigError
-from maml_rl.evaluate import load_run, read_task_returns, step_size_schedule, write_csv
+from maml_rl.evaluate import load_run, step_size_schedule
+from maml_rl.evaluation_files import read_task_returns, write_csv
 from maml_rl.plot import plot_adaptation, plot_training_bands
 from maml_rl.results import (
     RunCost,

@@ -37,15 +37,9 @@ from maml_rl import config as config_module
 from maml_rl.config import Config, ConfigError
 from maml_rl.configs import find_config
 from maml_rl.errors import CheckpointError
-from maml_rl.evaluate import (
-    Evaluation,
-    check_eval_seed,
-    check_request,
-    evaluate_run,
-    hold_eval_dir,
-    load_run,
-)
-from maml_rl.evaluate import save as save_evaluation
+from maml_rl.evaluate import Evaluation, check_eval_seed, check_request, evaluate_run, load_run
+from maml_rl.evaluation_files import hold_eval_dir
+from maml_rl.evaluation_files import save as save_evaluation
 from maml_rl.oracle import OracleFamily
 from maml_rl.runtime import configure_process
 from maml_rl.tasks import make_family

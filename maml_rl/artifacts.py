@@ -7,7 +7,7 @@ the same file system), which is flushed, fsynced and `os.replace`d over the targ
 SIGKILL at any point leaves the old file or the new one, never half of one; a write that fails
 (a full disk, a read-only directory) removes its temporary file and ends in one line naming
 the file (`ArtifactError`). Readers turn a file that is not what it should be into the same
-one-line error (`read_json` here; `checkpoint.load`, `evaluate.read_task_returns`).
+one-line error (`read_json` here; `checkpoint.load`, `evaluation_files.read_task_returns`).
 
 `locked` is the one lock every command that writes a run directory takes: `train` holds
 `DIR/.lock`, `evaluate` holds `DIR/eval/.lock`, and `train --overwrite` takes every lock below

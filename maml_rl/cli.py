@@ -190,7 +190,8 @@ def methods_line(counts: dict[str, int | None]) -> str:
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from maml_rl.api import evaluate
-    from maml_rl.evaluate import PROTOCOL, RAN_ON, format_table, mixed_devices_note
+    from maml_rl.evaluate import RAN_ON, format_table, mixed_devices_note
+    from maml_rl.evaluation_files import PROTOCOL
 
     run_dir = Path(args.run_dir)
     given = {"pretrained": args.pretrained, "oracle": args.oracle}

@@ -18,14 +18,11 @@ import numpy as np
 from maml_rl import artifacts
 from maml_rl.artifacts import ArtifactError
 from maml_rl.checkpoint import CheckpointError
-from maml_rl.evaluate import (
+from maml_rl.evaluate import RAN_ON, TRAINED, SummaryRow, summarize
+from maml_rl.evaluation_files import (
     PROTOCOL,
-    RAN_ON,
-    TRAINED,
-    SummaryRow,
     protocol_difference,
     read_task_returns,
-    summarize,
     with_known_defaults,
 )
 

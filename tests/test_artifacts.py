@@ -339,7 +339,7 @@ def test_a_render_killed_while_writing_leaves_no_cut_file(
 def test_an_edited_per_task_file_is_not_merged_but_set_aside(
     evaluated: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from maml_rl.evaluate import read_task_returns
+    from maml_rl.evaluation_files import read_task_returns
 
     path = evaluated / "eval" / "adaptation_tasks.csv"
     lines = path.read_text().splitlines(keepends=True)

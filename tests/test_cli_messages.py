@@ -88,7 +88,7 @@ def test_evaluate_heads_its_table_with_each_methods_training_iterations(
     # the figure's legend says the same, and evaluation.json keeps it beside the protocol
     record = json.loads((run / "eval" / "evaluation.json").read_text())
     assert record["trained_iterations"] == {"maml": 3, "oracle": 1}
-    from maml_rl.evaluate import legend_labels
+    from maml_rl.evaluation_files import legend_labels
 
     evaluation = maml_rl.evaluate(run, num_tasks=2, num_steps=1, baselines=["random"],
                                   progress=False)  # fmt: skip

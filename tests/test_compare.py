@@ -13,7 +13,7 @@ from scipy import stats
 from maml_rl.checkpoint import CheckpointError
 from maml_rl.cli import main
 from maml_rl.compare import load_evaluation, paired_difference
-from maml_rl.evaluate import PROTOCOL, write_task_returns
+from maml_rl.evaluation_files import PROTOCOL, write_task_returns
 
 PROTOCOL_A = {"env": "navigation", "checkpoint": "latest@9", "eval_seed": 0, "num_tasks": 5}
 
@@ -78,7 +78,7 @@ def test_own_step_sizes_compare_adaptations_that_differ_only_in_their_step_sizes
 
 
 def test_success_rates_are_compared_when_both_evaluations_have_them(tmp_path: Path) -> None:
-    from maml_rl.evaluate import write_task_returns
+    from maml_rl.evaluation_files import write_task_returns
 
     runs = []
     for name, rates in (("a", [[0.5, 1.0, 0.0, 0.5, 1.0]]), ("b", [[0.0, 0.5, 0.0, 0.5, 0.5]])):

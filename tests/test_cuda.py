@@ -20,7 +20,7 @@ from maml_rl import checkpoint
 from maml_rl.build import Streams, build
 from maml_rl.cli import find_config, main
 from maml_rl.config import Config, load
-from maml_rl.evaluate import read_task_returns
+from maml_rl.evaluation_files import read_task_returns
 from maml_rl.logger import read_metrics
 from maml_rl.maml import TaskData, collect, draw_seeds, meta_step
 from maml_rl.policy import parameters_of

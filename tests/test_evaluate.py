@@ -19,10 +19,10 @@ from maml_rl.evaluate import (
     COLUMNS,
     adaptation_returns,
     evaluate_run,
-    save,
     step_size_schedule,
     summarize,
 )
+from maml_rl.evaluation_files import save
 from maml_rl.inner import init_step_size
 from maml_rl.policy import parameters_of
 from maml_rl_envs.navigation import Navigation2D
@@ -137,7 +137,7 @@ def test_mean_actions_adapt_on_the_sampled_episodes_and_measure_the_mean_policy(
 def test_mean_and_sampled_evaluations_are_never_merged_or_compared(tmp_path: Path) -> None:
     from maml_rl.api import evaluate
     from maml_rl.compare import check_comparable, load_evaluation
-    from maml_rl.evaluate import read_task_returns
+    from maml_rl.evaluation_files import read_task_returns
 
     run = fake_run(tmp_path / "run")
     other = fake_run(tmp_path / "other")
@@ -276,7 +276,7 @@ def test_an_oracle_for_a_family_without_oracle_features_is_refused_before_traini
 
 def test_a_second_evaluation_keeps_the_first_ones_methods_or_archives_it(tmp_path: Path) -> None:
     from maml_rl.cli import main
-    from maml_rl.evaluate import read_task_returns
+    from maml_rl.evaluation_files import read_task_returns
 
     run = tmp_path / "run"
     argv = ["train", "navigation", "--out", str(run), "--no-progress", "--set", "num_batches=1"]
@@ -311,7 +311,7 @@ def test_a_run_trained_on_cuda_is_evaluated_and_rendered_on_the_cpu_with_device_
     """Without --device a GPU-trained run asks for CUDA (one line); --device cpu runs it, with
     every method, and gives the returns of the same run trained on the CPU, bit for bit."""
     from maml_rl.cli import main
-    from maml_rl.evaluate import read_task_returns
+    from maml_rl.evaluation_files import read_task_returns
 
     monkeypatch.setattr("torch.cuda.is_available", lambda: False)
     runs = {}

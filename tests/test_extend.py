@@ -12,7 +12,7 @@ import pytest
 
 from experiments import extend
 from maml_rl import api
-from maml_rl.evaluate import read_task_returns
+from maml_rl.evaluation_files import read_task_returns
 from maml_rl.train import LATEST
 
 

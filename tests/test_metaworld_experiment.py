@@ -14,7 +14,7 @@ pytest.importorskip(
 
 from experiments import metaworld
 from maml_rl import api
-from maml_rl.evaluate import read_task_returns
+from maml_rl.evaluation_files import read_task_returns
 
 TINY = {
     "num_batches": 3,

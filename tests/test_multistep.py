@@ -11,7 +11,8 @@ import pytest
 
 from experiments import multistep
 from maml_rl import api
-from maml_rl.evaluate import SummaryRow, read_task_returns
+from maml_rl.evaluate import SummaryRow
+from maml_rl.evaluation_files import read_task_returns
 
 TINY = {
     "num_batches": 1,

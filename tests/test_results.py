@@ -12,7 +12,7 @@ import pytest
 from scipy import stats
 
 from maml_rl.checkpoint import CheckpointError
-from maml_rl.evaluate import read_task_returns, write_task_returns
+from maml_rl.evaluation_files import read_task_returns, write_task_returns
 from maml_rl.results import (
     late_gain,
     markdown_table,
