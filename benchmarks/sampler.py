@@ -59,6 +59,8 @@ import torch
 from maml_rl.policy import GaussianMLPPolicy, parameters_of
 from maml_rl.sampler import Sampler
 from maml_rl.tasks import make_family
+from maml_rl.types import Batch, Params
+from maml_rl_envs.mujoco_base import MujocoFamily
 from maml_rl_envs.mujoco_batch import (
     CHUNKS_PER_THREAD,
     default_num_threads,
@@ -89,7 +91,9 @@ class Physics:
     """B simulations of the family's model replaying recorded controls [H, B, nu] from
     recorded initial states qpos [B, nq], qvel [B, nv]."""
 
-    def __init__(self, family, qpos: np.ndarray, qvel: np.ndarray, controls: np.ndarray) -> None:
+    def __init__(
+        self, family: MujocoFamily, qpos: np.ndarray, qvel: np.ndarray, controls: np.ndarray
+    ) -> None:
         env = family.make_gym_env().unwrapped
         self.model, self.frame_skip = env.model, int(env.frame_skip)
         env.close()
@@ -167,7 +171,9 @@ class Physics:
         return run
 
 
-def record(family, sample: Callable[[], object], num_envs: int, seed: int):
+def record(
+    family: MujocoFamily, sample: Callable[[int], Batch], num_envs: int, seed: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """The initial states and robot controls [H, B, nu] of one sampler run with `seed`."""
     batch = sample(seed)
     env = family.make_batch_env(num_envs, stepper="threads", num_threads=1)
@@ -184,7 +190,7 @@ def record(family, sample: Callable[[], object], num_envs: int, seed: int):
 
 
 def native_env(
-    family, num_envs: int, actions: np.ndarray, stepper: str, threads: int
+    family: MujocoFamily, num_envs: int, actions: np.ndarray, stepper: str, threads: int
 ) -> Callable[[], int]:
     env = family.make_batch_env(num_envs, stepper=stepper, num_threads=threads)
     tasks = family.sample_tasks(num_envs, np.random.default_rng(0))
@@ -202,7 +208,7 @@ def native_env(
     return run
 
 
-def sampler_run(family, n: int, k: int) -> tuple[Callable[[int], object], Sampler]:
+def sampler_run(family: MujocoFamily, n: int, k: int) -> tuple[Callable[[int], object], Sampler]:
     obs_dim, act_dim = family.observation_space.shape[0], family.action_space.shape[0]
     policy = GaussianMLPPolicy(obs_dim, act_dim, (64, 64), "tanh")
     theta = parameters_of(policy)
@@ -216,7 +222,7 @@ def sampler_run(family, n: int, k: int) -> tuple[Callable[[int], object], Sample
     return run, sampler
 
 
-def sync_vector_env(family, num_envs: int, steps: int) -> Callable[[], int]:
+def sync_vector_env(family: MujocoFamily, num_envs: int, steps: int) -> Callable[[], int]:
     envs = gym.vector.SyncVectorEnv([family.make_env] * num_envs)
     envs.reset(seed=0)
     envs.action_space.seed(0)
@@ -311,7 +317,7 @@ def main() -> None:
             )
 
 
-def phase_run(sampler, params: dict, tasks: list) -> Callable[[], int]:
+def phase_run(sampler: Sampler, params: Params, tasks: list) -> Callable[[], int]:
     """One post-update phase (per-task parameters) per call, a new seed each time."""
     seeds = iter(range(10**6))
 
@@ -321,7 +327,9 @@ def phase_run(sampler, params: dict, tasks: list) -> Callable[[], int]:
     return run
 
 
-def warp_env_run(family, num_envs: int, horizon: int, device: str) -> Callable[[], int]:
+def warp_env_run(
+    family: MujocoFamily, num_envs: int, horizon: int, device: str
+) -> Callable[[], int]:
     """The warp batch env alone, stepping zero actions for an episode."""
     env = family.make_batch_env(num_envs, stepper="warp", device=device)
     tasks = family.sample_tasks(num_envs, np.random.default_rng(0))

@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import statistics
 import time
+from collections.abc import Callable
 
 from maml_rl.runtime import configure_process
 
@@ -104,7 +105,9 @@ def main() -> None:
         for name, function in VARIANTS.items():
             for threads in (1, 2):
 
-                def counted(a: torch.Tensor, b: torch.Tensor, function=function) -> torch.Tensor:
+                def counted(
+                    a: torch.Tensor, b: torch.Tensor, function: Callable = function
+                ) -> torch.Tensor:
                     calls["count"] += 1
                     return function(a, b)
 

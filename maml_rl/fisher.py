@@ -46,7 +46,9 @@ class ForwardModeFisher:
     obs: [N, M, D]; step_weights: [N, M] (0 on padded steps).
     """
 
-    def __init__(self, policy: nn.Module, params: Params, obs: Tensor, step_weights: Tensor):
+    def __init__(
+        self, policy: nn.Module, params: Params, obs: Tensor, step_weights: Tensor
+    ) -> None:
         self.params = {k: p.detach() for k, p in params.items()}
 
         def dist_params(p: Params) -> tuple[Tensor, ...]:

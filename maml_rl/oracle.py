@@ -36,7 +36,9 @@ class OracleObservation(gym.ObservationWrapper):
         self._task_features = np.asarray(features(default_task), dtype=np.float32)
         self.observation_space = _extend_box(env.observation_space, self._task_features.size)
 
-    def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
+    def reset(
+        self, *, seed: int | None = None, options: dict[str, Any] | None = None
+    ) -> tuple[np.ndarray, dict[str, Any]]:
         if options and "task" in options:
             self._task_features = np.asarray(self.features(options["task"]), dtype=np.float32)
         return super().reset(seed=seed, options=options)

@@ -61,7 +61,9 @@ family's optional ``sampler_backend`` attribute may take."""
 class GymBatchEnv:
     """`num_envs` Gymnasium environments stepped one after another in this process."""
 
-    def __init__(self, make_env: Callable[[], gym.Env], num_envs: int, max_episode_steps: int):
+    def __init__(
+        self, make_env: Callable[[], gym.Env], num_envs: int, max_episode_steps: int
+    ) -> None:
         self.envs = [make_env() for _ in range(num_envs)]
         self.num_envs = num_envs
         self.observation_space = self.envs[0].observation_space
