@@ -51,7 +51,9 @@ def test_large_tensors_come_from_the_heap_unless_opted_out() -> None:
     assert probe(None, 600) >= 600 * 1024 * 1024  # above the threshold: mmap as before
 
 
-def test_configure_from_environment_applies_unless_opted_out(monkeypatch) -> None:
+def test_configure_from_environment_applies_unless_opted_out(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     monkeypatch.setenv("MAML_RL_MALLOC", "system")
     assert not configure_from_environment()
     monkeypatch.delenv("MAML_RL_MALLOC")

@@ -62,7 +62,9 @@ def test_dir_lists_the_public_api_not_the_package_imports() -> None:
     assert not {"sys", "importlib", "Any", "ModuleType", "EXPORTS"} & set(names)
 
 
-def test_the_package_takes_attributes_after_maml_rl_types_loads(monkeypatch) -> None:  # type: ignore[no-untyped-def]
+def test_the_package_takes_attributes_after_maml_rl_types_loads(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     """Loading the submodule maml_rl.types must not shadow the standard `types` that the
     package's __setattr__ uses (setting a name, as monkeypatch or an import does, raised)."""
     importlib.import_module("maml_rl.types")
@@ -138,7 +140,9 @@ def test_evaluate_and_load_run_from_python(tmp_path: Path) -> None:
         maml_rl.evaluate(run_dir, num_tasks=3, baselines=["oracle"], process_settings=False)
 
 
-def test_train_and_evaluate_apply_the_process_settings(monkeypatch, tmp_path: Path) -> None:
+def test_train_and_evaluate_apply_the_process_settings(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
     calls: list[bool] = []
     monkeypatch.setattr(api, "configure_process", calls.append)
     run_dir = tmp_path / "run"

@@ -180,7 +180,7 @@ class GenericOnly:
     def sample_tasks(self, n: int, rng: np.random.Generator) -> list[NavigationTask]:
         return self._family.sample_tasks(n, rng)
 
-    def make_env(self):
+    def make_env(self) -> Navigation2DEnv:
         return self._family.make_env()
 
 

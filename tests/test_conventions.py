@@ -7,6 +7,7 @@ advantage statistics (`advantage_statistics`) and the direction of the trust-reg
 from __future__ import annotations
 
 import dataclasses
+from typing import Any
 
 import pytest
 import torch
@@ -25,7 +26,7 @@ from maml_rl.maml import (
     meta_objective,
     weighted,
 )
-from maml_rl.policy import detach, forward, kl, log_prob
+from maml_rl.policy import Distribution, GaussianMLPPolicy, detach, forward, kl, log_prob
 from maml_rl.returns import episode_weights, loss_weights, masked_mean
 from maml_rl.types import Batch
 
@@ -99,7 +100,9 @@ def test_episode_advantage_statistics_match_weighted_normalize() -> None:
     assert not torch.allclose(adv, pooled)
 
 
-def weighted_setup(**kw):
+def weighted_setup(
+    **kw: Any,
+) -> tuple[Config, GaussianMLPPolicy, MetaParams, torch.Tensor, TaskData, Distribution]:
     cfg = Config(fast_lr=0.1, cg_damping=0.0, **kw)
     policy, theta = make_policy()
     layout = MetaParams.of(theta, {})

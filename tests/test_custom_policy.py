@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from pathlib import Path
+from typing import Any
 
 import gymnasium as gym
 import numpy as np
@@ -31,7 +33,7 @@ from maml_rl.maml import (
     meta_step,
 )
 from maml_rl.observations import FlatObservationFamily, unflatten
-from maml_rl.policy import detach, parameters_of
+from maml_rl.policy import Distribution, detach, parameters_of
 from maml_rl.policy_adapter import PREFIX, PolicyAdapter, build_custom_policy
 from maml_rl.trpo import flat_grad
 
@@ -50,7 +52,9 @@ def make_custom(kind: str) -> tuple[PolicyAdapter, int]:
     return policy, int(gym.spaces.flatdim(space))
 
 
-def setup(kind: str, num_steps: int, first_order: bool = False, mode: str = "none", **kw):
+def setup(
+    kind: str, num_steps: int, first_order: bool = False, mode: str = "none", **kw: Any
+) -> tuple[Config, PolicyAdapter, MetaParams, torch.Tensor, TaskData, Distribution]:
     cfg = Config(fast_lr=0.1, first_order=first_order, learn_step_size=mode, **kw)
     policy, obs_dim = make_custom(kind)
     theta = parameters_of(policy)
@@ -183,7 +187,7 @@ REFUSED = {
 
 @pytest.mark.parametrize(("name", "message"), REFUSED.items())
 def test_policies_the_algorithm_cannot_use_are_refused_in_one_line(
-    name: str, message: str, tmp_path, capsys
+    name: str, message: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     argv = ["train", "navigation", "--out", str(tmp_path / "run"), "--no-progress",
             "--set", f"policy=policy_helpers:{name}", "meta_batch_size=2", "fast_batch_size=2",
@@ -271,7 +275,7 @@ OPTIONS = {
 
 
 @pytest.mark.parametrize("option", OPTIONS)
-def test_every_algorithm_option_trains_a_custom_policy(option: str, tmp_path) -> None:
+def test_every_algorithm_option_trains_a_custom_policy(option: str, tmp_path: Path) -> None:
     """One iteration per option (tiny sizes) with the LayerNorm policy, then evaluate and
     resume from the run directory: the recorded policy is rebuilt."""
     run = tmp_path / "run"
@@ -309,7 +313,9 @@ def test_ray_samples_a_custom_policy_like_the_local_sampler() -> None:
 
 
 @pytest.mark.parametrize("sampler", ["sync", "procs"])
-def test_a_dict_observation_family_trains_with_a_policy_that_takes_it(sampler, tmp_path) -> None:
+def test_a_dict_observation_family_trains_with_a_policy_that_takes_it(
+    sampler: str, tmp_path: Path
+) -> None:
     run = tmp_path / "run"
     argv = ["train", "navigation", "--out", str(run), "--no-progress", "--set",
             "env=policy_helpers:DictNavigation", "policy=policy_helpers:DictPolicy",
@@ -331,7 +337,9 @@ def test_a_dict_observation_family_trains_with_a_policy_that_takes_it(sampler, t
         (["policy=policy_helpers:LayerNormMLP"], True),
     ],
 )
-def test_check_says_what_train_says(overrides: list[str], ok: bool, tmp_path, capsys) -> None:
+def test_check_says_what_train_says(
+    overrides: list[str], ok: bool, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     """`maml-rl check` runs train's own checks (build.preflight): the same verdict, and the
     same one-line message when it refuses."""
     sizes = ["meta_batch_size=2", "fast_batch_size=2", "num_batches=1",

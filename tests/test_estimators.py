@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 import pytest
 import torch
 from conftest import make_batch, make_policy
+from torch import nn
 from torch.func import functional_call
 
 from maml_rl.config import Config
 from maml_rl.estimators import emaml_loss, lvc_loss, standardised_returns
-from maml_rl.inner import adapt, reinforce_loss
+from maml_rl.inner import InnerObjective, adapt, reinforce_loss
 from maml_rl.maml import (
     MetaParams,
     TaskData,
@@ -19,11 +23,18 @@ from maml_rl.maml import (
     _post_distribution,
     meta_objective,
 )
-from maml_rl.policy import detach, log_prob
+from maml_rl.policy import Distribution, GaussianMLPPolicy, detach, log_prob
 from maml_rl.trpo import flat_grad
+from maml_rl.types import Batch, Params
 
 
-def flat_loss(policy, theta, batch, advantages, loss_fn):  # type: ignore[no-untyped-def]
+def flat_loss(
+    policy: nn.Module,
+    theta: Params,
+    batch: Batch,
+    advantages: torch.Tensor,
+    loss_fn: InnerObjective,
+) -> tuple[Callable[[torch.Tensor], torch.Tensor], torch.Tensor, list[str], list[int]]:
     """The task-0 loss as a function of a flat parameter vector."""
     names = list(theta)
     sizes = [theta[n].numel() for n in names]
@@ -65,7 +76,9 @@ def test_lvc_has_reinforces_gradient_and_the_sampling_curvature_term() -> None:
     torch.testing.assert_close(h_lvc - h_maml, expected, rtol=1e-9, atol=1e-11)
 
 
-def setup(meta_gradient: str, num_steps: int = 1, **kw):  # type: ignore[no-untyped-def]
+def setup(
+    meta_gradient: str, num_steps: int = 1, **kw: Any
+) -> tuple[Config, GaussianMLPPolicy, Params, MetaParams, torch.Tensor, TaskData, Distribution]:
     cfg = Config(fast_lr=0.1, meta_gradient=meta_gradient, cg_damping=0.0, **kw)
     policy, theta = make_policy()
     layout = MetaParams.of(theta, {})
@@ -146,7 +159,14 @@ def test_gauss_newton_follows_each_estimators_curvature() -> None:
     for name in ("maml", "lvc", "emaml", "dice"):
         cfg, policy, _, layout, x0, data, old = setup(name)
 
-        def kl_fn(y: torch.Tensor, cfg=cfg, policy=policy, layout=layout, data=data, old=old):
+        def kl_fn(
+            y: torch.Tensor,
+            cfg: Config = cfg,
+            policy: GaussianMLPPolicy = policy,
+            layout: MetaParams = layout,
+            data: TaskData = data,
+            old: Distribution = old,
+        ) -> torch.Tensor:
             return meta_objective(policy, layout, y, data, old, cfg)[1]
 
         exact = _make_hvp(
@@ -208,7 +228,9 @@ def test_dice_derivatives_are_the_score_function_estimates_of_every_order() -> N
     policy, theta = make_policy()
     batch, advantages = make_batch(7, num_tasks=1, horizon=4, k=3)
 
-    def loss(policy, params, batch, advantages):  # type: ignore[no-untyped-def]
+    def loss(
+        policy: nn.Module, params: Params, batch: Batch, advantages: torch.Tensor
+    ) -> torch.Tensor:
         return dice_loss(policy, params, batch, advantages, gamma=0.9)
 
     f, x, names, sizes = flat_loss(policy, theta, batch, advantages, loss)
@@ -260,7 +282,7 @@ def test_dice_adapts_the_same_way_when_sampling_and_in_the_meta_objective() -> N
     sampler.close()
 
 
-def _mean_of(policy, phi, data):  # type: ignore[no-untyped-def]
+def _mean_of(policy: nn.Module, phi: Params, data: TaskData) -> torch.Tensor:
     return torch.func.vmap(lambda p, o: functional_call(policy, p, (o,)))(
         phi, data.post.observations.movedim(1, 0)
     ).mean

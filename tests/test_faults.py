@@ -10,7 +10,9 @@ import subprocess
 import sys
 import textwrap
 import time
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import gymnasium as gym
 import numpy as np
@@ -26,7 +28,7 @@ from maml_rl.logger import read_metrics
 from maml_rl.maml import NonFiniteError, TaskData, check_finite, meta_step
 from maml_rl.train import LATEST, RunStopped, train
 from maml_rl.types import Batch
-from maml_rl_envs.navigation import Navigation2D, Navigation2DBatch
+from maml_rl_envs.navigation import Navigation2D, Navigation2DBatch, NavigationTask
 
 TINY = {
     "meta_batch_size": 2,
@@ -44,11 +46,11 @@ class _NaNBatch(Navigation2DBatch):
         super().__init__(family, num_envs)
         self.bad, self.resets = bad, 0
 
-    def reset(self, tasks, seed=None):  # type: ignore[no-untyped-def]
+    def reset(self, tasks: Sequence[NavigationTask], seed: int | None = None) -> np.ndarray:
         self.resets += 1
         return super().reset(tasks, seed)
 
-    def step(self, actions):  # type: ignore[no-untyped-def]
+    def step(self, actions: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         obs, reward, terminated, truncated = super().step(actions)
         if self.resets in self.bad and self._t == 4:
             reward = reward.copy()
@@ -299,13 +301,15 @@ class _BreaksMidEpisode(gym.Env):
     def __init__(self, kind: str) -> None:
         self.kind, self.t, self.task = kind, 0, None
 
-    def reset(self, *, seed=None, options=None):  # type: ignore[no-untyped-def]
+    def reset(
+        self, *, seed: int | None = None, options: dict[str, Any] | None = None
+    ) -> tuple[np.ndarray, dict[str, Any]]:
         super().reset(seed=seed)
         self.task = (options or {}).get("task", self.task)
         self.t = 0
         return np.zeros(2, np.float32), {}
 
-    def step(self, action):  # type: ignore[no-untyped-def]
+    def step(self, action: np.ndarray) -> tuple[np.ndarray, float, bool, bool, dict[str, Any]]:
         self.t += 1
         broken = self.t == 3 and self.task is not None and self.task.goal[0] > 0
         if broken and self.kind == "raise":

@@ -3,6 +3,7 @@ from __future__ import annotations
 import pytest
 import torch
 from conftest import make_batch, make_policy
+from torch import nn
 
 from maml_rl.inner import (
     SCALAR_STEP_SIZE,
@@ -15,9 +16,12 @@ from maml_rl.inner import (
     step_sizes_of,
 )
 from maml_rl.policy import forward, log_prob
+from maml_rl.types import Batch, Params
 
 
-def loss_of_task(policy, theta, batch, advantages, n: int) -> torch.Tensor:
+def loss_of_task(
+    policy: nn.Module, theta: Params, batch: Batch, advantages: torch.Tensor, n: int
+) -> torch.Tensor:
     """L_n(theta) written out for one task: -Σ m·logπ·A / Σ m."""
     dist = forward(policy, theta, batch.observations[:, n])
     logp = log_prob(dist, batch.actions[:, n])

@@ -16,6 +16,7 @@ import textwrap
 import threading
 import time
 from pathlib import Path
+from typing import IO, Any
 
 import pytest
 from test_artifacts import LATEST, TINY, train, trained  # noqa: F401 (a fixture)
@@ -113,7 +114,7 @@ def test_a_full_disk_while_logging_metrics_is_one_line_naming_the_file(
         def write(self, text: str) -> int:
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))  # as a handle's write does
 
-    def open_(self: Path, mode: str = "r", *args: object, **kwargs: object):  # type: ignore[no-untyped-def]
+    def open_(self: Path, mode: str = "r", *args: object, **kwargs: object) -> IO[Any]:
         if self.name == "metrics.jsonl" and "a" in mode:
             return FullDisk()
         return real_open(self, mode, *args, **kwargs)
@@ -255,7 +256,7 @@ def read_only(trained: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) ->
     real_io_open, real_mkdir, real_os_open = io.open, os.mkdir, os.open
     real_replace, real_rename = os.replace, os.rename
 
-    def io_open(file: object, mode: str = "r", *args: object, **kwargs: object):  # type: ignore[no-untyped-def]
+    def io_open(file: object, mode: str = "r", *args: object, **kwargs: object) -> IO[Any]:
         if any(c in mode for c in "wax+"):
             refuse(file)
         return real_io_open(file, mode, *args, **kwargs)

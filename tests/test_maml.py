@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
+from typing import Any
 
 import pytest
 import torch
@@ -21,9 +23,10 @@ from maml_rl.maml import (
     meta_objective,
     meta_step,
 )
-from maml_rl.policy import detach, forward, log_prob
+from maml_rl.policy import Distribution, GaussianMLPPolicy, detach, forward, log_prob
 from maml_rl.returns import masked_mean
 from maml_rl.trpo import conjugate_gradient, flat_grad, max_step_length
+from maml_rl.types import Batch, Params
 
 
 def task_data(num_steps: int, seed: int = 10) -> TaskData:
@@ -32,7 +35,18 @@ def task_data(num_steps: int, seed: int = 10) -> TaskData:
     return TaskData(inner, post, post_advantages)
 
 
-def setup(num_steps: int, first_order: bool = False, mode: str = "none", **kw):
+def setup(
+    num_steps: int, first_order: bool = False, mode: str = "none", **kw: Any
+) -> tuple[
+    Config,
+    GaussianMLPPolicy,
+    Params,
+    Params,
+    MetaParams,
+    torch.Tensor,
+    TaskData,
+    Distribution,
+]:
     cfg = Config(fast_lr=0.1, first_order=first_order, learn_step_size=mode, **kw)
     policy, theta = make_policy()
     step_size = init_step_size(theta, mode, 0.1, num_steps)
@@ -44,7 +58,9 @@ def setup(num_steps: int, first_order: bool = False, mode: str = "none", **kw):
     return cfg, policy, theta, step_size, layout, x0, data, old
 
 
-def central_difference(f, x: torch.Tensor, v: torch.Tensor, h: float = 1e-6) -> float:
+def central_difference(
+    f: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, v: torch.Tensor, h: float = 1e-6
+) -> float:
     with torch.no_grad():
         return (f(x + h * v) - f(x - h * v)).item() / (2 * h)
 
@@ -127,7 +143,15 @@ def test_finite_difference_hvp_matches_exact_on_the_policy_kl(first_order: bool)
             theta, steps = layout.unflatten(x0)
             frozen = first_order_gradients(policy, theta, data.inner, [steps or 0.1])
 
-        def objective(y, policy=policy, layout=layout, data=data, old=old, cfg=cfg, fz=frozen):
+        def objective(
+            y: torch.Tensor,
+            policy: GaussianMLPPolicy = policy,
+            layout: MetaParams = layout,
+            data: TaskData = data,
+            old: Distribution = old,
+            cfg: Config = cfg,
+            fz: list[Params] | None = frozen,
+        ) -> torch.Tensor:
             return meta_objective(policy, layout, y, data, old, cfg, fz)[1]
 
         product = _make_hvp(objective, x, kl, cfg)
@@ -256,7 +280,7 @@ def test_hvp_subsample_uses_the_curvature_of_the_first_tasks(hvp: str) -> None:
     for d, o in ((sub_data, sub_old), (data, old)):
         x = x0.clone().requires_grad_(True)
 
-        def kl_fn(y, d=d, o=o):
+        def kl_fn(y: torch.Tensor, d: TaskData = d, o: Distribution = o) -> torch.Tensor:
             return meta_objective(policy, layout, y, d, o, cfg)[1]
 
         products.append(_make_hvp(kl_fn, x, None, cfg)(v))
@@ -266,7 +290,7 @@ def test_hvp_subsample_uses_the_curvature_of_the_first_tasks(hvp: str) -> None:
     x = x0.clone().requires_grad_(True)
     grad = flat_grad(meta_objective(policy, layout, x, data, old, cfg_sub)[0], [x])
 
-    def sub_kl(y):
+    def sub_kl(y: torch.Tensor) -> torch.Tensor:
         return meta_objective(policy, layout, y, sub_data, sub_old, cfg_sub)[1]
 
     product = _make_hvp(sub_kl, x, None, cfg_sub)
@@ -290,7 +314,7 @@ def test_finite_difference_hvp_in_float32_at_production_size() -> None:
     layout = MetaParams.of(theta, {})
     x0 = layout.flatten(theta, {})
 
-    def as_float32(pair):
+    def as_float32(pair: tuple[Batch, torch.Tensor]) -> tuple[Batch, torch.Tensor]:
         batch, advantages = pair
         fields = {f.name: getattr(batch, f.name) for f in dataclasses.fields(batch)}
         return type(batch)(**{k: None if v is None else v.float() for k, v in fields.items()}), (

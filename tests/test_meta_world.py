@@ -20,6 +20,7 @@ from maml_rl.evaluate import held_out
 from maml_rl.tasks import make_family
 from maml_rl.vector import GymBatchEnv
 from maml_rl_envs.meta_world import (
+    MetaWorldML1,
     MetaWorldTask,
     apply_mujoco_compat,
     expert_policy,
@@ -29,15 +30,15 @@ from maml_rl_envs.meta_world import (
 
 
 @pytest.fixture(scope="module")
-def reach():  # building the benchmark takes about a second
+def reach() -> MetaWorldML1:  # building the benchmark takes about a second
     return make_family("metaworld-ml1", {"env_name": "reach-v3", "max_episode_steps": 150})
 
 
-def _goal(family, task: MetaWorldTask) -> tuple[float, ...]:
+def _goal(family: MetaWorldML1, task: MetaWorldTask) -> tuple[float, ...]:
     return tuple(pickle.loads(family.benchmark_task(task).data)["rand_vec"].round(12))
 
 
-def test_ml1_splits_are_disjoint_and_complete(reach) -> None:
+def test_ml1_splits_are_disjoint_and_complete(reach: MetaWorldML1) -> None:
     train, test = reach.all_tasks("train"), reach.all_tasks("test")
     assert len(train) == len(test) == 50
     assert {_goal(reach, t) for t in train}.isdisjoint({_goal(reach, t) for t in test})
@@ -97,13 +98,13 @@ def test_bad_arguments_are_one_line_errors() -> None:
         make_family("metaworld-ml1", {"max_episode_steps": 501})
 
 
-def test_the_family_passes_the_checker_and_pickles(reach) -> None:
+def test_the_family_passes_the_checker_and_pickles(reach: MetaWorldML1) -> None:
     check_family(reach, seed=0)
     copy = pickle.loads(pickle.dumps(reach))
     assert copy.all_tasks("test") == reach.all_tasks("test")
 
 
-def test_reach_experts_succeed_through_the_family_environment(reach) -> None:
+def test_reach_experts_succeed_through_the_family_environment(reach: MetaWorldML1) -> None:
     """Meta-World's scripted reach policy (given the hidden goal) succeeds on held-out tasks
     run through our environment, and the batch env reports it: the task reaches the simulator."""
     expert = expert_policy("reach-v3")
@@ -127,7 +128,7 @@ def test_reach_experts_succeed_through_the_family_environment(reach) -> None:
     batch.close()
 
 
-def test_worker_processes_sample_what_this_process_samples(reach) -> None:
+def test_worker_processes_sample_what_this_process_samples(reach: MetaWorldML1) -> None:
     """The procs backend (auto's choice here) unpickles the family in fresh processes: the
     MuJoCo fix must be in place there too, and the batch is the in-process one."""
     import torch

@@ -23,6 +23,7 @@ from maml_rl.maml import (
 from maml_rl.mlp_derivatives import GaussianFisher, ReinforceCurvature, supports
 from maml_rl.policy import (
     CategoricalMLPPolicy,
+    Distribution,
     GaussianMLPPolicy,
     detach,
     forward,
@@ -31,11 +32,14 @@ from maml_rl.policy import (
 )
 from maml_rl.returns import masked_mean
 from maml_rl.trpo import flat_grad
+from maml_rl.types import Params
 
 NONLINEARITIES = ("tanh", "relu", "elu")
 
 
-def policy_and_phi(nonlinearity: str, num_tasks: int = 3, seed: int = 0):
+def policy_and_phi(
+    nonlinearity: str, num_tasks: int = 3, seed: int = 0
+) -> tuple[GaussianMLPPolicy, Params]:
     """A float64 policy (two hidden layers) and distinct per-task params phi [N, *shape]."""
     policy = GaussianMLPPolicy(
         2, 2, (7, 5), nonlinearity, init_std=0.6, generator=torch.Generator().manual_seed(seed)
@@ -50,16 +54,16 @@ def policy_and_phi(nonlinearity: str, num_tasks: int = 3, seed: int = 0):
     return policy, phi
 
 
-def random_tangent(phi, seed: int = 3):
+def random_tangent(phi: Params, seed: int = 3) -> Params:
     g = torch.Generator().manual_seed(seed)
     return {n: torch.randn(p.shape, generator=g, dtype=p.dtype) for n, p in phi.items()}
 
 
-def leaf(phi):
+def leaf(phi: Params) -> Params:
     return {n: p.detach().clone().requires_grad_(True) for n, p in phi.items()}
 
 
-def assert_params_close(actual, expected, rtol: float = 1e-10) -> None:
+def assert_params_close(actual: Params, expected: Params, rtol: float = 1e-10) -> None:
     assert actual.keys() == expected.keys()
     for name in expected:
         scale = expected[name].abs().max().clamp(min=1e-12)
@@ -141,7 +145,9 @@ def test_supports_only_what_it_can_differentiate() -> None:
     assert not supports(elu)
 
 
-def setup(num_steps: int, mode: str, first_order: bool = False, nonlinearity: str = "tanh"):
+def setup(
+    num_steps: int, mode: str, first_order: bool = False, nonlinearity: str = "tanh"
+) -> tuple[Config, GaussianMLPPolicy, MetaParams, torch.Tensor, TaskData, Distribution]:
     cfg = Config(fast_lr=0.1, learn_step_size=mode, first_order=first_order, hvp="gauss_newton")
     policy = GaussianMLPPolicy(
         2, 2, (8, 8), nonlinearity, init_std=0.7, generator=torch.Generator().manual_seed(0)

@@ -10,6 +10,7 @@ import gymnasium as gym
 import numpy as np
 import pytest
 from gymnasium.utils.env_checker import check_env
+from numpy.typing import ArrayLike
 
 from maml_rl.tasks import BatchEnv, TaskFamily, TaskFamilyError, available_families, make_family
 from maml_rl_envs.navigation import (
@@ -21,7 +22,13 @@ from maml_rl_envs.navigation import (
 )
 
 
-def _step(position, action, goal, max_action: float = 0.1, tolerance: float = 0.01):
+def _step(
+    position: ArrayLike,
+    action: ArrayLike,
+    goal: ArrayLike,
+    max_action: float = 0.1,
+    tolerance: float = 0.01,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return navigation_step(
         np.asarray(position, dtype=np.float64),
         np.asarray(action, dtype=np.float64),
@@ -260,7 +267,9 @@ def test_env_terminates_on_reaching_goal() -> None:
 # ----------------------------------------------------------------------------- batch env
 
 
-def _rollout_batch(family: Navigation2D, tasks, actions: np.ndarray):
+def _rollout_batch(
+    family: Navigation2D, tasks: list[NavigationTask], actions: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     env = family.make_batch_env(len(tasks))
     obs = [env.reset(tasks, seed=0)]
     rewards, terminated, truncated = [], [], []
@@ -273,7 +282,9 @@ def _rollout_batch(family: Navigation2D, tasks, actions: np.ndarray):
     return np.array(obs), np.array(rewards), np.array(terminated), np.array(truncated)
 
 
-def _rollout_singles(family: Navigation2D, tasks, actions: np.ndarray):
+def _rollout_singles(
+    family: Navigation2D, tasks: list[NavigationTask], actions: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     envs = [family.make_env() for _ in tasks]
     obs = [
         np.stack(

@@ -8,7 +8,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def test_a_built_wheel_ships_the_families_and_configs_under_project_names(tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_a_built_wheel_ships_the_families_and_configs_under_project_names(tmp_path: Path) -> None:
     """`pip install .` must not install a top-level `envs` package (any envs/ folder in the
     working directory would shadow it) and must carry the YAML configs."""
     import importlib.util

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 
 import gymnasium as gym
 import numpy as np
@@ -26,7 +27,7 @@ from maml_rl.policy import (
 
 
 @pytest.fixture(autouse=True)
-def _float64():
+def _float64() -> Iterator[None]:
     previous = torch.get_default_dtype()
     torch.set_default_dtype(torch.float64)
     yield

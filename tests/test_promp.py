@@ -3,14 +3,17 @@ hand-computed values, descent on a fixed batch, and non-finite steps never appli
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 import torch
 from conftest import make_batch, make_policy
 
 from maml_rl.config import Config
 from maml_rl.maml import MetaParams, TaskData
-from maml_rl.policy import detach, forward, kl, log_prob
+from maml_rl.policy import Distribution, GaussianMLPPolicy, detach, forward, kl, log_prob
 from maml_rl.promp import _distributions, _path, clipped_surrogate, promp_objective, promp_step
+from maml_rl.types import Params
 
 
 def test_clipped_surrogate_by_hand() -> None:
@@ -21,7 +24,11 @@ def test_clipped_surrogate_by_hand() -> None:
     torch.testing.assert_close(clipped_surrogate(ratio, advantages, 0.3), expected)
 
 
-def setup(**kw):  # type: ignore[no-untyped-def]
+def setup(
+    **kw: Any,
+) -> tuple[
+    Config, GaussianMLPPolicy, Params, MetaParams, torch.Tensor, TaskData, list[Distribution]
+]:
     cfg = Config(fast_lr=0.1, outer="promp", meta_gradient="lvc", **kw)
     policy, theta = make_policy()
     layout = MetaParams.of(theta, {})

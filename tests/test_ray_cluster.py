@@ -70,7 +70,9 @@ def test_two_nodes_sample_what_one_machine_samples_and_survive_a_node_death(
         submit = RaySampler._submit
         lost: list[Any] = []
 
-        def submit_then_lose_the_worker(self, actor, *args):  # the node dies mid-phase
+        def submit_then_lose_the_worker(
+            self: RaySampler, actor: Any, *args: Any
+        ) -> Any:  # the node dies mid-phase
             ref = submit(self, actor, *args)
             if not lost:  # right after the first share went out: both shares are in flight
                 lost.append(worker)

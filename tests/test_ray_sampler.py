@@ -7,6 +7,7 @@ from __future__ import annotations
 import subprocess
 import sys
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -87,7 +88,9 @@ def test_same_seed_same_batches_as_the_local_sampler(name: str) -> None:
         local.close()
 
 
-def test_an_actor_killed_mid_phase_is_replaced_and_its_tasks_retried(monkeypatch) -> None:
+def test_an_actor_killed_mid_phase_is_replaced_and_its_tasks_retried(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     family, policy, theta, tasks = setup("navigation", horizon=50)
     expected = Sampler(family, policy, 4).sample(theta, tasks, seed=3, per_task=False)
     events: list[str] = []
@@ -95,7 +98,9 @@ def test_an_actor_killed_mid_phase_is_replaced_and_its_tasks_retried(monkeypatch
     killed: list[Any] = []
     submit = RaySampler._submit
 
-    def submit_then_kill(self, actor, *args):  # the first share's actor dies in flight
+    def submit_then_kill(
+        self: RaySampler, actor: Any, *args: Any
+    ) -> Any:  # the first share's actor dies in flight
         ref = submit(self, actor, *args)
         if not killed:
             killed.append(actor)
@@ -114,12 +119,12 @@ def test_an_actor_killed_mid_phase_is_replaced_and_its_tasks_retried(monkeypatch
         remote.close()
 
 
-def test_actors_dying_twice_stop_with_one_line(monkeypatch) -> None:
+def test_actors_dying_twice_stop_with_one_line(monkeypatch: pytest.MonkeyPatch) -> None:
     family, policy, theta, tasks = setup("navigation")
     remote = RaySampler(family, policy, 2, num_actors=2)
     submit = RaySampler._submit
 
-    def submit_then_kill(self, actor, *args):  # every actor dies
+    def submit_then_kill(self: RaySampler, actor: Any, *args: Any) -> Any:  # every actor dies
         ref = submit(self, actor, *args)
         ray.kill(actor, no_restart=True)
         return ref
@@ -133,7 +138,7 @@ def test_actors_dying_twice_stop_with_one_line(monkeypatch) -> None:
         remote.close()
 
 
-def test_a_phase_past_its_timeout_stops_with_one_line(monkeypatch) -> None:
+def test_a_phase_past_its_timeout_stops_with_one_line(monkeypatch: pytest.MonkeyPatch) -> None:
     family, policy, theta, tasks = setup("navigation")
     remote = RaySampler(family, policy, 2, num_actors=1, timeout_s=0.5)
 
@@ -151,7 +156,7 @@ def test_a_phase_past_its_timeout_stops_with_one_line(monkeypatch) -> None:
         remote.close()
 
 
-def test_unreachable_cluster_is_a_one_line_cli_error(tmp_path) -> None:
+def test_unreachable_cluster_is_a_one_line_cli_error(tmp_path: Path) -> None:
     result = subprocess.run(
         [sys.executable, "-m", "maml_rl.cli", "train", "navigation", "--out", str(tmp_path / "r"),
          "--set", "sampler=ray", "--set", "ray_address=127.0.0.1:9", "--no-progress"],
@@ -162,7 +167,9 @@ def test_unreachable_cluster_is_a_one_line_cli_error(tmp_path) -> None:
     assert len(lines) == 1 and "cannot reach the Ray cluster at 127.0.0.1:9" in lines[0]
 
 
-def test_two_actors_killed_at_once_are_retried_on_their_replacements(monkeypatch) -> None:
+def test_two_actors_killed_at_once_are_retried_on_their_replacements(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     family, policy, theta, tasks = setup("navigation", horizon=30)
     expected = Sampler(family, policy, 2).sample(theta, tasks, seed=5, per_task=False)
     events: list[str] = []
@@ -170,7 +177,9 @@ def test_two_actors_killed_at_once_are_retried_on_their_replacements(monkeypatch
     first = list(remote.actors)
     submit = RaySampler._submit
 
-    def submit_then_kill_the_first_two(self, actor, *args):  # a node with both actors lost
+    def submit_then_kill_the_first_two(
+        self: RaySampler, actor: Any, *args: Any
+    ) -> Any:  # a node with both actors lost
         ref = submit(self, actor, *args)
         if actor in first:
             ray.kill(actor, no_restart=True)
@@ -222,7 +231,7 @@ def test_the_local_instance_and_loopback_clusters_bind_to_loopback() -> None:
     assert ray.get(where.remote()) == LOOPBACK
 
 
-def test_a_port_that_is_not_a_ray_cluster_is_a_one_line_cli_error(tmp_path) -> None:
+def test_a_port_that_is_not_a_ray_cluster_is_a_one_line_cli_error(tmp_path: Path) -> None:
     import http.server
     import threading
     import time

@@ -95,7 +95,9 @@ def test_python_api_applies_them_and_the_allocator_even_after_torch() -> None:
     assert result["ours"]["OMP_WAIT_POLICY"] == "PASSIVE" and result["mmap"] == 0
 
 
-def test_configure_process_keeps_user_values_and_has_opt_outs(monkeypatch) -> None:
+def test_configure_process_keeps_user_values_and_has_opt_outs(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     applied: list[bool] = []
     monkeypatch.setattr(runtime, "configure_from_environment", lambda: applied.append(True) or True)
     monkeypatch.setattr(os, "environ", {"OMP_WAIT_POLICY": "ACTIVE"})
@@ -121,7 +123,7 @@ def test_configure_process_keeps_user_values_and_has_opt_outs(monkeypatch) -> No
     assert os.environ == {} and len(applied) == 3
 
 
-def test_ray_actors_get_the_drivers_settings(monkeypatch) -> None:
+def test_ray_actors_get_the_drivers_settings(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(os, "environ", {"MKL_CBWR": "AUTO,STRICT", runtime.SWITCH: "off"})
     env = _actor_environment()
     assert env["MKL_CBWR"] == "AUTO,STRICT" and env[runtime.SWITCH] == "off"

@@ -10,10 +10,15 @@ import torch
 
 from maml_rl.policy import GaussianMLPPolicy, parameters_of
 from maml_rl.sampler import Sampler, make_batch_env
-from maml_rl.tasks import TaskFamilyError
+from maml_rl.tasks import TaskFamily, TaskFamilyError
 from maml_rl.types import Batch, Params
 from maml_rl.vector import GymBatchEnv
-from maml_rl_envs.navigation import Navigation2D, Navigation2DBatch, NavigationTask
+from maml_rl_envs.navigation import (
+    Navigation2D,
+    Navigation2DBatch,
+    Navigation2DEnv,
+    NavigationTask,
+)
 
 DTYPE = torch.float64
 TINY_LOG_STD = -10.0  # std ≈ 4.5e-5: actions are the mean up to ~1e-4
@@ -43,7 +48,7 @@ def stack(per_task: list[Params]) -> Params:
     return {name: torch.stack([p[name] for p in per_task]) for name in per_task[0]}
 
 
-def make_sampler(family, policy: GaussianMLPPolicy, k: int) -> Sampler:
+def make_sampler(family: TaskFamily, policy: GaussianMLPPolicy, k: int) -> Sampler:
     return Sampler(family, policy, trajectories_per_task=k, dtype=DTYPE)
 
 
@@ -57,7 +62,7 @@ class GenericOnly:
     def sample_tasks(self, n: int, rng: np.random.Generator) -> list[NavigationTask]:
         return self._family.sample_tasks(n, rng)
 
-    def make_env(self):
+    def make_env(self) -> Navigation2DEnv:
         return self._family.make_env()
 
 

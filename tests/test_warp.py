@@ -21,6 +21,7 @@ import dataclasses
 import importlib.util
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import mujoco
 import numpy as np
@@ -32,7 +33,12 @@ from maml_rl.logger import read_metrics
 from maml_rl.policy import GaussianMLPPolicy, parameters_of
 from maml_rl.sampler import Sampler
 from maml_rl.tasks import TaskFamilyError, make_family
+from maml_rl.types import Batch
 from maml_rl.vector import resolved_backend
+
+if TYPE_CHECKING:
+    from maml_rl_envs.mujoco_base import MujocoFamily
+    from maml_rl_envs.mujoco_batch import MujocoBatchEnv
 
 HAVE_WARP = importlib.util.find_spec("mujoco_warp") is not None
 needs_warp = pytest.mark.skipif(not HAVE_WARP, reason='needs pip install "maml-rl[warp]"')
@@ -53,7 +59,7 @@ def warp() -> float:
     return time.perf_counter() - start
 
 
-def elliptic(env, family) -> None:
+def elliptic(env: MujocoBatchEnv, family: MujocoFamily) -> None:
     """Swap the simulations of `env` for ones of the family's model with elliptic cones."""
     from maml_rl_envs.mujoco_batch import ThreadStepper
     from maml_rl_envs.warp_batch import WarpStepper
@@ -110,7 +116,9 @@ def test_one_step_from_the_same_state_equals_the_c_backend(warp: float, name: st
         assert contact_seen and unhealthy_seen  # the comparison covered both
 
 
-def sample(name: str, backend: str, seed: int, num_tasks: int = 2, k: int = 4, **kwargs):
+def sample(
+    name: str, backend: str, seed: int, num_tasks: int = 2, k: int = 4, **kwargs: Any
+) -> Batch:
     """One batch of a fixed policy (initialised from seed 0) on `backend`."""
     family = make_family(name, kwargs)
     obs_dim, act_dim = family.observation_space.shape[0], family.action_space.shape[0]
@@ -198,7 +206,9 @@ def test_resumed_run_is_bit_identical_and_evaluates(warp: float, tmp_path: Path)
     assert evaluation is not None
 
 
-def test_without_the_extra_sampler_warp_says_how_to_install(monkeypatch) -> None:
+def test_without_the_extra_sampler_warp_says_how_to_install(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     monkeypatch.setattr("maml_rl.sampler.warp_installed", lambda: False)
     family = make_family("halfcheetah-vel", {})
     policy = GaussianMLPPolicy(17, 6, (8,), "tanh")
@@ -206,7 +216,7 @@ def test_without_the_extra_sampler_warp_says_how_to_install(monkeypatch) -> None
         Sampler(family, policy, 2, backend="warp")
 
 
-def test_auto_picks_warp_only_on_cuda_with_the_extra(monkeypatch) -> None:
+def test_auto_picks_warp_only_on_cuda_with_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
     family = make_family("halfcheetah-vel", {})
     navigation = make_family("navigation", {})
     monkeypatch.setattr("maml_rl.vector.warp_installed", lambda: True)
