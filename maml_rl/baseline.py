@@ -43,26 +43,36 @@ def _check_shapes(observations: Tensor, mask: Tensor) -> None:
         )
 
 
-def features(observations: Tensor, mask: Tensor) -> Tensor:
+def features(observations: Tensor, mask: Tensor, dtype: torch.dtype | None = None) -> Tensor:
     """Baseline features of every step.
 
     o = clip(obs, -10, 10),   t = step_index / 100
     φ = [o, o², t, t², t³, 1]   at valid steps,   φ = 0 at masked steps.
 
+    Built in place in the one output tensor: its size (2D + 4 numbers per step, in float64 for
+    the fit: 214 for the ant, twice the observations) is the largest of a batch's advantage
+    computation, so no intermediate of that size is made.
+
     Args:
         observations: ``[T, N, K, D]``.
         mask: ``[T, N, K]`` validity.
+        dtype: of the features; None: that of ``observations``.
 
     Returns:
-        ``[T, N, K, F]`` features with F = 2D + 4, in the dtype of ``observations``.
+        ``[T, N, K, F]`` features with F = 2D + 4.
     """
     _check_shapes(observations, mask)
-    steps, n_tasks, n_traj, _ = observations.shape
-    obs = observations.clamp(-OBS_CLIP, OBS_CLIP)
-    t = torch.arange(steps, dtype=obs.dtype, device=obs.device) / TIME_SCALE
-    t = t.view(steps, 1, 1, 1).expand(steps, n_tasks, n_traj, 1)
-    phi = torch.cat([obs, obs.square(), t, t.square(), t.pow(3), torch.ones_like(t)], dim=-1)
-    return torch.where((mask != 0).unsqueeze(-1), phi, torch.zeros_like(phi))
+    steps, n_tasks, n_traj, dim = observations.shape
+    dtype = observations.dtype if dtype is None else dtype
+    device = observations.device
+    phi = torch.empty(steps, n_tasks, n_traj, 2 * dim + 4, dtype=dtype, device=device)
+    obs = phi[..., :dim]
+    obs.copy_(observations).clamp_(-OBS_CLIP, OBS_CLIP)
+    torch.square(obs, out=phi[..., dim : 2 * dim])
+    t = torch.arange(steps, dtype=dtype, device=device) / TIME_SCALE
+    for i, column in enumerate((t, t.square(), t.pow(3), torch.ones_like(t))):
+        phi[..., 2 * dim + i] = column.view(steps, 1, 1)
+    return phi.masked_fill_((mask == 0).unsqueeze(-1), 0.0)
 
 
 def _normal_equations(observations: Tensor, returns: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
@@ -75,11 +85,10 @@ def _normal_equations(observations: Tensor, returns: Tensor, mask: Tensor) -> tu
     Returns:
         ``G`` of shape ``[N, F, F]`` and ``b`` of shape ``[N, F]``, both float64.
     """
-    x = features(observations.to(torch.float64), mask)
-    w = mask.to(torch.float64)
+    x = features(observations, mask, torch.float64)  # rows of masked steps are 0: W X = X
     y = torch.where(mask != 0, returns.to(torch.float64), torch.zeros((), dtype=torch.float64))
-    gram = torch.einsum("tnkf,tnk,tnkg->nfg", x, w, x)
-    rhs = torch.einsum("tnkf,tnk,tnk->nf", x, w, y)
+    gram = torch.einsum("tnkf,tnkg->nfg", x, x)
+    rhs = torch.einsum("tnkf,tnk->nf", x, y)
     return gram, rhs
 
 
@@ -140,7 +149,7 @@ def fit(
     Args:
         observations: ``[T, N, K, D]``.
         returns: ``[T, N, K]`` regression targets (e.g. discounted returns).
-        mask: ``[T, N, K]`` validity; masked rows are excluded, even if non-finite.
+        mask: ``[T, N, K]`` validity, 1 or 0; masked rows are excluded, even if non-finite.
         reg_coeff: initial ridge coefficient, >= 0.
         max_tries: maximum number of attempts per task, >= 1.
 
@@ -154,6 +163,8 @@ def fit(
         raise ValueError(f"reg_coeff must be finite and >= 0, got {reg_coeff}")
     if max_tries < 1:
         raise ValueError(f"max_tries must be >= 1, got {max_tries}")
+    if not bool(((mask == 0) | (mask == 1)).all()):  # Wₙ X = X below needs a 0/1 mask
+        raise ValueError("mask must hold 1 at valid steps and 0 at masked ones")
     with torch_threads(1):  # the sums' rounding would depend on the thread count otherwise
         gram, rhs = _normal_equations(observations, returns, mask)
         weights = _solve_with_escalation(gram, rhs, reg_coeff, max_tries)

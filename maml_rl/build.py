@@ -84,21 +84,22 @@ def resolve_device(name: str) -> torch.device:
 
 
 MEMORY_CHECKS = ("training", "evaluation")
-"""What `check_memory` estimates: a meta-iteration, or an evaluation's adaptation."""
+"""What `run_sizes` describes: a meta-iteration, or an evaluation's adaptation."""
 
 
-def check_memory(
+def run_sizes(
     cfg: Config,
     num_tasks: int | None = None,
     num_steps: int | None = None,
     family: TaskFamily | None = None,
     spaces: tuple[gym.Space, gym.Space] | None = None,
     kind: str = "training",
-) -> None:
-    """ResourceError (one line) when `num_tasks` tasks (default the meta-batch) adapted for
-    `num_steps` steps (default the run's num_steps; evaluate and render pass theirs) would not
-    fit in memory (memory.py), before anything is sampled or allocated. kind: "training" (a
-    meta-iteration) or "evaluation" (adaptation only, as evaluate and render run it)."""
+) -> RunSizes:
+    """The sizes memory.py estimates (`memory.check_run` refuses them in one line where they do
+    not fit) for `num_tasks` tasks (default the meta-batch) adapted for
+    `num_steps` steps (default the run's num_steps; evaluate and render pass theirs). kind:
+    "training" (a meta-iteration) or "evaluation" (adaptation only, as evaluate and render run
+    it)."""
     if kind not in MEMORY_CHECKS:
         raise ValueError(f"kind must be one of {MEMORY_CHECKS}, got {kind!r}")
     family = make_family(cfg.env, cfg.env_kwargs) if family is None else family
@@ -106,7 +107,7 @@ def check_memory(
         probe = family.make_env()
         spaces = probe.observation_space, probe.action_space
         probe.close()
-    sizes = RunSizes(
+    return RunSizes(
         int(gym.spaces.flatdim(spaces[0])),
         _flat_size(spaces[1]),
         tuple(cfg.hidden_sizes),
@@ -118,7 +119,6 @@ def check_memory(
         sampled_environment_bytes(family, cfg),
         meta_step=kind == "training",
     )
-    check_run(sizes)
 
 
 def sampled_environment_bytes(family: TaskFamily, cfg: Config) -> int:
@@ -157,8 +157,9 @@ def build(
 
     on_event: where a distributed sampler reports faults it recovered from (one line each).
     num_tasks, num_steps: tasks sampled at once (default the meta-batch) and inner steps (default
-    the run's), for the memory check (`check_memory`): sizes whose estimate (memory.py) exceeds
-    the memory available raise ResourceError before allocating. memory: the `check_memory`
+    the run's), for the memory check (`check_run` of `run_sizes`): sizes whose estimate
+    (memory.py) exceeds the memory available raise ResourceError before allocating. memory: the
+    `run_sizes`
     kind, "training" or "evaluation"; None checks no memory (a family without a run's sizes).
     """
     family = make_family(cfg.env, cfg.env_kwargs)
@@ -177,7 +178,7 @@ def build(
         family = FlatObservationFamily(family, observation_space)
     if memory is not None:
         spaces = (observation_space, action_space)
-        check_memory(cfg, num_tasks, num_steps, family, spaces, memory)
+        check_run(run_sizes(cfg, num_tasks, num_steps, family, spaces, memory))
     device, dtype = resolve_device(cfg.device), DTYPES[cfg.dtype]
     if cfg.policy is not None:
         policy: nn.Module = build_custom_policy(

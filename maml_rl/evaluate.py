@@ -27,11 +27,12 @@ import torch
 from scipy import stats
 
 from maml_rl import checkpoint
-from maml_rl.build import Streams, build, check_memory
+from maml_rl.build import Streams, build, run_sizes
 from maml_rl.checkpoint import CheckpointError
 from maml_rl.config import Config, ConfigError, from_saved
 from maml_rl.inner import StepSize, step_sizes_of
 from maml_rl.maml import collect, draw_seeds
+from maml_rl.memory import check_run
 from maml_rl.policy import parameters_of
 from maml_rl.sampler import TrajectorySampler
 from maml_rl.tasks import Task, add_import_root, make_family
@@ -259,7 +260,7 @@ def check_request(
         )
     # this evaluation's sizes, before any list; mean actions add S + 1 batches of data only,
     # small against the activations the estimate counts
-    check_memory(run.cfg, num_tasks, num_steps, kind="evaluation")
+    check_run(run_sizes(run.cfg, num_tasks, num_steps, kind="evaluation"))
     step_size_schedule(run.cfg.fast_lr, num_steps, step_sizes, run.cfg.num_steps)
     return run
 

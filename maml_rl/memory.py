@@ -15,6 +15,15 @@ floats of b bytes:
     environments N·K · E                                  one Gymnasium environment per
                                                           trajectory (backends sync, async,
                                                           procs), E bytes each
+    baseline fit 3 · N·K·H · (2D + 4) · 8                 a batch's linear-baseline features
+                                                          in float64 and the two copies its
+                                                          Gram product makes (`baseline.fit`)
+
+The meta-step's caches and a baseline fit are not held at once (the fits run while batches are
+collected, before the meta-step), so the estimate counts the larger of the two: batches +
+parameters + environments + max(activations, baseline fit). The fit is the larger where the
+observations are wide against the policy's hidden units (the ant's 105 numbers, a 64×64
+policy, in an evaluation).
 
 An evaluation (or a render) adapts on detached parameters, first-order, and keeps only the
 S + 1 batches: its activations are those of one batch's forward and backward pass,
@@ -26,8 +35,9 @@ environments adds); native batch environments (2D navigation, the MuJoCo familie
 arrays per environment and count as 0. Meta-World's environments hold about 20–28 MiB each, so
 that ML45's 450 take about 12 GiB beside the meta-step's 14.
 
-It is an estimate of the order of magnitude (measured peaks of the shipped configs are within
-a factor 2 of it); only sizes whose estimate exceeds the memory available are refused.
+It is an estimate of the order of magnitude: the measured peaks of the shipped configs above
+their interpreters are 1.0–1.9 times it (`benchmarks/memory.py`, docs/performance.md); only
+sizes whose estimate exceeds the memory available are refused.
 """
 
 from __future__ import annotations
@@ -37,6 +47,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from itertools import pairwise
 from pathlib import Path
+from typing import NamedTuple
 
 from maml_rl.errors import ResourceError
 
@@ -130,7 +141,8 @@ def estimate_bytes(sizes: RunSizes) -> int:
     else:
         activations = samples * sum(s.hidden_sizes) * 4 * s.itemsize
         params = (s.num_steps + 1) * per_task * 2
-    return batches + activations + params + environments_bytes(s)
+    fit = 3 * samples * (2 * s.obs_dim + 4) * 8
+    return batches + max(activations, fit) + params + environments_bytes(s)
 
 
 def resident_bytes() -> int | None:
@@ -140,6 +152,54 @@ def resident_bytes() -> int | None:
         return pages * os.sysconf("SC_PAGE_SIZE")
     except (OSError, ValueError, IndexError, AttributeError):
         return None
+
+
+class TreeMemory(NamedTuple):
+    """Resident memory of a process and of each of its descendants, in bytes."""
+
+    own: int
+    descendants: tuple[int, ...] = ()
+
+    @property
+    def tree(self) -> int:
+        """The process and all its descendants."""
+        return self.own + sum(self.descendants)
+
+
+def process_tree_bytes(pid: int) -> TreeMemory | None:
+    """The resident memory of process `pid` and of it with all its descendants (Linux: /proc);
+    None where `pid` is gone or /proc is not there. Memory that two processes share
+    (a forked worker's pages not yet written) is counted in each, as `ps` does: the tree's
+    figure is an upper bound of what it takes from the machine."""
+    page = os.sysconf("SC_PAGE_SIZE")
+    children: dict[int, list[int]] = {}
+    try:
+        entries = [e for e in os.listdir("/proc") if e.isdigit()]
+    except OSError:
+        return None
+    for entry in entries:
+        try:
+            stat = Path(f"/proc/{entry}/stat").read_text()
+        except OSError:  # ended while we looked
+            continue
+        parent = int(stat.rsplit(")", 1)[1].split()[1])  # after the command's name
+        children.setdefault(parent, []).append(int(entry))
+
+    def resident(p: int) -> int:
+        try:
+            return int(Path(f"/proc/{p}/statm").read_text().split()[1]) * page
+        except (OSError, ValueError, IndexError):
+            return 0
+
+    own = resident(pid)
+    if not own:
+        return None
+    descendants, stack = [], list(children.get(pid, []))
+    while stack:
+        child = stack.pop()
+        descendants.append(resident(child))
+        stack.extend(children.get(child, []))
+    return TreeMemory(own, tuple(descendants))
 
 
 def environment_bytes(make_one: Callable[[int], object], count: int = 4) -> int:

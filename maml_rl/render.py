@@ -33,7 +33,7 @@ import numpy as np
 
 from maml_rl import artifacts
 from maml_rl.actions import env_actions
-from maml_rl.build import check_memory
+from maml_rl.build import run_sizes
 from maml_rl.config import ConfigError
 from maml_rl.errors import TaskFamilyError
 from maml_rl.evaluate import (
@@ -43,6 +43,7 @@ from maml_rl.evaluate import (
     method_batches,
     step_size_schedule,
 )
+from maml_rl.memory import check_run
 from maml_rl.tasks import Task, TaskFamily, make_family
 from maml_rl.types import Batch
 
@@ -101,7 +102,8 @@ def adaptation_clips(
     family = make_family(cfg.env, cfg.env_kwargs)
     _refuse_undrawable(family)  # before sampling, which takes seconds
     num_steps = steps[-1]
-    check_memory(cfg, num_tasks, num_steps, family, kind="evaluation")  # before drawing seeds
+    # before drawing seeds
+    check_run(run_sizes(cfg, num_tasks, num_steps, family, kind="evaluation"))
     chosen = held_out(cfg, num_eval_tasks, num_steps, eval_seed)
     schedule = step_size_schedule(cfg.fast_lr, num_steps)
     tasks = chosen.tasks[first_task : first_task + num_tasks]

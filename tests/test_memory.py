@@ -41,6 +41,14 @@ def test_estimate_is_the_documented_sum() -> None:
         + 4 * 4 * num_parameters(2, 2, (8, 8)) * 2 * 4
     )
     assert estimate_bytes(RunSizes(2, 2, (8, 8), 10, 4, 3, 3, 4, meta_step=False)) == evaluation
+    # wide observations (the ant's 105) against a small policy: the baseline fit's float64
+    # features and their two copies, not the activations, are the larger term
+    wide = (
+        4 * samples * (105 + 2 + 6) * 4
+        + 3 * samples * (2 * 105 + 4) * 8
+        + 4 * 4 * num_parameters(105, 2, (8, 8)) * 2 * 4
+    )
+    assert estimate_bytes(RunSizes(105, 2, (8, 8), 10, 4, 3, 3, 4, meta_step=False)) == wide
 
 
 def test_shipped_navigation_is_well_under_a_gigabyte() -> None:
@@ -147,7 +155,7 @@ def test_a_run_whose_environments_do_not_fit_is_refused_before_it_starts(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """As ML45 at its protocol on 24 GiB: the meta-step alone fits, its environments do not."""
-    from maml_rl.build import check_memory, sampled_environment_bytes
+    from maml_rl.build import run_sizes, sampled_environment_bytes
     from maml_rl.config import load
     from maml_rl.configs import find_config
 
@@ -156,10 +164,12 @@ def test_a_run_whose_environments_do_not_fit_is_refused_before_it_starts(
     family = HeavyFamily(16)
     assert 15 * MIB <= sampled_environment_bytes(family, cfg) <= 18 * MIB
     monkeypatch.setattr("maml_rl.memory.available_bytes", lambda: 18 * GIB)
-    check_memory(cfg, family=family)  # 1,000 environments of 16 MiB: 15.6 GiB, fit in 18 ...
+    check_run(
+        run_sizes(cfg, family=family)
+    )  # 1,000 environments of 16 MiB: 15.6 GiB, fit in 18 ...
     monkeypatch.setattr("maml_rl.memory.available_bytes", lambda: 15 * GIB)
     with pytest.raises(ResourceError, match=r"1,000 environments of 1[5-8]\.[0-9] MiB"):
-        check_memory(cfg, family=family)  # ... not in 15 GiB
+        check_run(run_sizes(cfg, family=family))  # ... not in 15 GiB
     # native batch environments (navigation on "auto") and Ray's actors are not counted
     assert (
         sampled_environment_bytes(family, load(find_config("navigation"), {"sampler": "ray"})) == 0
@@ -197,3 +207,38 @@ def test_an_evaluation_is_estimated_without_the_meta_steps_caches() -> None:
     check_run(RunSizes(**ml1, num_tasks=10, num_steps=1), available=20 * GIB)
     with pytest.raises(ResourceError):
         check_run(RunSizes(**ml1, num_tasks=25, num_steps=3), available=20 * GIB)
+
+
+@pytest.mark.skipif(not Path("/proc/self/statm").exists(), reason="needs Linux's /proc")
+def test_process_tree_bytes_counts_the_descendants() -> None:
+    """A child whose own grandchild holds 256 MiB: the tree holds them, the child does not."""
+    import subprocess
+    import sys
+
+    from maml_rl.memory import process_tree_bytes
+
+    grandchild = (
+        "b = bytearray(256 << 20); b[::4096] = b'x' * len(b[::4096]); print('ready', flush=True);"
+        " import sys; sys.stdin.read()"
+    )
+    child = (
+        "import subprocess, sys; "
+        f"g = subprocess.Popen([sys.executable, '-c', {grandchild!r}], stdin=subprocess.PIPE, "
+        "stdout=subprocess.PIPE, text=True); print(g.stdout.readline(), end='', flush=True); "
+        "sys.stdin.read(); g.stdin.close(); g.wait()"
+    )
+    process = subprocess.Popen(
+        [sys.executable, "-c", child], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert process.stdout is not None and process.stdout.readline() == "ready\n"
+        measured = process_tree_bytes(process.pid)
+        assert measured is not None
+        assert measured.own < 100 * 2**20
+        assert len(measured.descendants) == 1 and measured.descendants[0] >= 256 * 2**20
+        assert measured.tree == measured.own + measured.descendants[0]
+    finally:
+        assert process.stdin is not None
+        process.stdin.close()
+        process.wait(timeout=30)
+    assert process_tree_bytes(process.pid) is None  # gone
