@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import json
 import math
+import statistics
 import sys
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -24,6 +26,8 @@ from maml_rl.errors import CheckpointError
 # The training returns every run logs per meta-iteration (a baseline logs pre == post).
 PRE_UPDATE, POST_UPDATE = "returns/pre_update", "returns/post_update"
 TENSORBOARD_WAIT_S = 10.0
+PACE_WINDOW = 20
+"""How many recent iterations the ETA of the per-iteration lines takes its pace from."""
 """The longest a flush or close of the TensorBoard writer may take (its worker thread can
 wedge, and Ctrl-C must not hang on it): past it, TensorBoard is given up for the run."""
 
@@ -75,6 +79,7 @@ class RunLogger:
         self.run_dir = Path(run_dir)
         self.total, self.adapts = total, adapts
         self._started, self._initial = time.monotonic(), initial  # for the lines' ETA
+        self._last, self._paces = self._started, deque(maxlen=PACE_WINDOW)
         self._lines = not (progress and sys.stderr.isatty())
         self.metrics_path = self.run_dir / "metrics.jsonl"
         self._writer = None
@@ -124,10 +129,14 @@ class RunLogger:
 
     def _elapsed_and_eta(self, done: int) -> str:
         """'elapsed 1:02  ETA 8:15': this call's wall time, and the remaining iterations at the
-        mean time per iteration of this call (the bar shows the same)."""
-        elapsed = time.monotonic() - self._started
-        ran = max(done - self._initial, 1)
-        return f"elapsed {clock(elapsed)}  ETA {clock(elapsed / ran * (self.total - done))}"
+        median wall time of this call's last PACE_WINDOW iterations, so that one slow iteration
+        (a paused process, a checkpoint on a slow disk) does not skew it for the rest of the
+        run."""
+        now = time.monotonic()
+        self._paces.append(now - self._last)
+        self._last = now
+        pace = statistics.median(self._paces)
+        return f"elapsed {clock(now - self._started)}  ETA {clock(pace * (self.total - done))}"
 
     def _summary(self, metrics: dict[str, float]) -> dict[str, str]:
         def value(key: str) -> str:

@@ -30,3 +30,20 @@ def test_iteration_lines_show_elapsed_time_and_eta_from_this_calls_pace(
     assert lines[0].startswith("iteration 5/10  post-update -1.00  pre-update -3.00")
     assert lines[0].endswith("elapsed 0:30  ETA 2:30")
     assert lines[1].endswith("elapsed 0:40  ETA 1:20")
+
+
+def test_one_slow_iteration_does_not_skew_the_eta(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A run paused for 13 minutes (SIGSTOP) in one iteration: the ETA stays at the run's pace
+    (a mean over the call said 9:41:35 for 180 iterations of 44 s, about 2:12:00)."""
+    now = [0.0]
+    monkeypatch.setattr(logger, "time", SimpleNamespace(monotonic=lambda: now[0]))
+    run = RunLogger(tmp_path, total=100, progress=False, tensorboard=False)
+    metrics = {"returns/pre_update": -3.0, "returns/post_update": -1.0}
+    for iteration, seconds in enumerate((40.0, 40.0, 800.0, 40.0, 40.0)):
+        now[0] += seconds
+        run.log(iteration, metrics)
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[2].endswith("elapsed 14:40  ETA 1:04:40")  # 97 left at the median 40 s
+    assert lines[4].endswith("elapsed 16:00  ETA 1:03:20")  # 95 left at 40 s
