@@ -44,7 +44,7 @@ from .mujoco_base import (
 from .mujoco_batch import Simulations, array_namespace, control_reward, copied
 
 if TYPE_CHECKING:
-    from typing import Unpack  # Python >= 3.11; annotations are not evaluated at run time
+    from typing_extensions import Unpack  # typing.Unpack from Python 3.11; not run
 
 MAIN_BODY = 1
 """Gymnasium's Ant-v5 ``main_body``: the torso, whose xy velocity is ``x_velocity``."""

@@ -30,7 +30,7 @@ from .mujoco_base import (
 from .mujoco_batch import Simulations, array_namespace, control_reward, copied
 
 if TYPE_CHECKING:
-    from typing import Unpack  # Python >= 3.11; annotations are not evaluated at run time
+    from typing_extensions import Unpack  # typing.Unpack from Python 3.11; not run
 
 
 class HalfCheetahOptions(TypedDict, total=False):

@@ -253,7 +253,7 @@ class MetaWorldEnv(gym.Env):
     Truncated after the family's ``max_episode_steps``.
     """
 
-    metadata: ClassVar[dict[str, Any]] = {"render_modes": []}
+    metadata: dict[str, Any] = {"render_modes": []}  # noqa: RUF012 (gym.Env's declaration)
 
     def __init__(self, family: _MetaWorldFamily) -> None:
         _import_metaworld()  # the MuJoCo fix, also in worker processes that unpickled the family

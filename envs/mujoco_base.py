@@ -37,7 +37,7 @@ import numpy as np
 
 from maml_rl.tasks import Task, check_count
 
-from .mujoco_batch import MujocoBatchEnv
+from .mujoco_batch import MujocoBatchEnv, Simulations, action_box, mujoco_env
 
 
 @dataclass(frozen=True)
@@ -90,8 +90,9 @@ class MujocoTaskEnv(gym.Wrapper, gym.utils.RecordConstructorArgs):
         super().__init__(env)
         self.family, self.task = family, task
         self.action_space = family.action_space
-        self._low = np.asarray(env.action_space.low, dtype=np.float32)
-        self._high = np.asarray(env.action_space.high, dtype=np.float32)
+        box = action_box(env.action_space)
+        self._low = np.asarray(box.low, dtype=np.float32)
+        self._high = np.asarray(box.high, dtype=np.float32)
 
     def reset(
         self, *, seed: int | None = None, options: dict[str, Any] | None = None
@@ -142,11 +143,11 @@ class MujocoFamily:
         self.make_kwargs = dict(make_kwargs)
         probe = self.make_gym_env()
         self.observation_space = probe.observation_space
-        box = probe.action_space
+        box = action_box(probe.action_space)
         self.action_space = gym.spaces.Box(
             box.low * self.action_scale, box.high * self.action_scale, dtype=np.float32
         )
-        self.dt = float(probe.unwrapped.dt)
+        self.dt = float(mujoco_env(probe).dt)
         probe.close()
 
     def make_gym_env(self) -> gym.Env:
@@ -176,6 +177,24 @@ class MujocoFamily:
         return MujocoBatchEnv(self, num_envs, stepper, num_threads, device)
 
     def reward(self, task: Any, info: Mapping[str, Any]) -> Any:
+        raise NotImplementedError
+
+    # per robot, for `make_batch_env`: the Gymnasium env's observation and info terms for B
+    # simulations, as array code for numpy arrays (C steppers) and torch tensors (Warp) alike
+
+    def batch_position(self, sim: Simulations) -> Any:
+        """The position [B, ...] that a step's velocity is measured from."""
+        raise NotImplementedError
+
+    def batch_observation(self, sim: Simulations) -> Any:
+        """The Gymnasium env's observations [B, obs_dim]."""
+        raise NotImplementedError
+
+    def batch_step_info(
+        self, sim: Simulations, before: Any, action: Any
+    ) -> tuple[dict[str, Any], Any]:
+        """The info terms [B] after a step from `batch_position` = before with robot actions
+        [B, act_dim], and terminated [B]."""
         raise NotImplementedError
 
     def _protocol(self) -> str:

@@ -41,7 +41,7 @@ from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import fields
 from typing import TYPE_CHECKING, Any, Protocol
@@ -50,6 +50,7 @@ import gymnasium as gym
 import mujoco
 import numpy as np
 import torch
+from gymnasium.envs.mujoco.mujoco_env import MujocoEnv
 from gymnasium.utils import seeding
 
 from maml_rl.tasks import Task
@@ -66,6 +67,21 @@ STEPPERS = ("auto", "batch", "threads", "warp")
 CHUNKS_PER_THREAD = 4
 
 
+def action_box(space: gym.spaces.Space) -> gym.spaces.Box:
+    """`space`, a Box; TypeError otherwise."""
+    if not isinstance(space, gym.spaces.Box):
+        raise TypeError(f"a MuJoCo environment's actions are a Box, got {space}")
+    return space
+
+
+def mujoco_env(env: gym.Env) -> MujocoEnv:
+    """The Gymnasium MuJoCo environment inside `env`'s wrappers; TypeError if it is none."""
+    inner = env.unwrapped
+    if not isinstance(inner, MujocoEnv):
+        raise TypeError(f"{type(inner).__name__} is not a Gymnasium MuJoCo environment")
+    return inner
+
+
 class Simulations(Protocol):
     """B simulations of one model, read as arrays after `reset` and `step`.
 
@@ -74,8 +90,10 @@ class Simulations(Protocol):
     numpy arrays (float64), or torch tensors on `device` (float32) for the Warp stepper.
     """
 
-    device: torch.device | None
-    """None: the arrays are numpy's; else the torch device of the tensors."""
+    @property
+    def device(self) -> torch.device | None:
+        """None: the arrays are numpy's; else the torch device of the tensors."""
+
     qpos: Any
     qvel: Any
     xpos: Any
@@ -133,7 +151,9 @@ def stack_tasks(tasks: Sequence[Task], device: torch.device | None = None) -> Ta
     if any(type(task) is not kind for task in tasks):
         names = sorted({type(task).__name__ for task in tasks})
         raise TypeError(f"cannot stack tasks of different types: {names}")
-    stacked = {f.name: np.array([getattr(t, f.name) for t in tasks]) for f in fields(kind)}
+    stacked: dict[str, Any] = {
+        f.name: np.array([getattr(t, f.name) for t in tasks]) for f in fields(kind)
+    }
     if device is not None:
         stacked = {
             name: torch.as_tensor(
@@ -191,7 +211,7 @@ class BatchStepper:
             rows = range(len(self.qpos)) if ids is None else ids
             self._copy_contact_forces(rows, post_constraint=True)
 
-    def _copy_contact_forces(self, rows: Sequence[int], post_constraint: bool) -> None:
+    def _copy_contact_forces(self, rows: Iterable[int], post_constraint: bool) -> None:
         """cfrc_ext of each simulation's persistent MjData, after ``mj_rnePostConstraint``."""
         data = self._scratch
         assert data is not None
@@ -346,11 +366,12 @@ class MujocoBatchEnv:
         self.observation_space: gym.spaces.Space = family.observation_space
         self.action_space: gym.spaces.Box = family.action_space
         self.max_episode_steps = family.max_episode_steps
-        env = family.make_gym_env().unwrapped
+        env = mujoco_env(family.make_gym_env())
         self._init_qpos, self._init_qvel = env.init_qpos.copy(), env.init_qvel.copy()
         self._noise_scale = float(family.make_kwargs["reset_noise_scale"])
-        self._low = env.action_space.low.astype(np.float32)
-        self._high = env.action_space.high.astype(np.float32)
+        box = action_box(env.action_space)
+        self._low = box.low.astype(np.float32)
+        self._high = box.high.astype(np.float32)
         model, frame_skip = env.model, int(env.frame_skip)
         env.close()
         self.sim: Simulations

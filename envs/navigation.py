@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any
 
 import gymnasium as gym
 import numpy as np
@@ -147,7 +147,7 @@ class Navigation2DBatch:
 class Navigation2DEnv(gym.Env):
     """One navigation agent as a Gymnasium environment; the task comes through reset options."""
 
-    metadata: ClassVar[dict[str, Any]] = {"render_modes": []}
+    metadata: dict[str, Any] = {"render_modes": []}  # noqa: RUF012 (gym.Env's declaration)
 
     def __init__(
         self, family: Navigation2D | None = None, task: NavigationTask | None = None

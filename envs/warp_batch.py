@@ -47,10 +47,6 @@ try:
 except ImportError as error:  # the optional extra
     raise ImportError(INSTALL_HINT) from error
 
-# no banner and no line per kernel loaded (about 60 per process) on stdout
-wp.config.quiet = True
-wp.config.log_level = wp.LOG_WARNING
-
 CONTACTS_PER_WORLD = 64
 """Contacts allocated per world (``nconmax``; the whole batch shares nconmax·B)."""
 CONSTRAINTS_PER_WORLD = 256
@@ -82,6 +78,9 @@ class WarpStepper:
         contact_forces: bool,
         device: torch.device,
     ) -> None:
+        # no banner and no line per kernel loaded (about 60 per process) on stdout: Warp's
+        # log level is its own global setting, set when a stepper is built, not on import
+        wp.config.log_level = max(wp.config.log_level, wp.LOG_WARNING)
         self.frame_skip, self.contact_forces = frame_skip, contact_forces
         self._wp_device = warp_device(torch.device(device))
         self.device = torch.device(str(self._wp_device))  # "cuda" -> "cuda:i"

@@ -24,3 +24,21 @@ def env_actions(actions: np.ndarray, space: gym.spaces.Space) -> np.ndarray:
     if isinstance(space, gym.spaces.Box):
         return np.clip(actions, space.low, space.high)
     return np.asarray(actions)
+
+
+def action_shape(space: gym.spaces.Space) -> tuple[int, ...]:
+    """The shape of one action the policy samples for `space`: () for a Discrete space (an
+    index), the Box's shape for a Box; ValueError for any other space (no policy samples it)."""
+    if isinstance(space, gym.spaces.Discrete):
+        return ()
+    if isinstance(space, gym.spaces.Box):
+        return tuple(space.shape)
+    raise ValueError(f"no policy samples actions of {space}: a Box or Discrete space only")
+
+
+def distribution_shape(space: gym.spaces.Space) -> tuple[int, ...]:
+    """The trailing shape of the policy's distribution parameters for one observation: (n,),
+    the logits, for a Discrete space of n actions; the Box's shape (mean and log-std)."""
+    if isinstance(space, gym.spaces.Discrete):
+        return (int(space.n),)
+    return action_shape(space)

@@ -34,7 +34,7 @@ MMAP_THRESHOLD_FALLBACK = 32 * 1024 * 1024
 TRIM_THRESHOLD = 1024 * 1024 * 1024
 
 
-def _libc_function(name: str) -> object | None:
+def _libc_function(name: str) -> ctypes._NamedFuncPointer | None:
     """The C library's function `name`, or None where there is none (not glibc, no libc)."""
     library = ctypes.util.find_library("c")
     if library is None:

@@ -97,8 +97,10 @@ def replacing(path: str | Path) -> Iterator[Path]:
         with suppress(OSError):  # a read-only file system refuses even this (EROFS)
             tmp.unlink(missing_ok=True)
         cause = os_error_in(error)  # torch.save hides a full disk behind its own RuntimeError
-        if cause is not None or isinstance(error, OSError):
-            reason = (cause or error).strerror or str(error)  # type: ignore[union-attr]
+        if cause is None and isinstance(error, OSError):
+            cause = error
+        if cause is not None:
+            reason = cause.strerror or str(error)
             raise ArtifactError(f"cannot write {path}: {reason}; it was left as it was") from error
         raise
     _sync_directory(path.parent)
@@ -126,7 +128,11 @@ def write_with(path: str | Path, write: Callable[[IO[bytes]], None]) -> None:
 
 def write_bytes(path: str | Path, data: bytes) -> None:
     """Atomically replace `path` with `data`."""
-    write_with(path, lambda handle: handle.write(data))
+
+    def write(handle: IO[bytes]) -> None:
+        handle.write(data)
+
+    write_with(path, write)
 
 
 def write_text(path: str | Path, text: str) -> None:

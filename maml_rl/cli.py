@@ -182,7 +182,7 @@ def methods_line(counts: dict[str, int | None]) -> str:
             parts.append("random none (an initialisation)")
             continue
         text = f"{name} {count if count is not None else '?'}"
-        if name != "maml" and None not in (maml, count) and count < maml:
+        if name != "maml" and maml is not None and count is not None and count < maml:
             text += " (fewer than maml)"
         parts.append(text)
     return "trained iterations: " + ", ".join(parts)
@@ -585,7 +585,8 @@ def machine_failure(error: BaseException) -> str | None:
     (a directory name with a non-UTF-8 byte); None for anything else (a bug: traceback)."""
     cause = os_error_in(error)  # also one that a library's own error hides
     if cause is not None:
-        code = errno.errorcode.get(cause.errno, str(cause.errno))
+        number = cause.errno  # not None: os_error_in returns only an OSError with an errno
+        code = errno.errorcode.get(number, str(number)) if number is not None else "?"
         where = " and ".join(repr(str(f)) for f in (cause.filename, cause.filename2) if f)
         hint = "; raise `ulimit -n` or sample with fewer processes" * (code == "EMFILE")
         return f"{cause.strerror or cause} ({code}){f': {where}' if where else ''}{hint}"

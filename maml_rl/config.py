@@ -51,14 +51,14 @@ def _translate_pytorch_maml_rl(values: dict[str, Any], notes: list[str] | None) 
     """Map a pytorch-maml-rl environment id and its env kwargs to ours, noting each mapping."""
     env_key = next((k for k in values if normalize_key(k) == "env"), None)
     env = values.get(env_key) if env_key is not None else None
-    if not isinstance(env, str) or env not in PYTORCH_MAML_RL_ENVS:
+    if env_key is None or not isinstance(env, str) or env not in PYTORCH_MAML_RL_ENVS:
         return values
     out = dict(values)
     out[env_key] = PYTORCH_MAML_RL_ENVS[env]
     said = [f"pytorch-maml-rl environment {env} runs as task family '{out[env_key]}'"]
     kwargs_key = next((k for k in values if normalize_key(k) == "env_kwargs"), None)
     kwargs = values.get(kwargs_key) if kwargs_key is not None else None
-    if isinstance(kwargs, dict):
+    if kwargs_key is not None and isinstance(kwargs, dict):
         renamed = {PYTORCH_MAML_RL_ENV_KWARGS.get(k, k): v for k, v in kwargs.items()}
         said += [
             f"env kwarg {k} as {v}" for k, v in PYTORCH_MAML_RL_ENV_KWARGS.items() if k in kwargs

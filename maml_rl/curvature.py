@@ -51,6 +51,7 @@ Either way every CG iteration reuses them, instead of differentiating the whole 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from typing import cast
 
 import torch
 from torch import Tensor, nn
@@ -67,7 +68,7 @@ from maml_rl.inner import (
     step_key,
     step_of,
 )
-from maml_rl.mlp_derivatives import GaussianFisher, ReinforceCurvature, supports
+from maml_rl.mlp_derivatives import GaussianFisher, ReinforceCurvature, supported, supports
 from maml_rl.policy import Distribution, detach, forward, kl, log_prob
 from maml_rl.returns import masked_mean
 from maml_rl.types import Batch, Params
@@ -173,6 +174,7 @@ class GaussNewtonHVP:
         if closed_form is None:
             closed_form = inner_loss is reinforce_loss and supports(policy)
         self.closed_form = closed_form
+        mlp = supported(policy) if closed_form else None
         self.step_sizes = [
             {n: a.detach() for n, a in s.items()} if isinstance(s, dict) else s for s in step_sizes
         ]
@@ -184,10 +186,10 @@ class GaussNewtonHVP:
                 if frozen_grads is not None:
                     self.inner.append(None)
                     self.inner_grads.append({n: g.detach() for n, g in frozen_grads[s].items()})
-                elif closed_form:
-                    second = ReinforceCurvature(policy, phi, *_per_task(batch, advantages))
-                    self.inner.append(second)
-                    self.inner_grads.append(second.grads)
+                elif mlp is not None:
+                    closed = ReinforceCurvature(mlp, phi, *_per_task(batch, advantages))
+                    self.inner.append(closed)
+                    self.inner_grads.append(closed.grads)
                 else:
                     leaf = _leaf(phi)
                     second = _SecondOrder(leaf, inner_loss(policy, leaf, batch, advantages))
@@ -201,10 +203,10 @@ class GaussNewtonHVP:
                     obs = post.observations.movedim(1, 0)
                     old_dist = detach(forward(policy, phi, obs, per_task=True))
             self.old_dist = old_dist
-            if closed_form:
+            if mlp is not None:
                 obs, _, _, weights = _per_task(post, torch.zeros_like(post.rewards))
                 self.fisher: _SecondOrder | GaussianFisher | ForwardModeFisher = GaussianFisher(
-                    policy, phi, obs, weights
+                    mlp, phi, obs, weights
                 )
                 self.surrogate: GaussianFisher | _AutogradSurrogate = self.fisher
             else:
@@ -314,8 +316,8 @@ class ChunkedGaussNewtonHVP:
         weights = [(b - a) / self.num_tasks for a, b in self.bounds]
 
         def mean(i: int) -> Params:
-            return {k: sum(w * out[i][k] for w, out in zip(weights, outs, strict=True))
-                    for k in outs[0][i]}  # fmt: skip
+            pairs = list(zip(weights, outs, strict=True))  # sum from 0: a sum of tensors
+            return {k: cast(Tensor, sum(w * out[i][k] for w, out in pairs)) for k in outs[0][i]}
 
         return mean(0), mean(1)
 

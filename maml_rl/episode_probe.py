@@ -14,7 +14,7 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 
-from maml_rl.actions import env_actions
+from maml_rl.actions import action_shape, env_actions
 from maml_rl.tasks import Task, TaskFamilyError
 
 NUM_ACTION_SEQUENCES = 3
@@ -119,7 +119,8 @@ class Probe:
         if isinstance(space, gym.spaces.Discrete):
             draws = rng.integers(0, int(space.n), size=size)  # the categorical policy's indices
         else:
-            draws = rng.normal(0.0, action_std, size=(*size, *space.shape)).astype(np.float32)
+            shape = (*size, *action_shape(space))
+            draws = rng.normal(0.0, action_std, size=shape).astype(np.float32)
         return [env_actions(sequence, space) for sequence in draws]
 
     def episode(self, actions: np.ndarray, task: Task | None) -> Episode:

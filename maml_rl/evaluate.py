@@ -389,11 +389,20 @@ class Evaluation:
     """What was measured after each step: the sampled actions or the mean ones (ACTIONS)."""
 
     @property
+    def shape(self) -> tuple[int, int]:
+        """(S + 1, N) of every method's returns: steps 0..S by held-out tasks; (0, 0) when
+        no method has any."""
+        if not self.returns:
+            return (0, 0)
+        steps, tasks = next(iter(self.returns.values())).shape
+        return int(steps), int(tasks)
+
+    @property
     def protocol(self) -> dict[str, object]:
         """What makes two evaluations' per-task returns comparable (same tasks and seeds).
         Evaluations saved before a key was added lack it: `same_protocol` treats it as
         unknown."""
-        shape = next(iter(self.returns.values())).shape if self.returns else (0, 0)
+        shape = self.shape
         return {
             "env": self.env,
             "checkpoint": self.checkpoint,

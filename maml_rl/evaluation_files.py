@@ -81,10 +81,10 @@ def read_task_returns(
                 value = float(line["mean_return"])
             except (TypeError, ValueError):
                 raise ArtifactError(f"{path}, line {number}: malformed row {line}") from None
-            method = cells.setdefault(line["method"], {})
-            if (step, task) in method or step < 0 or task < 0:
+            cell = cells.setdefault(line["method"], {})
+            if (step, task) in cell or step < 0 or task < 0:
                 raise ArtifactError(f"{path}, line {number}: repeated or negative step/task")
-            method[step, task] = value
+            cell[step, task] = value
     returns = {}
     for method, values in cells.items():
         filled = (1 + max(s for s, _ in values), 1 + max(t for _, t in values))
@@ -184,7 +184,7 @@ def _earlier(evaluation: Evaluation, out_dir: Path) -> Evaluation | None:
     record = with_known_defaults(record) if record is not None else None
     if not same_protocol(record, evaluation.protocol):
         return None
-    shape = (int(evaluation.protocol["num_steps"]) + 1, int(evaluation.protocol["num_tasks"]))
+    shape = evaluation.shape
     returns = read_task_returns(out_dir / "adaptation_tasks.csv", shape)
     success_path = out_dir / "success_tasks.csv"
     success = read_task_returns(success_path, shape) if success_path.is_file() else {}

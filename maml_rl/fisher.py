@@ -55,7 +55,8 @@ class ForwardModeFisher:
             return tuple(vmap(lambda q, o: functional_call(policy, q, (o,)))(p, obs))
 
         self.dist_params = dist_params
-        out, self._pullback = vjp(dist_params, self.params)
+        pulled = vjp(dist_params, self.params)  # (outputs, pullback): torch's stubs say 3
+        out, self._pullback = pulled[0], pulled[1]
         self.kind = type(functional_call(policy, {k: v[0] for k, v in self.params.items()},
                                          (obs[0, :1],)))  # fmt: skip
         total = step_weights.sum(1, keepdim=True).clamp_min(torch.finfo(step_weights.dtype).tiny)
@@ -71,7 +72,7 @@ class ForwardModeFisher:
 
     def product(self, t: Params) -> Params:
         """∇²KL_n t_n for t [N, *shape] (per task)."""
-        _, tangent = jvp(self.dist_params, (self.params,), (t,))
+        tangent = jvp(self.dist_params, (self.params,), (t,))[1]
         cotangent = self._metric(tangent)
         (grads,) = self._pullback(cotangent)
         return grads

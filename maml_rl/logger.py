@@ -79,7 +79,8 @@ class RunLogger:
         self.run_dir = Path(run_dir)
         self.total, self.adapts = total, adapts
         self._started, self._initial = time.monotonic(), initial  # for the lines' ETA
-        self._last, self._paces = self._started, deque(maxlen=PACE_WINDOW)
+        self._last = self._started
+        self._paces: deque[float] = deque(maxlen=PACE_WINDOW)
         self._lines = not (progress and sys.stderr.isatty())
         self.metrics_path = self.run_dir / "metrics.jsonl"
         self._writer = None

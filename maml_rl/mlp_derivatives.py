@@ -74,6 +74,13 @@ def _activation(module: nn.Module) -> Activation | None:
     return RELU if type(module) is nn.ReLU else None
 
 
+def _required_activation(module: nn.Module) -> Activation:
+    activation = _activation(module)
+    if activation is None:
+        raise ValueError(f"GaussianMLP cannot differentiate {module}; check `supports` first")
+    return activation
+
+
 def supports(policy: nn.Module) -> bool:
     """Whether `GaussianMLP` can differentiate `policy` (else use autograd's products)."""
     if not isinstance(policy, GaussianMLPPolicy):
@@ -83,6 +90,16 @@ def supports(policy: nn.Module) -> bool:
     return all(isinstance(m, nn.Linear) for m in linear) and all(
         _activation(m) is not None for m in layers[1::2]
     )
+
+
+def supported(policy: nn.Module) -> GaussianMLPPolicy:
+    """`policy` where `GaussianMLP` can differentiate it (`supports`); ValueError otherwise."""
+    if not isinstance(policy, GaussianMLPPolicy) or not supports(policy):
+        raise ValueError(
+            f"closed-form products need a GaussianMLPPolicy of Linear layers with tanh, ReLU "
+            f"or ELU(1) between them, got {type(policy).__name__}"
+        )
+    return policy
 
 
 @dataclass(frozen=True)
@@ -104,7 +121,7 @@ class GaussianMLP:
         self.layers = [
             _Layer(f"{prefix}{i}.weight", f"{prefix}{i}.bias") for i in range(0, len(modules), 2)
         ]
-        self.activations = [_activation(m) for m in modules[1::2]]
+        self.activations = [_required_activation(m) for m in modules[1::2]]
         self.params = params
         self.inputs: list[Tensor] = [obs]  # h_0 ... h_{L-1}
         self.d1: list[Tensor] = []

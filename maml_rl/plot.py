@@ -95,11 +95,11 @@ def plot_training(
     returns in a light shade; ``smooth=1`` draws the raw returns only. Runs are labelled by
     their algorithm (`training_labels`).
     """
-    run_dirs = [Path(d) for d in run_dirs]
-    runs = _read_runs(run_dirs)
+    paths = [Path(d) for d in run_dirs]
+    runs = _read_runs(paths)
     figure = Figure(figsize=(11, 4.2), layout="constrained")
     by_iteration, by_steps = figure.subplots(1, 2, sharey=True)
-    for index, (label, rows) in enumerate(zip(training_labels(run_dirs), runs, strict=True)):
+    for index, (label, rows) in enumerate(zip(training_labels(paths), runs, strict=True)):
         color = f"C{index % 10}"
         iterations = [r["iteration"] for r in rows]
         env_steps = [r.get("env_steps", float("nan")) for r in rows]
@@ -109,10 +109,11 @@ def plot_training(
         ]  # fmt: skip
         for axis, x in ((by_iteration, iterations), (by_steps, env_steps)):
             for values, style, name in curves:
+                drawn = np.asarray(values)
                 if smooth > 1:
-                    axis.plot(x, values, color=color, linestyle=style, alpha=0.2, linewidth=0.8)
-                    values = moving_average(np.asarray(values), smooth)
-                axis.plot(x, values, color=color, linestyle=style, label=name)
+                    axis.plot(x, drawn, color=color, linestyle=style, alpha=0.2, linewidth=0.8)
+                    drawn = moving_average(drawn, smooth)
+                axis.plot(x, drawn, color=color, linestyle=style, label=name)
     legend = f"moving average over {smooth} iterations" if smooth > 1 else None
     _style_training_axes(by_iteration, by_steps, "average return", legend)
     figure.suptitle("Training curves: average return of the sampled trajectories")

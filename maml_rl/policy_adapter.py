@@ -27,7 +27,9 @@ graph built once per meta-step); the built-in MLP keeps its closed-form one.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import operator
+from collections.abc import Callable, Mapping
+from functools import reduce
 from typing import Any
 
 import gymnasium as gym
@@ -36,6 +38,7 @@ import torch
 from torch import Tensor, nn
 from torch.func import functional_call, vmap
 
+from maml_rl.actions import distribution_shape
 from maml_rl.errors import PolicyError
 from maml_rl.imports import ImportTargetError, import_root, import_target
 from maml_rl.observations import Observation, describe, is_flat, unflatten
@@ -220,14 +223,14 @@ def _check_outputs(
     space = policy.action_space
     box = isinstance(space, gym.spaces.Box)
     kind, name = (Normal, "mean") if box else (Categorical, "logits")
-    want = (batch, int(space.shape[0]) if box else int(space.n))
+    want = (batch, *distribution_shape(space)[:1])
     if not isinstance(dist, kind):
         raise fail(f"returns {type(dist).__name__} for the action space {space}; return "
                    f"maml_rl.{kind.__name__}({', '.join(kind._fields)})")  # fmt: skip
     shape = tuple(getattr(dist, name).shape)
     if shape != want:
         raise fail(f"{name} has shape {shape} for {batch} observations, expected {want}")
-    if box and tuple(torch.broadcast_shapes(dist.log_std.shape, want)) != want:
+    if isinstance(dist, Normal) and tuple(torch.broadcast_shapes(dist.log_std.shape, want)) != want:
         raise fail(f"log_std has shape {tuple(dist.log_std.shape)}, expected {want} or "
                    f"[{want[1]}]")  # fmt: skip
     for field, value in zip(type(dist)._fields, dist, strict=True):
@@ -238,7 +241,10 @@ def _check_outputs(
 
 
 def _check_second_order(
-    policy: PolicyAdapter, params: dict[str, Tensor], obs: Tensor, fail: Callable[..., PolicyError]
+    policy: PolicyAdapter,
+    params: Mapping[str, Tensor],
+    obs: Tensor,
+    fail: Callable[..., PolicyError],
 ) -> None:
     """The meta-gradient differentiates through a gradient step: a second derivative must run."""
     names = list(params)
@@ -246,12 +252,12 @@ def _check_second_order(
     try:
         with torch.enable_grad():
             dist = functional_call(policy, leaf, (obs,))
-            value = sum(torch.tanh(t).pow(2).sum() for t in dist)
+            value = reduce(operator.add, [torch.tanh(t).pow(2).sum() for t in dist])
             grads = torch.autograd.grad(value, [leaf[k] for k in names], create_graph=True,
                                         allow_unused=True)  # fmt: skip
             if all(g is None for g in grads):
                 raise fail("no parameter receives a gradient from the distribution")
-            inner = sum(g.pow(2).sum() for g in grads if g is not None)
+            inner = reduce(operator.add, [g.pow(2).sum() for g in grads if g is not None])
             if inner.requires_grad:
                 torch.autograd.grad(inner, [leaf[k] for k in names], allow_unused=True)
     except PolicyError:

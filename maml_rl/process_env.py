@@ -182,7 +182,7 @@ class ProcessBatchEnv:
         try:
             for start, stop in self.bounds:
                 parent_end, child_end = ctx.Pipe()
-                process = ctx.Process(
+                process = ctx.Process(  # type: ignore[attr-defined]  # (typeshed's BaseContext)
                     target=_worker,
                     args=(child_end, payload, stop - start, max_episode_steps, start),
                     name=f"ProcessBatchEnv-{start}-{stop - 1}",

@@ -114,11 +114,12 @@ def promp_step(
         loss = promp_objective(policy, layout, x, data, old, cfg)[0]
         if not torch.isfinite(loss):
             break
-        loss.backward()
+        (grad,) = torch.autograd.grad(loss, [x])
+        x.grad = grad
         if step == 0:
             loss_before = float(loss.detach())
-            grad_norm = float(x.grad.norm())
-        if not torch.isfinite(x.grad).all():
+            grad_norm = float(grad.norm())
+        if not torch.isfinite(grad).all():
             break
         optimiser.step()
         if not torch.isfinite(x).all():

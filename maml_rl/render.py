@@ -24,10 +24,11 @@ a script calls first for the same) or ``osmesa``. Writing MP4 needs
 
 from __future__ import annotations
 
+import importlib.util
 from collections.abc import Sequence
 from dataclasses import dataclass, fields, is_dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
@@ -150,8 +151,17 @@ def describe_task(task: Task) -> str:
     return ", ".join(f"{f.name}={fmt(getattr(task, f.name))}" for f in fields(task))
 
 
+@runtime_checkable
+class DrawsTrajectories(Protocol):
+    """A family with a drawing hook: K trajectories of one task on matplotlib axes."""
+
+    def draw_trajectories(
+        self, ax: Any, task: Task, observations: np.ndarray, mask: np.ndarray
+    ) -> None: ...
+
+
 def can_draw(family: TaskFamily) -> bool:
-    return callable(getattr(family, "draw_trajectories", None))
+    return isinstance(family, DrawsTrajectories) and callable(family.draw_trajectories)
 
 
 def mujoco_env(family: TaskFamily) -> Any | None:
@@ -219,29 +229,44 @@ def render(
 
 
 def _draw(clips: Clips, out: Path) -> Path:
-    import matplotlib
+    """Drawn with matplotlib's object-oriented API on the Agg canvas: no pyplot, no global
+    backend (a notebook's stays as it was)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    family = clips.family
+    if not isinstance(family, DrawsTrajectories):
+        raise TypeError(f"{family!r} has no draw_trajectories method")
     rows, cols = len(clips.tasks), len(clips.steps)
-    figure, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 3.2 * rows), squeeze=False)
+    figure = Figure(figsize=(3.2 * cols, 3.2 * rows))
+    FigureCanvasAgg(figure)
+    axes = figure.subplots(rows, cols, squeeze=False)
     for n, task in enumerate(clips.tasks):
         for c, (step, batch) in enumerate(zip(clips.steps, clips.batches, strict=True)):
             ax = axes[n][c]
             observations = batch.observations[:, n].double().cpu().numpy()
             mask = batch.mask[:, n].cpu().numpy()
-            clips.family.draw_trajectories(ax, task, observations, mask)
+            family.draw_trajectories(ax, task, observations, mask)
             mean_return = float(batch.episode_returns[n].mean())
             ax.set_title(
                 f"task {clips.first_task + n}, {steps_label(step)}: return {mean_return:.1f}"
             )
     figure.tight_layout()
-    try:
-        artifacts.write_with(out, lambda handle: figure.savefig(handle, dpi=100, format="png"))
-    finally:
-        plt.close(figure)
+    artifacts.write_with(out, lambda handle: figure.savefig(handle, dpi=100, format="png"))
     return out
+
+
+def _load_triton() -> None:
+    """Import triton, where it is installed, before the first OpenGL context.
+
+    Without a GPU, EGL renders with Mesa's llvmpipe, which loads its own LLVM into the process;
+    triton (which the CUDA builds of torch bring) loaded after it crashes the process with a
+    segmentation fault. torch imports triton lazily, at its first forward-mode derivative
+    (`torch.func.jvp`, which the meta-step's Fisher products use) or `torch.compile`, so a
+    session that renders and then trains would crash there. Loaded first, both coexist.
+    """
+    if importlib.util.find_spec("triton") is not None:
+        import triton  # noqa: F401
 
 
 class _Renderers:
@@ -263,6 +288,7 @@ class _Renderers:
             model.mat_reflectance[:] = 0
             named = [c for c in self.preferred
                      if mujoco.mj_name2id(model, mujoco.mjtObj.mjOBJ_CAMERA, c) >= 0]  # fmt: skip
+            _load_triton()
             try:
                 renderer = mujoco.Renderer(model, 240, 320)
             except Exception as error:  # no OpenGL backend
@@ -344,7 +370,7 @@ def _label(image: np.ndarray, text: str) -> np.ndarray:
     return np.asarray(picture)
 
 
-def _write_video(frames: list[np.ndarray], out: Path, fps: int) -> Path:
+def _write_video(frames: Sequence[np.ndarray], out: Path, fps: int) -> Path:
     import imageio.v2 as imageio
 
     if out.suffix == ".mp4":
@@ -357,7 +383,7 @@ def _write_video(frames: list[np.ndarray], out: Path, fps: int) -> Path:
             ) from None
     with artifacts.replacing(out) as tmp:  # a killed render leaves no cut video behind
         if out.suffix == ".mp4":
-            imageio.mimwrite(tmp, frames, fps=fps, macro_block_size=1)
+            imageio.mimwrite(tmp, list(frames), fps=fps, macro_block_size=1)
         else:
-            imageio.mimwrite(tmp, frames, duration=1000 / fps, loop=0)
+            imageio.mimwrite(tmp, list(frames), duration=1000 / fps, loop=0)
     return out

@@ -25,14 +25,14 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Sequence
-from typing import Protocol
+from typing import Any, Protocol
 
 import gymnasium as gym
 import numpy as np
 import torch
 from torch import nn
 
-from maml_rl.actions import env_actions
+from maml_rl.actions import action_shape, distribution_shape, env_actions
 from maml_rl.policy import Categorical, Normal, action_noise, forward, sample
 from maml_rl.tasks import BatchEnv, Task, TaskFamily, TaskFamilyError
 from maml_rl.threads import torch_threads
@@ -157,8 +157,8 @@ class Sampler:
         env = self._env(num_envs)
         discrete = isinstance(env.action_space, gym.spaces.Discrete)
         horizon = env.max_episode_steps
-        act_shape = () if discrete else env.action_space.shape
-        noise_dims = (int(env.action_space.n),) if discrete else act_shape
+        act_shape = action_shape(env.action_space)
+        noise_dims = distribution_shape(env.action_space)
         dist_type = Categorical if discrete else Normal
         noise_shape = (horizon, k, *noise_dims)
         if deterministic:
@@ -209,12 +209,11 @@ class Sampler:
                 actions_t = sample(dist, noise[t].reshape(num_envs, *noise_dims))
             actions_t = actions_t.reshape(num_envs, *act_shape)
             try:
-                if on_device:  # the env clips to its own action bounds
-                    next_obs, reward, terminated, truncated = env.step(actions_t)
+                if on_device:  # the env clips to its own action bounds; tensors in and out
+                    sent: Any = actions_t
                 else:  # Box actions clipped to the space, Discrete ones shifted by its start
-                    next_obs, reward, terminated, truncated = env.step(
-                        env_actions(actions_t.cpu().numpy(), env.action_space)
-                    )
+                    sent = env_actions(actions_t.cpu().numpy(), env.action_space)
+                next_obs, reward, terminated, truncated = env.step(sent)
             except Exception as error:
                 raise failed(error, t) from error
             if np.shape(next_obs) != tuple(obs_t.shape):

@@ -43,7 +43,8 @@ class BatchEnv(Protocol):
     ``(observations, rewards, terminated, truncated)`` with shapes [num_envs, obs_dim],
     [num_envs], [num_envs], [num_envs]. Environments whose episode has ended may be stepped
     further; the sampler masks those steps out, so their values do not matter. Episodes are
-    truncated after ``max_episode_steps`` steps.
+    truncated after ``max_episode_steps`` steps. One with a ``device`` attribute that is not
+    None (the MuJoCo Warp backend) takes and returns torch tensors on that device instead.
     """
 
     num_envs: int

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, fields, replace
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -77,7 +78,8 @@ class Batch:
 
     def _map(self, fn: Callable[[Tensor], Tensor]) -> Batch:
         values = {f.name: getattr(self, f.name) for f in fields(self)}
-        return Batch(**{k: None if v is None else fn(v) for k, v in values.items()})
+        mapped: dict[str, Any] = {k: None if v is None else fn(v) for k, v in values.items()}
+        return Batch(**mapped)
 
     @property
     def num_tasks(self) -> int:
@@ -126,7 +128,8 @@ class Batch:
                 raise ValueError(f"cannot concatenate batches with and without {name}")
             return torch.cat([pad(p) for p in parts], dim=1)
 
-        return cls(**{f.name: joined(f.name) for f in fields(cls)})
+        joined_fields: dict[str, Any] = {f.name: joined(f.name) for f in fields(cls)}
+        return cls(**joined_fields)
 
     def to(self, device: torch.device | str) -> Batch:
         return self._map(lambda x: x.to(device))

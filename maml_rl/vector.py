@@ -81,9 +81,8 @@ class GymBatchEnv:
         observations = []
         for i, (env, task) in enumerate(zip(self.envs, tasks, strict=True)):
             env_seed = None if seed is None else seed + i
-            obs = guarded_call(
-                i, lambda e=env, t=task, s=env_seed: e.reset(seed=s, options={"task": t})[0]
-            )
+            reset = functools.partial(env.reset, seed=env_seed, options={"task": task})
+            obs = guarded_call(i, reset)[0]
             observations.append(checked_observation(obs, self.observation_space, i))
         self._obs = np.stack(observations)
         self._done[:] = False
@@ -100,7 +99,8 @@ class GymBatchEnv:
         for i, env in enumerate(self.envs):
             if self._done[i]:
                 continue
-            obs, reward, term, trunc, info = guarded_call(i, lambda e=env, a=actions[i]: e.step(a))
+            step = functools.partial(env.step, actions[i])
+            obs, reward, term, trunc, info = guarded_call(i, step)
             obs = checked_observation(obs, self.observation_space, i)
             self._obs[i], rewards[i], terminated[i], truncated[i] = obs, reward, term, trunc
             self.success[i] = bool(info.get("success", False))
@@ -187,8 +187,10 @@ class AsyncGymBatchEnv:
     ) -> None:
         self.vector = gym.vector.AsyncVectorEnv.__new__(gym.vector.AsyncVectorEnv)
         try:
-            self.vector.__init__(
-                [functools.partial(_make_worker_task_env, make_env)] * num_envs, context=context
+            gym.vector.AsyncVectorEnv.__init__(
+                self.vector,
+                [functools.partial(_make_worker_task_env, make_env)] * num_envs,
+                context=context,
             )
         except BaseException:  # e.g. too few file descriptors (EMFILE) for the next pipe
             self._kill_workers()  # the workers started so far end quietly, not on a broken pipe
@@ -235,7 +237,9 @@ class AsyncGymBatchEnv:
         """Observations [num_envs, obs_dim]; env i gets its task and seed + i."""
         if len(tasks) != self.num_envs:
             raise ValueError(f"reset needs {self.num_envs} tasks, got {len(tasks)}")
-        seeds = None if seed is None else [seed + i for i in range(self.num_envs)]
+        seeds: list[int | None] | None = (
+            None if seed is None else [seed + i for i in range(self.num_envs)]
+        )
 
         def reset() -> np.ndarray:
             self.vector.set_attr("next_task", list(tasks))

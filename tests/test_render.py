@@ -179,3 +179,74 @@ def test_one_renderer_per_model_with_the_family_camera_when_the_model_has_it() -
         renderers.close()
         cheetah.close()
         ant.close()
+
+
+def test_triton_is_loaded_before_the_first_opengl_context(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Mesa's EGL (llvmpipe) loads its own LLVM; triton's, loaded after it, segfaults the
+    process at torch's first jvp. The renderer imports an installed triton before its first
+    OpenGL context (here a stand-in package, and a stand-in Renderer that checks the order)."""
+    import sys
+
+    import mujoco
+
+    fake = tmp_path / "triton"
+    fake.mkdir()
+    (fake / "__init__.py").write_text("")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delitem(sys.modules, "triton", raising=False)
+    made = []
+
+    class Renderer:
+        def __init__(self, model: object, height: int, width: int) -> None:
+            assert "triton" in sys.modules, "an OpenGL context before triton was loaded"
+            made.append(model)
+
+        def close(self) -> None:
+            pass
+
+    monkeypatch.setattr(mujoco, "Renderer", Renderer)
+    from maml_rl.tasks import make_family
+
+    cheetah = make_family("halfcheetah-vel").make_env()
+    try:
+        _Renderers(Navigation2D())(cheetah.unwrapped.model)  # type: ignore[arg-type]
+        assert made == [cheetah.unwrapped.model]
+    finally:
+        cheetah.close()
+        sys.modules.pop("triton", None)  # the stand-in, for the tests that follow
+
+
+SEGFAULT_PROBE = """
+import torch
+from torch.func import jvp
+from maml_rl.render import _Renderers
+from maml_rl.tasks import make_family
+
+env = make_family("halfcheetah-vel").make_env()
+renderers = _Renderers(make_family("halfcheetah-vel"))
+renderers(env.unwrapped.model)
+renderers.close()
+x = torch.randn(8, 4, dtype=torch.float64)
+print(float(jvp(lambda a: torch.sigmoid(2.0 * a), (x,), (torch.ones_like(x),))[1].sum()))
+"""
+
+
+def test_rendering_then_a_forward_mode_derivative_runs_where_triton_is_installed() -> None:
+    """The crash itself, in a child process: render with EGL, then torch.func.jvp (which
+    imports triton where a CUDA build of torch brought it)."""
+    import importlib.util
+    import subprocess
+    import sys
+
+    if importlib.util.find_spec("triton") is None:
+        pytest.skip("triton is not installed (torch's CPU build): nothing can crash")
+    done = subprocess.run(
+        [sys.executable, "-c", SEGFAULT_PROBE],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "MUJOCO_GL": os.environ.get("MUJOCO_GL", "egl")},
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
