@@ -35,6 +35,7 @@ from maml_rl.maml import TaskData, collect, draw_seeds, meta_step
 from maml_rl.policy import Normal, detach, forward, kl, parameters_of
 from maml_rl.policy_adapter import PREFIX
 from maml_rl.returns import masked_mean
+from maml_rl.types import Params
 
 PHASES = ("sampling", "adaptation_s", "meta_gradient_s", "cg_s", "line_search_s", "total")
 
@@ -123,16 +124,16 @@ def fisher_products(policy: nn.Module, theta: dict[str, Tensor], data: TaskData)
         old = detach(dist)
         kl_n = masked_mean(kl(old, dist), post.step_weights.movedim(1, 0), (1, 2))
         double_backward = SecondOrder(leaf, kl_n)
-    timings = {}
+    timings: dict[str, float] = {}
+    outs: dict[str, Params] = {}
     for name, product in (("forward-mode", forward_mode.product),
                           ("double backward", double_backward.product)):  # fmt: skip
         product(t)
         start = time.perf_counter()
         for _ in range(10):
-            out = product(t)
+            outs[name] = product(t)
         timings[name] = (time.perf_counter() - start) / 10
-        timings[name + " out"] = out
-    a, b = timings["forward-mode out"], timings["double backward out"]
+    a, b = outs["forward-mode"], outs["double backward"]
     error = max(float((a[k] - b[k]).abs().max() / b[k].abs().max().clamp_min(1e-30)) for k in a)
     print(f"generic Fisher product: forward-mode {timings['forward-mode'] * 1e3:.1f} ms, "
           f"double backward {timings['double backward'] * 1e3:.1f} ms "

@@ -41,9 +41,10 @@ processes) affects them alike; the ratios use the best of each.
 from __future__ import annotations
 
 import argparse
+import functools
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 
 from maml_rl.runtime import configure_process
@@ -57,7 +58,7 @@ import numpy as np
 import torch
 
 from maml_rl.policy import GaussianMLPPolicy, parameters_of
-from maml_rl.sampler import Sampler
+from maml_rl.sampler import Sampler, TrajectorySampler
 from maml_rl.tasks import make_family
 from maml_rl.types import Batch, Params
 from maml_rl_envs.mujoco_base import MujocoFamily
@@ -208,7 +209,7 @@ def native_env(
     return run
 
 
-def sampler_run(family: MujocoFamily, n: int, k: int) -> tuple[Callable[[int], object], Sampler]:
+def sampler_run(family: MujocoFamily, n: int, k: int) -> tuple[Callable[[int], Batch], Sampler]:
     obs_dim, act_dim = family.observation_space.shape[0], family.action_space.shape[0]
     policy = GaussianMLPPolicy(obs_dim, act_dim, (64, 64), "tanh")
     theta = parameters_of(policy)
@@ -216,7 +217,7 @@ def sampler_run(family: MujocoFamily, n: int, k: int) -> tuple[Callable[[int], o
     sampler = Sampler(family, policy, k)
     tasks = family.sample_tasks(n, np.random.default_rng(0))
 
-    def run(seed: int) -> object:
+    def run(seed: int) -> Batch:
         return sampler.sample(phi, tasks, seed=seed, per_task=True)
 
     return run, sampler
@@ -260,7 +261,7 @@ def main() -> None:
         f"torch threads {torch.get_num_threads()} (1 while sampling), mujoco {mujoco.__version__}"
     )
     for name in args.envs:
-        family = make_family(name, {"max_episode_steps": horizon})
+        family = mujoco_family(name, horizon)
         print(f"{name} ({type(family).__name__}, frame_skip {family.make_kwargs['frame_skip']})")
         sample, sampler = sampler_run(family, args.n, args.k)
         qpos, qvel, actions, controls = record(family, sample, num_envs, seed=0)
@@ -280,7 +281,7 @@ def main() -> None:
         seeds = iter(range(1, 10**6))
         stepper = resolve_stepper("auto", family.contact_forces)
         sampler_label = f"Sampler.sample (auto: {stepper}), policy 64x64"
-        runs[sampler_label] = lambda sample=sample, seeds=seeds: sample(next(seeds)).num_steps
+        runs[sampler_label] = functools.partial(sampled_steps, sample, seeds)
         if not args.no_sync:
             runs["gymnasium SyncVectorEnv, random actions"] = sync_vector_env(
                 family, num_envs, min(horizon, 20)
@@ -317,7 +318,20 @@ def main() -> None:
             )
 
 
-def phase_run(sampler: Sampler, params: Params, tasks: list) -> Callable[[], int]:
+def sampled_steps(sample: Callable[[int], Batch], seeds: Iterator[int]) -> int:
+    """Environment steps of one `sample` call with the next seed."""
+    return sample(next(seeds)).num_steps
+
+
+def mujoco_family(name: str, horizon: int) -> MujocoFamily:
+    """The MuJoCo task family `name` at horizon H; SystemExit for any other family."""
+    family = make_family(name, {"max_episode_steps": horizon})
+    if not isinstance(family, MujocoFamily):
+        raise SystemExit(f"{name} is not a MuJoCo family: this benchmark steps MuJoCo models")
+    return family
+
+
+def phase_run(sampler: TrajectorySampler, params: Params, tasks: list) -> Callable[[], int]:
     """One post-update phase (per-task parameters) per call, a new seed each time."""
     seeds = iter(range(10**6))
 
@@ -355,7 +369,7 @@ def warp_comparison(args: argparse.Namespace) -> None:
         f"C backends on {args.threads} CPU threads"
     )
     for name in args.envs:
-        family = make_family(name, {"max_episode_steps": args.horizon})
+        family = mujoco_family(name, args.horizon)
         print(f"{name} ({type(family).__name__})")
         obs_dim, act_dim = family.observation_space.shape[0], family.action_space.shape[0]
         tasks = family.sample_tasks(args.n, np.random.default_rng(0))
@@ -407,7 +421,7 @@ def ray_comparison(args: argparse.Namespace) -> None:
     )
     print(f"N={args.n} K={args.k} H={args.horizon}: local Ray instance on {threads} CPUs")
     for name in args.envs:
-        family = make_family(name, {"max_episode_steps": args.horizon})
+        family = mujoco_family(name, args.horizon)
         print(f"{name} ({type(family).__name__})")
         obs_dim, act_dim = family.observation_space.shape[0], family.action_space.shape[0]
         policy = GaussianMLPPolicy(obs_dim, act_dim, (64, 64), "tanh")
@@ -415,14 +429,13 @@ def ray_comparison(args: argparse.Namespace) -> None:
         phi = {n: p.expand(args.n, *p.shape).clone() for n, p in theta.items()}
         tasks = family.sample_tasks(args.n, np.random.default_rng(0))
         half = max(1, threads // 2)
-        samplers = {
+        remote = RaySampler(family, policy, args.k, num_actors=2, actor_cpus=half)
+        samplers: dict[str, TrajectorySampler] = {
             "local Sampler (auto backend)": Sampler(family, policy, args.k),
             f"ray, 1 actor x {threads} CPUs": RaySampler(
                 family, policy, args.k, num_actors=1, actor_cpus=threads
             ),
-            f"ray, 2 actors x {half} CPUs": RaySampler(
-                family, policy, args.k, num_actors=2, actor_cpus=half
-            ),
+            f"ray, 2 actors x {half} CPUs": remote,
         }
         runs = {label: phase_run(s, phi, tasks) for label, s in samplers.items()}
         for run in runs.values():  # warm-up: actors start, environments are built
@@ -444,7 +457,6 @@ def ray_comparison(args: argparse.Namespace) -> None:
                 f"phase {min(walls[label]):.2f} s vs {min(walls[local_label]):.2f} s "
                 f"(Ray adds {extra:+.2f} s)"
             )
-        remote = samplers[f"ray, 2 actors x {half} CPUs"]
         remote.sample(phi, tasks, seed=0, per_task=True)
         per_task_traffic = (remote.traffic.sent, remote.traffic.received)
         remote.sample(theta, tasks, seed=0, per_task=False)

@@ -39,7 +39,7 @@ PHASES = ("sampling", "adaptation", "meta_grad", "cg", "line_search", "total")
 
 def parse_rows(output: str) -> list[dict[str, float | str]]:
     """The timed (non-warm-up) rows of meta_step.py's table."""
-    rows = []
+    rows: list[dict[str, float | str]] = []
     for line in output.splitlines():
         fields = line.split()
         if len(fields) >= 8 and ":" in fields[0] and "(warm-up)" not in line:

@@ -33,7 +33,8 @@ from maml_rl.maml import TaskData, batch_advantages, collect, draw_seeds, meta_s
 from maml_rl.policy import parameters_of
 from maml_rl.types import Batch, Params
 
-VARIANTS = {"torch.dot": torch.dot, "trpo.dot": trpo.dot}
+Dot = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+VARIANTS: dict[str, Dot] = {"torch.dot": torch.dot, "trpo.dot": trpo.dot}
 """Before and after: the inner product the CG and the step length use."""
 
 
@@ -99,6 +100,7 @@ def main() -> None:
     )
 
     calls = {"count": 0}
+    original_dot = trpo.dot
     times: dict[tuple[str, int], list[float]] = {}
     thetas: dict[tuple[str, int], Params] = {}
     for repeat in range(args.repeats + 1):  # the first round warms up, and is not counted
@@ -106,7 +108,7 @@ def main() -> None:
             for threads in (1, 2):
 
                 def counted(
-                    a: torch.Tensor, b: torch.Tensor, function: Callable = function
+                    a: torch.Tensor, b: torch.Tensor, function: Dot = function
                 ) -> torch.Tensor:
                     calls["count"] += 1
                     return function(a, b)
@@ -118,7 +120,7 @@ def main() -> None:
                 if repeat > 0:
                     times.setdefault((name, threads), []).append(time.perf_counter() - start)
                 thetas[(name, threads)] = new_theta
-    trpo.dot = VARIANTS["trpo.dot"]
+    trpo.dot = original_dot
     per_step = calls["count"] // (4 * (args.repeats + 1))
 
     header = ("threads", "torch.dot s", "trpo.dot s", "change", "of iteration")
