@@ -28,7 +28,7 @@ from maml_rl.policy import parameters_of
 from maml_rl.policy_adapter import policy_import_root
 from maml_rl.promp import promp_step
 from maml_rl.tasks import TaskFamily, add_import_root, import_root
-from maml_rl.threads import AutoThreads
+from maml_rl.threads import AutoThreads, torch_threads
 from maml_rl.types import Params
 from maml_rl.vector import resolved_backend
 
@@ -221,7 +221,9 @@ def train(
     _check_start(cfg, run_dir)
     made = [p for p in (run_dir, *run_dir.parents) if not p.exists()]  # what this call creates
     try:
-        with hold_run_dir(run_dir, resume, overwrite):
+        # torch's thread count (the config's, or AutoThreads' per phase) is the caller's again
+        # afterwards: a notebook that trains keeps its own setting
+        with hold_run_dir(run_dir, resume, overwrite), torch_threads(None):
             return _train(cfg, run_dir, resume, progress, tensorboard, check, callbacks)
     except BaseException:
         # a start that failed (bad device, broken family, Ctrl-C) leaves no empty directory,

@@ -150,3 +150,24 @@ def test_train_and_evaluate_apply_the_process_settings(
     maml_rl.train(cfg, run_dir, progress=False, tensorboard=False)
     maml_rl.evaluate(run_dir, num_tasks=2, num_steps=1, save=False, process_settings=False)
     assert calls == [True, False]
+
+
+@pytest.mark.parametrize("threads", [2, None])
+def test_train_leaves_the_callers_torch_thread_count(tmp_path: Path, threads: int | None) -> None:
+    """A config's `torch_threads` (or AutoThreads' choice, with null) holds during training
+    only: the caller's setting is back afterwards."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        cfg = maml_rl.load_config("navigation", **(TINY | {"torch_threads": threads}))
+        seen: list[int] = []
+
+        def record(info: maml_rl.IterationInfo) -> None:
+            seen.append(torch.get_num_threads())
+
+        maml_rl.train(cfg, tmp_path / "run", callbacks=[record], **QUIET)
+        if threads is not None:
+            assert seen == [threads] * TINY["num_batches"]
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(previous)
