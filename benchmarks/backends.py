@@ -36,6 +36,7 @@ configure_process()  # as `maml-rl train` does (maml_rl/runtime.py): before torc
 import numpy as np
 import torch
 
+from maml_rl import machine
 from maml_rl.policy import build_policy, parameters_of
 from maml_rl.process_env import available_cpus
 from maml_rl.sampler import Sampler, TrajectorySampler
@@ -85,6 +86,7 @@ def timed_sample(
 
 def main() -> None:
     args = parse_args()
+    print(f"# machine: {machine.describe()}", flush=True)
     torch.set_num_threads(1)
     family = make_family(args.env, json.loads(args.env_kwargs))
     backends = list(args.backends)

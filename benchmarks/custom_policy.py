@@ -25,6 +25,7 @@ import gymnasium as gym
 import torch
 from torch import Tensor, nn
 
+from maml_rl import machine
 from maml_rl.build import Streams, build
 from maml_rl.config import load
 from maml_rl.configs import find_config
@@ -63,6 +64,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--hvp", default="gauss_newton")
     args = parser.parse_args()
+    print(f"# machine: {machine.describe()}", flush=True)
 
     sys.modules.setdefault("custom_policy_benchmark", sys.modules[__name__])
     cfg = dataclasses.replace(load(find_config(args.env)), hvp=args.hvp)

@@ -30,6 +30,7 @@ from maml_rl.runtime import configure_process
 
 configure_process()  # as `maml-rl train` does (maml_rl/runtime.py): before torch is imported
 
+from maml_rl import machine
 from maml_rl.build import run_sizes
 from maml_rl.config import load, parse_override
 from maml_rl.configs import find_config
@@ -75,6 +76,7 @@ def main() -> None:
     parser.add_argument("--num-steps", type=int, default=3, help="evaluation's steps")
     parser.add_argument("--interval", type=float, default=0.05, help="seconds between samples")
     args = parser.parse_args()
+    print(f"# machine: {machine.describe()}", flush=True)
     maml_rl = [sys.executable, "-m", "maml_rl.cli"]
     bare = peak([sys.executable, "-c", INTERPRETER], args.interval)[1]
     print(f"one interpreter with torch, Gymnasium, MuJoCo and maml_rl: {gib(bare)} GiB")

@@ -28,6 +28,7 @@ configure_process()  # as `maml-rl train` does (maml_rl/runtime.py): before torc
 
 import torch
 
+from maml_rl import machine
 from maml_rl.build import Streams, build
 from maml_rl.config import load
 from maml_rl.configs import find_config
@@ -47,6 +48,7 @@ def main() -> None:
     )
     parser.add_argument("--num-steps", default=None, help="inner steps, e.g. 1,2,3")
     args = parser.parse_args()
+    print(f"# machine: {machine.describe()}", flush=True)
 
     overrides = {"device": args.device}
     if args.meta_batch_size:

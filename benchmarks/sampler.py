@@ -57,6 +57,7 @@ import mujoco.rollout
 import numpy as np
 import torch
 
+from maml_rl import machine
 from maml_rl.policy import GaussianMLPPolicy, parameters_of
 from maml_rl.sampler import Sampler, TrajectorySampler
 from maml_rl.tasks import make_family
@@ -249,6 +250,7 @@ def main() -> None:
     parser.add_argument("--sampler", choices=["local", "ray", "warp"], default="local")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = parser.parse_args()
+    print(f"# machine: {machine.describe()}", flush=True)
     if args.sampler == "ray":
         ray_comparison(args)
         return

@@ -179,6 +179,9 @@ def main() -> None:
     parser.add_argument("--pytorch-maml-rl", default=None)
     parser.add_argument("--pmrl-python", default=None)
     args = parser.parse_args()
+    from maml_rl import machine  # torch loads here, not before the loads start
+
+    print(f"# machine: {machine.describe()}", flush=True)
 
     codes: dict[str, Path] = {"this": ROOT}
     if args.before is not None:

@@ -25,7 +25,7 @@ configure_process()  # as `maml-rl train` does (maml_rl/runtime.py): before torc
 
 import torch
 
-from maml_rl import trpo
+from maml_rl import machine, trpo
 from maml_rl.build import Streams, build
 from maml_rl.config import Config, load
 from maml_rl.configs import find_config
@@ -75,6 +75,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--synthetic", action="store_true", help="random data, no sampling")
     args = parser.parse_args()
+    print(f"# machine: {machine.describe()}", flush=True)
 
     cfg = load(find_config(args.env), {"device": "cpu"})
     streams = Streams.from_seed(cfg.seed)

@@ -20,7 +20,7 @@ step on a GPU does not copy anything to the host.
   normal, where MuJoCo C aligns it with the capsule (tests/test_warp.py has the figures).
 * Determinism: on the CPU device every run is bit-identical (a resumed run repeats the
   uninterrupted one); on a GPU, Warp's atomic additions make runs differ in the last bits.
-* Compile cost: the first use on a device compiles Warp's kernels, about 60-90 s on two CPU
+* Compile cost: the first use on a device compiles Warp's kernels, about 50-90 s on two CPU
   cores, cached in ``~/.cache/warp`` for later processes.
 
 A step sets ``ctrl`` and runs ``frame_skip`` calls of ``mjw.step`` and, for families that read

@@ -179,7 +179,7 @@ class Config:
     sampling; float32: half-cheetah agrees with the C backends to float32 round-off, Ant
     in distribution (its friction pyramids are oriented differently, envs/warp_batch.py);
     not bit-deterministic on a GPU (atomics), deterministic on the CPU device; the first use
-    compiles kernels, about 90 s, cached in ~/.cache/warp; needs pip install
+    compiles kernels, 50-90 s on two CPU cores, cached in ~/.cache/warp; needs pip install
     "maml-rl[warp]"), sync or async (Gymnasium vector envs; async: a process per
     env), procs (the Gymnasium envs sharded over a worker process per CPU: for slow Python
     envs such as Meta-World), or ray (tasks split over Ray actors, each sampling its share on

@@ -307,6 +307,33 @@ def test_ci_runs_the_readme_test_command_and_builds_the_docs() -> None:
     assert readme and readme == [e for line in ci for e in extras.findall(line)]
 
 
+def test_the_command_line_page_names_every_command_option_and_shipped_config() -> None:
+    """docs/cli.md's synopsis has every subcommand and each of its long options, and its
+    table every shipped config (a config `maml-rl configs` lists, or its -suffix form)."""
+    import argparse
+
+    from maml_rl.cli import parser
+    from maml_rl.configs import shipped_config_descriptions
+
+    page = (ROOT / "docs" / "cli.md").read_text()
+    synopsis = page.split("```text", 1)[1].split("```", 1)[0]
+    commands = next(
+        a for a in parser()._actions if isinstance(a, argparse._SubParsersAction)
+    ).choices
+    for name, sub in commands.items():
+        lines = [line for line in synopsis.splitlines() if f"maml-rl {name} " in line + " "]
+        assert lines, f"docs/cli.md's synopsis has no `maml-rl {name}`"
+        for action in sub._actions:
+            for option in action.option_strings:
+                if option.startswith("--") and option != "--help":
+                    assert option in synopsis, f"docs/cli.md's synopsis lacks {name} {option}"
+    for config in shipped_config_descriptions():
+        suffix = "-" + config.split("-", 2)[-1] if config.startswith("metaworld-ml1-") else None
+        assert f"`{config}`" in page or (suffix and f"`{suffix}`" in page), (
+            f"docs/cli.md's config table lacks `{config}`"
+        )
+
+
 # ------------------------------------------------------------------ the site
 
 
