@@ -7,16 +7,15 @@ the CPU model, the CPUs the process may use, the memory, the torch build and its
 
 from __future__ import annotations
 
-import os
 import platform
 from pathlib import Path
 
 import torch
 
+from maml_rl.memory import MEMINFO, meminfo_bytes
 from maml_rl.threads import allowed_cpus
 
 CPUINFO = Path("/proc/cpuinfo")
-MEMINFO = Path("/proc/meminfo")
 
 
 def cpu_model(cpuinfo: Path = CPUINFO) -> str:
@@ -34,16 +33,7 @@ def cpu_model(cpuinfo: Path = CPUINFO) -> str:
 
 def total_memory_bytes(meminfo: Path = MEMINFO) -> int | None:
     """MemTotal from /proc/meminfo (Linux), else physical pages × page size; None if unknown."""
-    try:
-        for line in meminfo.read_text().splitlines():
-            if line.startswith("MemTotal:"):
-                return int(line.split()[1]) * 1024
-    except (OSError, ValueError, IndexError):
-        pass
-    try:
-        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    except (AttributeError, ValueError, OSError):
-        return None
+    return meminfo_bytes("MemTotal", meminfo)
 
 
 def describe() -> str:

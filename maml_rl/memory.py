@@ -80,10 +80,18 @@ def available_bytes() -> int | None:
 
 def _physical_available() -> int | None:
     """MemAvailable from /proc/meminfo (Linux), else physical memory; None if unknown."""
-    meminfo = Path("/proc/meminfo")
+    return meminfo_bytes("MemAvailable")
+
+
+MEMINFO = Path("/proc/meminfo")
+
+
+def meminfo_bytes(key: str, meminfo: Path = MEMINFO) -> int | None:
+    """/proc/meminfo's `key` ("MemAvailable", "MemTotal") in bytes (Linux), else the physical
+    memory (pages × page size); None if neither is known."""
     try:
         for line in meminfo.read_text().splitlines():
-            if line.startswith("MemAvailable:"):
+            if line.startswith(f"{key}:"):
                 return int(line.split()[1]) * 1024
     except (OSError, ValueError, IndexError):
         pass
