@@ -350,19 +350,11 @@ def cmd_envs(args: argparse.Namespace) -> int:
 def version_line() -> str:
     """``maml-rl 0.1.0 (Python 3.11.7, torch 2.13.0, gymnasium 1.4.0, mujoco 4.0.0, numpy ...)``:
     the installed versions, read from the packages' metadata without importing them."""
-    from importlib import metadata
+    from maml_rl.machine import PACKAGES, versions
 
-    from maml_rl import __version__
-
-    def installed(name: str) -> str:
-        try:
-            return f"{name} {metadata.version(name)}"
-        except metadata.PackageNotFoundError:
-            return f"{name} not installed"
-
-    python = ".".join(map(str, sys.version_info[:3]))
-    packages = ", ".join(map(installed, ("torch", "gymnasium", "mujoco", "numpy")))
-    return f"maml-rl {__version__} (Python {python}, {packages})"
+    found = versions()
+    packages = ", ".join(f"{name} {found[name]}" for name in PACKAGES)
+    return f"maml-rl {found['maml-rl']} (Python {found['python']}, {packages})"
 
 
 class _VersionAction(argparse.Action):

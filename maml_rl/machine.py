@@ -1,21 +1,23 @@
-"""The machine a figure was measured on, in one line, for the benchmarks' outputs.
+"""The machine and the software a figure or a run came from, for benchmarks and run records.
 
 A timing means little without its hardware, and one project's figures may come from different
-machines: every script under ``benchmarks/`` prints `describe` first, so its output records
-the CPU model, the CPUs the process may use, the memory, the torch build and its threads.
+machines: every script under ``benchmarks/`` prints `describe` first, and every ``train`` call
+records `versions` and `describe` in the run's ``run.json`` (`maml_rl.provenance`).
+`versions` reads package metadata without importing torch (``maml-rl --version`` uses it).
 """
 
 from __future__ import annotations
 
 import platform
+import sys
+from importlib import metadata
 from pathlib import Path
 
-import torch
-
 from maml_rl.memory import MEMINFO, meminfo_bytes
-from maml_rl.threads import allowed_cpus
 
 CPUINFO = Path("/proc/cpuinfo")
+PACKAGES = ("torch", "gymnasium", "mujoco", "numpy")
+"""The libraries whose versions `versions` reports beside maml-rl and Python."""
 
 
 def cpu_model(cpuinfo: Path = CPUINFO) -> str:
@@ -36,8 +38,26 @@ def total_memory_bytes(meminfo: Path = MEMINFO) -> int | None:
     return meminfo_bytes("MemTotal", meminfo)
 
 
+def versions() -> dict[str, str]:
+    """{"maml-rl": "0.1.0", "python": "3.11.7", "torch": "2.13.0+cpu", ...}: the installed
+    versions of maml-rl, Python and `PACKAGES`, from metadata ("not installed" where absent)."""
+    from maml_rl import __version__
+
+    found = {"maml-rl": __version__, "python": ".".join(map(str, sys.version_info[:3]))}
+    for name in PACKAGES:
+        try:
+            found[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            found[name] = "not installed"
+    return found
+
+
 def describe() -> str:
     """One line: 'AMD EPYC, 2 CPUs, 24 GiB, torch 2.13.0+cpu (torch threads 2), no CUDA'."""
+    import torch
+
+    from maml_rl.threads import allowed_cpus
+
     memory = total_memory_bytes()
     parts = [cpu_model(), f"{len(allowed_cpus())} CPUs"]
     if memory is not None:

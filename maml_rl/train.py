@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import shutil
 import time
@@ -15,7 +14,7 @@ from typing import Any
 
 import torch
 
-from maml_rl import artifacts, checkpoint, diagnostics
+from maml_rl import artifacts, checkpoint, diagnostics, provenance
 from maml_rl.build import Streams, build, check_built, describe_policy
 from maml_rl.checker import SKIPPED
 from maml_rl.checkpoint import CheckpointError
@@ -281,10 +280,12 @@ def _train(
         check_built(family, cfg)  # a broken family fails here, in one line
     origin = import_root(cfg.env)  # where a module:Class family was found, for later loads
     policy_origin = policy_import_root(cfg.policy)  # and a module:callable policy
-    artifacts.write_text(run_dir / RUN_RECORD,
-        json.dumps({"env": cfg.env, "import_root": origin,
-                    "sampler": describe_sampler(family, cfg)}, indent=1) + "\n"
-    )  # fmt: skip
+    # the run's record (provenance.py): first what it trains, then, once the first iteration
+    # is known, this call's versions and machine beside the earlier calls'
+    notes: list[str] = []
+    calls = provenance.earlier_calls(run_dir / RUN_RECORD, notes.append) if resume else []
+    sampler_text = describe_sampler(family, cfg)
+    provenance.write(run_dir / RUN_RECORD, cfg.env, origin, sampler_text, calls)
     theta: Params = parameters_of(policy)
     step_size: Params = init_step_size(theta, cfg.learn_step_size, cfg.fast_lr, cfg.num_steps)
     start, env_steps, best_return = 0, 0, -float("inf")
@@ -308,6 +309,8 @@ def _train(
             state["best_return"],
         )
         truncate_metrics(run_dir, state["iteration"])
+    calls.append(provenance.this_call(start))
+    provenance.write(run_dir / RUN_RECORD, cfg.env, origin, sampler_text, calls)
     save(cfg, run_dir / "config.yaml")
 
     logger = RunLogger(
@@ -324,10 +327,12 @@ def _train(
         f"iterations {start + 1}-{cfg.num_batches} of {cfg.num_batches}, "
         f"{cfg.meta_batch_size} tasks x {cfg.fast_batch_size} trajectories, "
         f"family check {'passed' if check else 'skipped'}, "
-        f"sampler {describe_sampler(family, cfg)}, "
+        f"sampler {sampler_text}, "
         f"policy {describe_policy(policy, cfg)}, "
         f"torch threads {torch.get_num_threads()}"
     )
+    for note in notes:
+        logger.message(note)
     if not check:
         logger.message(SKIPPED)
     rows: list[dict[str, float]] = []

@@ -37,7 +37,19 @@ def test_total_memory_reads_memtotal_in_kib(tmp_path: Path) -> None:
 def test_describe_names_the_cpu_memory_and_torch(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(machine, "cpu_model", lambda: "Test CPU")
     monkeypatch.setattr(machine, "total_memory_bytes", lambda: 24 * 2**30)
-    monkeypatch.setattr(machine, "allowed_cpus", lambda: [0, 1])
+    monkeypatch.setattr("maml_rl.threads.allowed_cpus", lambda: [0, 1])
     line = machine.describe()
     assert line.startswith("Test CPU, 2 CPUs, 24 GiB, torch ")
     assert torch.__version__ in line and f"torch threads {torch.get_num_threads()}" in line
+
+
+def test_versions_come_from_metadata_without_importing_torch() -> None:
+    """`maml-rl --version` stays fast: versions() is read from package metadata."""
+    import subprocess
+    import sys
+
+    code = "import sys; from maml_rl.machine import versions; v = versions(); "
+    code += "print(v['torch'], 'torch' in sys.modules)"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    version, imported = done.stdout.split()
+    assert version == torch.__version__ and imported == "False"
