@@ -6,19 +6,13 @@ import json
 from pathlib import Path
 
 import pytest
+from test_api import QUIET
+from test_api import TINY as API_TINY
 
 import maml_rl
 from maml_rl import machine
 
-TINY = dict(
-    meta_batch_size=2,
-    fast_batch_size=2,
-    env_kwargs={"max_episode_steps": 10},
-    hidden_sizes=[8],
-    cg_iters=2,
-    torch_threads=1,
-)
-QUIET = dict(progress=False, tensorboard=False, process_settings=False)
+TINY = {k: v for k, v in API_TINY.items() if k != "num_batches"}
 
 
 def calls(run: Path) -> list[dict[str, object]]:
