@@ -12,6 +12,7 @@ import pytest
 import yaml
 
 from maml_rl.cli import _overrides, main, parser
+from maml_rl.logger import read_metrics
 
 PROBE = """
 import sys
@@ -199,10 +200,13 @@ def test_torch_threads_is_applied_and_reported(
 
     before = torch.get_num_threads()
     try:
+        torch.set_num_threads(2)
         argv = ["train", "navigation", "--out", str(tmp_path / "run"), "--set", *TINY]
         assert main([*argv, "torch_threads=1"]) == 0
-        assert torch.get_num_threads() == 1
         assert "torch threads 1" in capsys.readouterr().out.splitlines()[0]
+        rows = read_metrics(tmp_path / "run")
+        assert rows and all(row["time/torch_threads"] == 1 for row in rows)
+        assert torch.get_num_threads() == 2  # the caller's setting, back after the run
     finally:
         torch.set_num_threads(before)
 
