@@ -39,8 +39,8 @@ loss, in closed form from activations cached once per meta-step (mlp_derivatives
 pass and its adjoint, a few batched matrix products each); otherwise (custom policies,
 categorical policies, other activations, the LVC and DiCE inner losses) F_n t by a forward-mode
 Jacobian product, the distributions' Fisher in closed form and a reverse pass through a graph
-built once (fisher.py; 1.1-1.2x faster per product than double backward on navigation's
-64x64 policy, benchmarks/custom_policy.py), and
+built once (fisher.py; about as fast per product as double backward on navigation's
+64x64 policy, 0.9-1.2x by CPU and threads, benchmarks/custom_policy.py), and
 H_{n,s} t by double backward through the inner-loss gradient at phi_s, built once per
 meta-step (F_n t too where an operation has no forward-mode derivative).
 Either way every CG iteration reuses them, instead of differentiating the whole adaptation twice
