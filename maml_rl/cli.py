@@ -13,7 +13,6 @@ import errno
 import json
 import signal
 import sys
-import threading
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -31,6 +30,7 @@ from maml_rl.errors import (
     TaskFamilyError,
     os_error_in,
 )
+from maml_rl.interrupts import interrupt_handling
 from maml_rl.runtime import configure_process
 
 # Commands import torch, Gymnasium and the task families inside their functions: `--help` and
@@ -595,51 +595,32 @@ def machine_failure(error: BaseException) -> str | None:
     return None
 
 
-class _Terminated:
-    """SIGTERM raises KeyboardInterrupt in the main thread, as Ctrl-C does (the run's `finally`
-    blocks close loggers and samplers and say what was saved); later SIGTERMs are ignored so
-    that the clean-up finishes. `received` tells `main` to exit 143, not 130."""
-
-    def __init__(self) -> None:
-        self.received = False
-
-    def __call__(self, signum: int, frame: object) -> None:
-        self.received = True
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
-        raise KeyboardInterrupt
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     configure_process()  # before any command imports torch (MAML_RL_PROCESS_SETTINGS=off: not)
     args = parser().parse_args(argv)
-    terminated = _Terminated()
-    in_main_thread = threading.current_thread() is threading.main_thread()
-    previous = signal.signal(signal.SIGTERM, terminated) if in_main_thread else None
-    try:
-        return int(args.func(args))
-    except USER_ERRORS as error:
-        if args.debug:
-            raise
-        print(f"maml-rl: error: {error}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt as error:  # Ctrl-C: say what was saved (RunInterrupted) and stop
-        if args.debug:
-            raise
-        what = str(error) or "interrupted"
-        if terminated.received:
-            print(f"maml-rl: terminated (SIGTERM): {what}", file=sys.stderr)
-            return 128 + int(signal.SIGTERM)
-        print(f"maml-rl: {what}", file=sys.stderr)
-        return 130
-    except Exception as error:
-        line = machine_failure(error)
-        if line is None or args.debug:
-            raise
-        print(f"maml-rl: error: {line}", file=sys.stderr)
-        return 1
-    finally:
-        if in_main_thread:
-            signal.signal(signal.SIGTERM, previous)
+    with interrupt_handling() as interrupts:
+        try:
+            return int(args.func(args))
+        except USER_ERRORS as error:
+            if args.debug:
+                raise
+            print(f"maml-rl: error: {error}", file=sys.stderr)
+            return 2
+        except KeyboardInterrupt as error:  # Ctrl-C or SIGTERM: say what was saved, and stop
+            if args.debug:
+                raise
+            what = str(error) or "interrupted"
+            if interrupts.terminated:
+                print(f"maml-rl: terminated (SIGTERM): {what}", file=sys.stderr)
+                return 128 + int(signal.SIGTERM)
+            print(f"maml-rl: {what}", file=sys.stderr)
+            return 130
+        except Exception as error:
+            line = machine_failure(error)
+            if line is None or args.debug:
+                raise
+            print(f"maml-rl: error: {line}", file=sys.stderr)
+            return 1
 
 
 if __name__ == "__main__":  # pragma: no cover
