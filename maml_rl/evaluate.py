@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 
@@ -439,7 +439,7 @@ class Evaluation:
 
 def evaluate_run(
     run_dir: str | Path,
-    baselines: dict[str, str | Path | None] | None = None,
+    baselines: Mapping[str, str | Path | None] | None = None,
     num_steps: int = 3,
     num_tasks: int = 40,
     which: str = "latest",

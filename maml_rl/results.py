@@ -109,7 +109,7 @@ class RunCost:
     late_gain: float
 
 
-def late_gain(returns: Sequence[float], fraction: float = 0.1) -> float:
+def late_gain(returns: Sequence[float] | np.ndarray, fraction: float = 0.1) -> float:
     """How much a training curve still rose at its end: with w = max(1, floor(fraction · T))
     for T iterations, mean(R[T-w:]) − mean(R[T-2w:T-w]) of the per-iteration training returns
     R [T]. Near zero (against the curve's rise) for a curve that has flattened; NaN when

@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 import itertools
-from typing import Any
+from typing import Any, SupportsFloat
 
 import gymnasium as gym
 import numpy as np
@@ -15,8 +15,9 @@ from maml_rl import Categorical, Normal
 from maml_rl_envs.navigation import Navigation2D
 
 
-class LayerNormMLP(nn.Module):
-    """A Gaussian MLP with LayerNorm after each hidden layer (not the built-in MLP)."""
+class LayerNormNet(nn.Module):
+    """An MLP with LayerNorm after each hidden layer and a log-std; its subclasses' forward
+    returns a distribution from them."""
 
     def __init__(
         self, observation_space: gym.spaces.Box, action_space: gym.spaces.Box, hidden: int = 16
@@ -33,6 +34,10 @@ class LayerNormMLP(nn.Module):
             nn.Linear(hidden, act_dim),
         )
         self.log_std = nn.Parameter(torch.full((act_dim,), -0.3))
+
+
+class LayerNormMLP(LayerNormNet):
+    """A Gaussian MLP with LayerNorm after each hidden layer (not the built-in MLP)."""
 
     def forward(self, observations: Tensor) -> Normal:
         return Normal(self.body(observations), self.log_std)
@@ -60,7 +65,7 @@ class PlainMLP(nn.Module):
         return Normal(mean, self.log_std.expand_as(mean))
 
 
-class TorchNormalMLP(LayerNormMLP):
+class TorchNormalMLP(LayerNormNet):
     """Returns a torch.distributions.Normal (validate_args=False) instead of maml_rl.Normal."""
 
     def forward(self, observations: Tensor) -> torch.distributions.Normal:
@@ -141,11 +146,21 @@ class Detached(LayerNormMLP):
         return Normal(self.body(observations).detach(), self.log_std.detach())
 
 
-class ValidatingNormal(LayerNormMLP):
+class ValidatingNormal(LayerNormNet):
     """torch.distributions.Normal with its default argument validation (runs under vmap)."""
 
     def forward(self, observations: Tensor) -> torch.distributions.Normal:
         return torch.distributions.Normal(self.body(observations), self.log_std.exp())
+
+
+class IndependentNormalMLP(LayerNormNet):
+    """Returns Independent(torch.distributions.Normal, 1), a Gaussian over the action vector."""
+
+    def forward(self, observations: Tensor) -> torch.distributions.Independent:
+        normal = torch.distributions.Normal(
+            self.body(observations), self.log_std.exp(), validate_args=False
+        )
+        return torch.distributions.Independent(normal, 1, validate_args=False)
 
 
 def not_a_module(observation_space: Any, action_space: Any) -> str:
@@ -161,7 +176,7 @@ class DictNavigation(Navigation2D):
     def make_env(self) -> gym.Env:
         return _DictObservation(super().make_env(), self.max_episode_steps)
 
-    make_batch_env = None  # type: ignore[assignment]
+    make_batch_env = None
 
 
 class _DictObservation(gym.ObservationWrapper):
@@ -179,7 +194,7 @@ class _DictObservation(gym.ObservationWrapper):
         self.t = 0
         return super().reset(**kwargs)
 
-    def step(self, action: Any) -> tuple[Any, float, bool, bool, dict[str, Any]]:
+    def step(self, action: Any) -> tuple[Any, SupportsFloat, bool, bool, dict[str, Any]]:
         self.t += 1
         return super().step(action)
 

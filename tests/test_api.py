@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib
 from pathlib import Path
+from typing import Any, TypedDict
 
 import numpy as np
 import pytest
@@ -14,7 +15,7 @@ import maml_rl
 from maml_rl import api, checkpoint
 from maml_rl.logger import read_metrics
 
-TINY = dict(
+TINY: dict[str, Any] = dict(  # config overrides, as load_config(**overrides: Any) takes them
     num_batches=3,
     meta_batch_size=2,
     fast_batch_size=2,
@@ -23,7 +24,17 @@ TINY = dict(
     cg_iters=2,
     torch_threads=1,
 )
-QUIET = dict(progress=False, tensorboard=False, process_settings=False)
+
+
+class Quiet(TypedDict):
+    """train()'s keywords for a silent run (typed, so that **QUIET checks against them)."""
+
+    progress: bool
+    tensorboard: bool
+    process_settings: bool
+
+
+QUIET = Quiet(progress=False, tensorboard=False, process_settings=False)
 
 
 def tiny_config() -> maml_rl.Config:

@@ -11,6 +11,7 @@ import subprocess
 import sys
 import textwrap
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -100,8 +101,8 @@ def test_a_flipped_bit_in_a_checkpoint_is_a_one_line_error_naming_the_file(
     tmp_path: Path,
 ) -> None:
     path = tmp_path / LATEST
-    state = {"iteration": 3, "theta": {"w": torch.arange(50_000.0)}, "step_size": {},
-             "rng": {}, "config": {}}  # fmt: skip
+    state: dict[str, Any] = {"iteration": 3, "theta": {"w": torch.arange(50_000.0)},
+                             "step_size": {}, "rng": {}, "config": {}}  # fmt: skip
     checkpoint.save_atomic(state, path)
     assert torch.equal(checkpoint.load(path)["theta"]["w"], state["theta"]["w"])
     data = bytearray(path.read_bytes())

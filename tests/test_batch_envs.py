@@ -11,7 +11,7 @@ from __future__ import annotations
 import inspect
 import os
 import time
-from typing import Any
+from typing import Any, TypeAlias, cast
 
 import numpy as np
 import pytest
@@ -21,11 +21,17 @@ from conftest import usable_families
 from maml_rl.oracle import OracleBatchEnv, OracleFamily
 from maml_rl.policy import GaussianMLPPolicy, parameters_of
 from maml_rl.sampler import Sampler
-from maml_rl.tasks import TaskFamily, TaskFamilyError, make_family
+from maml_rl.tasks import BatchEnv, TaskFamily, TaskFamilyError, make_family
 from maml_rl.vector import AsyncGymBatchEnv, GymBatchEnv, WorkerDiedError, make_batch_env
 from maml_rl_envs import mujoco_batch as mujoco_batch_module
+from maml_rl_envs.ant import AntGoal
+from maml_rl_envs.halfcheetah import HalfCheetahDir, HalfCheetahVel
+from maml_rl_envs.mujoco_base import MujocoFamily
 from maml_rl_envs.mujoco_batch import MujocoBatchEnv, stack_tasks
 from maml_rl_envs.navigation import Navigation2D, Navigation2DEnv, NavigationTask
+
+# the families of envs/ that the tests below step natively
+NativeFamily: TypeAlias = MujocoFamily | Navigation2D
 
 NATIVE = sorted(
     name
@@ -42,7 +48,8 @@ NATIVE_CASES = [
     for name in NATIVE
     for stepper in (
         STEPPERS
-        if "stepper" in inspect.signature(make_family(name).make_batch_env).parameters
+        if "stepper"
+        in inspect.signature(cast(NativeFamily, make_family(name)).make_batch_env).parameters
         else (None,)
     )
 ]
@@ -53,7 +60,7 @@ NUM_STEPS = 30
 ANT_FALLS = {"healthy_z_range": (0.55, 1.0)}
 
 
-def random_actions(family: TaskFamily, num_steps: int, num_envs: int) -> np.ndarray:
+def random_actions(family: NativeFamily, num_steps: int, num_envs: int) -> np.ndarray:
     """Gaussian actions with std = the action bound (~30% of MuJoCo actions hit the clip)."""
     high = np.asarray(family.action_space.high, dtype=np.float64)
     rng = np.random.default_rng(1)
@@ -65,7 +72,8 @@ def gymnasium_rollouts(
 ) -> tuple[np.ndarray, list[list[tuple[Any, ...]]]]:
     """Env i of `family.make_env()` reset with seed + i and task i, stepped until it ends:
     the first observations [B, D] and per env the (obs, reward, terminated, truncated)."""
-    first, steps = [], []
+    first: list[np.ndarray] = []
+    steps: list[list[tuple[Any, ...]]] = []
     for i, task in enumerate(tasks):
         env = family.make_env()
         obs, _ = env.reset(seed=seed + i, options={"task": task})
@@ -81,7 +89,7 @@ def gymnasium_rollouts(
 
 
 def assert_batch_env_equals_gymnasium(
-    family: TaskFamily, stepper: str | None, num_steps: int = NUM_STEPS
+    family: NativeFamily, stepper: str | None, num_steps: int = NUM_STEPS
 ) -> list[int]:
     """Runs both; returns the episode lengths. After an episode ends, the batch env must report
     reward 0 and keep its terminated flag."""
@@ -130,7 +138,7 @@ def test_ant_truncation_at_the_horizon() -> None:
 
 
 def test_reset_without_seed_continues_each_envs_generator() -> None:
-    family = make_family("halfcheetah-vel")
+    family = cast(HalfCheetahVel, make_family("halfcheetah-vel"))
     tasks = family.sample_tasks(2, np.random.default_rng(0))
     env = family.make_batch_env(2)
     first = env.reset(tasks, seed=3)
@@ -145,18 +153,20 @@ def test_reset_without_seed_continues_each_envs_generator() -> None:
 
 
 def test_auto_stepper_and_unknown_stepper() -> None:
-    assert make_family("halfcheetah-dir").make_batch_env(2).stepper == AUTO
-    assert make_family("ant-goal").make_batch_env(2).stepper == "threads"  # needs cfrc_ext
+    cheetah = cast(HalfCheetahDir, make_family("halfcheetah-dir"))
+    assert cheetah.make_batch_env(2).stepper == AUTO
+    ant = cast(AntGoal, make_family("ant-goal"))
+    assert ant.make_batch_env(2).stepper == "threads"  # needs cfrc_ext
     with pytest.raises(ValueError, match="stepper"):
-        make_family("halfcheetah-dir").make_batch_env(2, stepper="rollout")
+        cheetah.make_batch_env(2, stepper="rollout")
 
 
 def test_stack_tasks() -> None:
-    family = make_family("ant-goal")
+    family = cast(AntGoal, make_family("ant-goal"))
     tasks = family.sample_tasks(3, np.random.default_rng(0))
     stacked = stack_tasks(tasks)
     np.testing.assert_array_equal(stacked.goal, np.array([t.goal for t in tasks]))
-    info = {k: np.arange(3.0) for k in ("x_position", "y_position")}
+    info: dict[str, Any] = {k: np.arange(3.0) for k in ("x_position", "y_position")}
     info |= {"reward_ctrl": -0.1, "reward_contact": -0.2, "reward_survive": 0.05}
     expected = [
         family.reward(task, {k: v[i] if np.ndim(v) else v for k, v in info.items()})
@@ -188,7 +198,7 @@ def test_fallback_without_mujoco_batch(monkeypatch: pytest.MonkeyPatch) -> None:
     """MuJoCo < 4.0 has no mujoco.batch: "auto" steps with threads, "batch" is refused in one
     line, and the threads stepper still reproduces Gymnasium."""
     monkeypatch.setattr(mujoco_batch_module, "mujoco_batch", None)
-    family = make_family("halfcheetah-dir", {"max_episode_steps": 5})
+    family = cast(HalfCheetahDir, make_family("halfcheetah-dir", {"max_episode_steps": 5}))
     assert family.make_batch_env(2).stepper == "threads"
     with pytest.raises(ValueError, match=r"stepper .batch. needs mujoco >= 4\.0"):
         family.make_batch_env(2, stepper="batch")
@@ -225,11 +235,13 @@ def test_async_equals_sync_and_survives_autoreset() -> None:
     next-step autoreset leaves their reported values frozen, as in the sync backend."""
     family = Navigation2D(max_episode_steps=8)
     tasks = [NavigationTask((0.1, 0.0)), NavigationTask((0.3, 0.0)), NavigationTask((0.4, 0.4))]
-    envs = [GymBatchEnv(family.make_env, 3, 8), AsyncGymBatchEnv(family.make_env, 3, 8)]
+    asynchronous_env = AsyncGymBatchEnv(family.make_env, 3, 8)
+    envs: list[BatchEnv] = [GymBatchEnv(family.make_env, 3, 8), asynchronous_env]
     try:
         results = []
         for env in envs:
-            steps = [env.reset(tasks, seed=SEED)]
+            # the first observations, then each step's (obs, reward, terminated, truncated)
+            steps: list[Any] = [env.reset(tasks, seed=SEED)]
             for _ in range(8):
                 steps.append(env.step(np.tile([0.1, 0.0], (3, 1))))
             results.append(steps)
@@ -244,7 +256,7 @@ def test_async_equals_sync_and_survives_autoreset() -> None:
     finally:
         for env in envs:
             env.close()
-    assert all(not process.is_alive() for process in envs[1].vector.processes)
+    assert all(not process.is_alive() for process in asynchronous_env.vector.processes)
 
 
 def test_async_mujoco_equals_sync() -> None:
@@ -279,7 +291,7 @@ def test_async_closes_workers_after_a_failed_call() -> None:
 # ------------------------------------------------------------------------- sampler
 
 
-def sample_on(family: TaskFamily, backend: str, horizon_tasks: int = 2) -> Any:
+def sample_on(family: NativeFamily, backend: str, horizon_tasks: int = 2) -> Any:
     obs_dim = family.observation_space.shape[0]
     act_dim = family.action_space.shape[0]
     policy = GaussianMLPPolicy(

@@ -11,7 +11,7 @@ import sys
 import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import gymnasium as gym
 import numpy as np
@@ -27,7 +27,7 @@ from maml_rl.checker import SKIPPED, FamilyCheckWarning, check_family
 from maml_rl.cli import main
 from maml_rl.config import from_dict
 from maml_rl.policy import Normal, parameters_of
-from maml_rl.tasks import TaskFamilyError, make_family
+from maml_rl.tasks import Task, TaskFamilyError, make_family
 
 
 @dataclass(frozen=True)
@@ -37,6 +37,8 @@ class Target:
 
 class LineEnv(gym.Env):
     """A point on a line; reward -|x - target|; truncated after `horizon` steps."""
+
+    task: Task  # a Target here; the subclasses' families give tasks of their own types
 
     def __init__(self, horizon: int = 10) -> None:
         self.observation_space = gym.spaces.Box(-np.inf, np.inf, (1,), np.float32)
@@ -426,12 +428,13 @@ class GridEnv(LineEnv):
     right."""
 
     MOVES = ((0, 0), (0, 1), (0, -1), (-1, 0), (1, 0))
+    action_space: gym.spaces.Discrete
 
     def __init__(self, horizon: int, start: int = 0) -> None:
         super().__init__(horizon)
         self.observation_space = gym.spaces.Box(0.0, 4.0, (2,), np.float32)
         self.action_space = gym.spaces.Discrete(5, start=start)
-        self.task, self.position = Cell((4, 4)), (2, 2)  # type: ignore[assignment]
+        self.task, self.position = Cell((4, 4)), (2, 2)
 
     def reset(
         self, *, seed: int | None = None, options: dict[str, Any] | None = None
@@ -619,6 +622,8 @@ class _RejectsTheBound(LineEnv):
     """Action box ±0.1; an off-by-one bound check rejects an action at the bound (which
     clipped Gaussian actions hit, uniform samples never)."""
 
+    action_space: gym.spaces.Box
+
     def __init__(self, horizon: int = 10) -> None:
         super().__init__(horizon)
         self.action_space = gym.spaces.Box(-0.1, 0.1, (1,), np.float32)
@@ -773,7 +778,7 @@ class _Picture(gym.ObservationWrapper):
     def observation(self, observation: np.ndarray) -> np.ndarray:
         picture = np.zeros((8, 8), np.float32)
         picture[:, int(np.clip((observation[0] + 4.0), 0, 7))] = 1.0
-        space = self.observation_space
+        space = cast(gym.spaces.Box, self.observation_space)  # the Box given to __init__
         return (picture * space.high.max()).astype(space.dtype).reshape(space.shape)
 
 

@@ -3,6 +3,7 @@ flag, pytorch-maml-rl configs run unchanged (with one line saying what was mappe
 
 from __future__ import annotations
 
+import argparse
 import importlib
 import subprocess
 import sys
@@ -55,7 +56,8 @@ def test_set_takes_several_pairs_per_flag() -> None:
     argv = ["train", "navigation", "--out", "x", "--set", "fast_lr=0.05", "num_batches=3"]
     args = parser().parse_args([*argv, "--set", "seed=4", "--seed", "5"])
     assert _overrides(args) == {"fast_lr": 0.05, "num_batches": 3, "seed": 5}
-    train_help = parser()._subparsers._group_actions[0].choices["train"].format_help()
+    (commands,) = [a for a in parser()._actions if isinstance(a, argparse._SubParsersAction)]
+    train_help = commands.choices["train"].format_help()
     assert "--set fast_lr=0.05 num_batches=100" in " ".join(train_help.split())
 
 

@@ -59,7 +59,7 @@ def test_train_evaluate_plot_round_trip(tmp_path: Path, capsys: pytest.CaptureFi
     with (run / "eval" / "adaptation.csv").open() as handle:
         reader = csv.DictReader(handle)
         rows = list(reader)
-    assert tuple(reader.fieldnames) == COLUMNS
+    assert reader.fieldnames is not None and tuple(reader.fieldnames) == COLUMNS
     assert len(rows) == 4 * 3  # 4 methods × steps 0..2
     assert [r["method"] for r in rows[::3]] == ["maml", "pretrained", "random", "oracle"]
     assert [int(r["step"]) for r in rows] == [0, 1, 2] * 4

@@ -85,7 +85,8 @@ def test_success_rates_are_compared_when_both_evaluations_have_them(tmp_path: Pa
         run = _evaluated(tmp_path / name, {"maml": np.zeros((1, 5))})
         write_task_returns({"maml": np.array(rates)}, run / "eval" / "success_tasks.csv")
         runs.append(load_evaluation(run))
-    _, _, diff = paired_difference(*runs, success=True)
+    a, b = runs
+    _, _, diff = paired_difference(a, b, success=True)
     assert diff[0].mean_return == pytest.approx(0.3)
 
 

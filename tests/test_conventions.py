@@ -80,8 +80,9 @@ def test_episode_weighted_reinforce_loss_is_the_mean_of_episode_means() -> None:
 
 def test_episode_advantage_statistics_match_weighted_normalize() -> None:
     batch, _ = make_batch(4, horizon=8, k=5)
-    kwargs = dict(gamma=0.99, gae_lambda=1.0, normalize=False)
-    raw = compute_advantages(batch.observations, batch.rewards, batch.mask, **kwargs)
+    raw = compute_advantages(
+        batch.observations, batch.rewards, batch.mask, gamma=0.99, gae_lambda=1.0, normalize=False
+    )
     stats = episode_weights(batch.mask)
     adv = compute_advantages(
         batch.observations, batch.rewards, batch.mask, 0.99, 1.0, True, statistics_weights=stats

@@ -15,6 +15,7 @@ import pytest
 import torch
 from conftest import make_batch
 from policy_helpers import LayerNormMLP, SmallCNN
+from torch import nn
 
 from maml_rl.build import Streams, build
 from maml_rl.cli import main
@@ -44,6 +45,8 @@ BOX2 = gym.spaces.Box(-np.inf, np.inf, (2,), np.float32)
 def make_custom(kind: str) -> tuple[PolicyAdapter, int]:
     """A float64 custom policy and its flat observation size."""
     torch.manual_seed(0)  # the tests' own init only; build_custom_policy forks the RNG
+    net: nn.Module
+    space: gym.spaces.Box
     if kind == "layernorm":
         net, space = LayerNormMLP(BOX2, BOX2, hidden=6), BOX2
     else:
@@ -154,6 +157,7 @@ def test_image_and_dict_observations_reach_the_policy_in_their_shape() -> None:
     sample = space.sample()
     flat = torch.as_tensor(gym.spaces.flatten(space, sample), dtype=torch.float64)[None]
     restored = unflatten(space, flat)
+    assert isinstance(restored, dict)
     assert restored["image"].shape == (1, 3, 3, 1)
     assert torch.equal(restored["image"][0], torch.as_tensor(sample["image"], dtype=torch.float64))
     assert restored["goal"][0].argmax().item() == sample["goal"]
@@ -171,7 +175,8 @@ def test_a_custom_policy_is_initialised_from_the_seed_without_touching_the_globa
     a, b, c = built(1), built(1), built(2)
     assert torch.equal(torch.random.get_rng_state(), before)
     assert all(torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters(), strict=True))
-    assert not torch.equal(a.net.body[0].weight, c.net.body[0].weight)
+    first = "body.0.weight"
+    assert not torch.equal(a.net.get_parameter(first), c.net.get_parameter(first))
     assert set(parameters_of(a)) == {PREFIX + k for k in parameters_of(a.net)}
 
 
@@ -208,6 +213,44 @@ def test_the_builtin_mlp_refuses_an_image_family_and_names_the_way_out() -> None
         build_run(cfg, None)
 
 
+def first_iteration(
+    cfg: Config, theta: dict[str, torch.Tensor] | None = None
+) -> tuple[dict[str, torch.Tensor], float, float, Any]:
+    """Iteration 1 of `cfg` from seed 0, at the policy's own initial θ or at `theta` (its
+    names without the custom policy's prefix): θ, the pre- and post-update mean returns, and
+    the meta-step's info."""
+    streams = Streams.from_seed(0)
+    family, policy, sampler = build(cfg, streams.policy_init)
+    own = parameters_of(policy)
+    if theta is not None:
+        own = {PREFIX + k: v.clone() for k, v in theta.items()}
+        assert set(own) == set(parameters_of(policy))
+    tasks = family.sample_tasks(cfg.meta_batch_size, streams.tasks)
+    seeds = draw_seeds(streams.environments, cfg.num_steps + 1)
+    data, _ = collect(sampler, own, tasks, [cfg.fast_lr], seeds, cfg)
+    _, _, info = meta_step(policy, own, {}, data, cfg)
+    sampler.close()
+    pre = data.inner[0][0].episode_returns.mean().item()
+    return own, pre, data.post.episode_returns.mean().item(), info
+
+
+def assert_same_first_iteration(a: Any, b: Any, tight: bool) -> None:
+    """Two `first_iteration` results: returns and surrogate to 1e-9 (float64) or float32
+    rounding; in float64 also the KL, the step and the line search."""
+    (_, pre_a, post_a, info_a), (_, pre_b, post_b, info_b) = a, b
+    assert pre_a == pytest.approx(pre_b, rel=1e-9 if tight else 1e-5)
+    assert post_a == pytest.approx(post_b, rel=1e-9 if tight else 1e-5)
+    assert info_a.surrogate_before == pytest.approx(
+        info_b.surrogate_before, abs=1e-9 if tight else 1e-6
+    )
+    if tight:
+        for field in ("surrogate_after", "kl_after", "max_step_length", "grad_norm"):
+            assert getattr(info_a, field) == pytest.approx(getattr(info_b, field), rel=1e-6)
+        assert info_a.accepted == info_b.accepted
+        assert info_a.line_search_steps == info_b.line_search_steps
+    assert math.isfinite(info_b.grad_norm)
+
+
 @pytest.mark.parametrize("dtype", ["float64", "float32"])
 def test_the_builtin_mlp_as_a_custom_module_gives_the_same_first_iteration(dtype: str) -> None:
     """Same network, same parameters, same seeds (the custom module takes the generic
@@ -217,35 +260,27 @@ def test_the_builtin_mlp_as_a_custom_module_gives_the_same_first_iteration(dtype
     base = Config(
         meta_batch_size=4, fast_batch_size=5, num_batches=1, sampler="native", dtype=dtype
     )
-    results = {}
-    theta0 = None
+    builtin = first_iteration(base)
     custom = dataclasses.replace(base, policy="policy_helpers:PlainMLP")
-    for name, cfg in (("builtin", base), ("custom", custom)):
-        streams = Streams.from_seed(0)
-        family, policy, sampler = build(cfg, streams.policy_init)
-        theta = parameters_of(policy)
-        if theta0 is None:
-            theta0 = theta
-        else:
-            theta = {PREFIX + k: v.clone() for k, v in theta0.items()}
-            assert set(theta) == set(parameters_of(policy))
-        tasks = family.sample_tasks(cfg.meta_batch_size, streams.tasks)
-        seeds = draw_seeds(streams.environments, cfg.num_steps + 1)
-        data, _ = collect(sampler, theta, tasks, [cfg.fast_lr], seeds, cfg)
-        _, _, info = meta_step(policy, theta, {}, data, cfg)
-        sampler.close()
-        pre = data.inner[0][0].episode_returns.mean().item()
-        results[name] = (pre, data.post.episode_returns.mean().item(), info)
-    (pre_a, post_a, a), (pre_b, post_b, b) = results["builtin"], results["custom"]
-    tight = dtype == "float64"
-    assert pre_a == pytest.approx(pre_b, rel=1e-9 if tight else 1e-5)
-    assert post_a == pytest.approx(post_b, rel=1e-9 if tight else 1e-5)
-    assert a.surrogate_before == pytest.approx(b.surrogate_before, abs=1e-9 if tight else 1e-6)
-    if tight:
-        for field in ("surrogate_after", "kl_after", "max_step_length", "grad_norm"):
-            assert getattr(a, field) == pytest.approx(getattr(b, field), rel=1e-6), field
-        assert a.accepted == b.accepted and a.line_search_steps == b.line_search_steps
-    assert math.isfinite(b.grad_norm)
+    assert_same_first_iteration(builtin, first_iteration(custom, builtin[0]), dtype == "float64")
+
+
+@pytest.mark.parametrize("name", ["TorchNormalMLP", "ValidatingNormal", "IndependentNormalMLP"])
+def test_a_torch_distributions_gaussian_gives_the_same_first_iteration(name: str) -> None:
+    """docs/custom-policies.md: a torch.distributions Normal (with or without argument
+    validation) or Independent(Normal, 1) is read as the same Gaussian as maml_rl.Normal: the
+    same network returning either trains the same first iteration (float64). Three CG
+    iterations: LayerNorm's scale invariance leaves the damped Fisher with condition number
+    about 2e6 here, and ten iterations turn its products' 1e-16 differences (log of exp) into
+    1e-6 in the step."""
+    base = Config(
+        meta_batch_size=4, fast_batch_size=5, num_batches=1, sampler="native", cg_iters=3,
+        dtype="float64", policy="policy_helpers:LayerNormMLP", policy_kwargs={"hidden": 8},
+    )  # fmt: skip
+    reference = first_iteration(base)
+    other = first_iteration(dataclasses.replace(base, policy=f"policy_helpers:{name}"))
+    assert all(torch.equal(reference[0][k], other[0][k]) for k in reference[0])  # same init
+    assert_same_first_iteration(reference, other, tight=True)
 
 
 def test_dict_observations_are_flattened_for_every_gym_backend() -> None:
@@ -369,6 +404,8 @@ def test_forward_mode_fisher_equals_double_backward(kind: str) -> None:
 
     torch.manual_seed(0)
     batch, _ = make_batch(3, obs_dim=2)
+    net: nn.Module
+    actions: gym.spaces.Space
     if kind == "normal":
         net, actions = LayerNormMLP(BOX2, BOX2, hidden=6), BOX2
     else:

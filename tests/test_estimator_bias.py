@@ -28,6 +28,7 @@ import math
 
 import pytest
 import torch
+from torch import nn
 
 from maml_rl.config import Config
 from maml_rl.inner import inner_step
@@ -43,9 +44,11 @@ MU0, LOG_STD0 = 0.1, math.log(0.6)
 
 def bandit_policy() -> tuple[GaussianMLPPolicy, dict[str, torch.Tensor]]:
     policy = GaussianMLPPolicy(1, 1, (), "tanh", init_std=0.6).double()
+    linear = policy.mean[0]  # no hidden layers: the mean is one Linear
+    assert isinstance(linear, nn.Linear)
     with torch.no_grad():
-        policy.mean[0].weight.fill_(MU0 / 2)
-        policy.mean[0].bias.fill_(MU0 / 2)
+        linear.weight.fill_(MU0 / 2)
+        linear.bias.fill_(MU0 / 2)
         policy.log_std.fill_(LOG_STD0)
     return policy, parameters_of(policy)
 

@@ -23,7 +23,7 @@ from maml_rl.maml import (
     _post_distribution,
     meta_objective,
 )
-from maml_rl.policy import Distribution, GaussianMLPPolicy, detach, log_prob
+from maml_rl.policy import Distribution, GaussianMLPPolicy, Normal, detach, log_prob
 from maml_rl.trpo import flat_grad
 from maml_rl.types import Batch, Params
 
@@ -134,8 +134,8 @@ def test_lvc_meta_gradient_adds_the_sampling_curvature_through_the_adaptation() 
     per_task = (ratio * data.post_advantages.movedim(1, 0) * weights).sum(dim=(1, 2))
     loss = -(per_task / weights.sum(dim=(1, 2))).mean()
     names = list(theta)
-    u = torch.autograd.grad(loss, [phi[n] for n in names])
-    u = torch.cat([g.flatten(start_dim=1) for g in u], dim=1)  # [N, P]
+    u_parts = torch.autograd.grad(loss, [phi[n] for n in names])
+    u = torch.cat([g.flatten(start_dim=1) for g in u_parts], dim=1)  # [N, P]
     _, x_flat, _, sizes = flat_loss(policy, theta, batch, advantages, reinforce_loss)
 
     def logp(flat: torch.Tensor, t: int, n: int, k: int) -> torch.Tensor:
@@ -278,6 +278,7 @@ def test_dice_adapts_the_same_way_when_sampling_and_in_the_meta_objective() -> N
     x0 = layout.flatten(theta, {})
     with torch.no_grad():
         old = detach(_post_distribution(policy, layout, x0, data, cfg))
+    assert isinstance(old, Normal)
     torch.testing.assert_close(old.mean, _mean_of(policy, adapted[-1], data))
     sampler.close()
 

@@ -8,16 +8,20 @@ must add its closed form to CLOSED_FORMS and its distribution to TASK_RANGES (th
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 import gymnasium as gym
 import numpy as np
 import pytest
 from conftest import usable_families
+from gymnasium.envs.mujoco.mujoco_env import MujocoEnv
 
 from maml_rl.checker import check_family
 from maml_rl.tasks import TaskFamily, TaskFamilyError, available_families, make_family
 from maml_rl.vector import make_batch_env
+from maml_rl_envs.ant import AntVel
+from maml_rl_envs.halfcheetah import HalfCheetahVel
+from maml_rl_envs.mujoco_base import MujocoFamily
 
 FAMILIES = usable_families()  # the registry, less families of extras not installed
 BUILT_IN = {
@@ -115,7 +119,7 @@ def test_reward_equals_closed_form(name: str) -> None:
 
 def test_closed_forms_are_not_vacuous() -> None:
     """The closed forms distinguish tasks and the action cost (a wrong weight would show)."""
-    family = make_family("halfcheetah-vel")
+    family = cast(HalfCheetahVel, make_family("halfcheetah-vel"))
     env = family.make_env()
     task_a, task_b = family.sample_tasks(2, np.random.default_rng(0))
     env.reset(seed=0, options={"task": task_a})
@@ -267,6 +271,7 @@ def test_oracle_features_are_the_task_parameters(name: str) -> None:
     if name in NO_ORACLE:
         assert not hasattr(family, "oracle_features")
         return
+    assert hasattr(family, "oracle_features")
     task_a, task_b = family.sample_tasks(2, np.random.default_rng(3))
     features = family.oracle_features(task_a)
     assert features.ndim == 1 and np.isfinite(features).all()
@@ -287,7 +292,7 @@ def test_oracle_features_are_the_task_parameters(name: str) -> None:
     ],
 )
 def test_spaces(name: str, kwargs: dict, obs_dim: int, act_dim: int) -> None:
-    family = make_family(name, kwargs)
+    family = cast(MujocoFamily, make_family(name, kwargs))
     env = family.make_env()
     assert family.observation_space.shape == env.observation_space.shape == (obs_dim,)
     assert env.action_space == family.action_space
@@ -318,10 +323,12 @@ def test_ant_terminates_on_an_unhealthy_torso(
 ) -> None:
     env = make_family(name, {"healthy_z_range": healthy_z_range}).make_env()
     env.reset(seed=0)
-    data = env.unwrapped.data
+    ant = env.unwrapped
+    assert isinstance(ant, MujocoEnv)
+    data = ant.data
     qpos = data.qpos.copy()
     qpos[2] = height
-    env.unwrapped.set_state(qpos, np.zeros_like(data.qvel))
+    ant.set_state(qpos, np.zeros_like(data.qvel))
     _, _, terminated, truncated, info = env.step(np.zeros(8, np.float32))
     assert bool(terminated) is ends and not truncated
     assert info["reward_survive"] == (0.0 if ends else 0.05)
@@ -346,12 +353,15 @@ def test_truncation_at_max_episode_steps_and_task_kept(name: str) -> None:
 
 
 def test_paper_protocol_is_reachable() -> None:
-    cheetah = make_family(
-        "halfcheetah-vel", {"max_episode_steps": 200, "frame_skip": 1, "action_scale": 1.0}
+    cheetah = cast(
+        HalfCheetahVel,
+        make_family(
+            "halfcheetah-vel", {"max_episode_steps": 200, "frame_skip": 1, "action_scale": 1.0}
+        ),
     )
     assert cheetah.max_episode_steps == 200 and cheetah.dt == pytest.approx(0.01)
     np.testing.assert_array_equal(cheetah.action_space.high, 1.0)
-    ant = make_family("ant-vel", {"max_episode_steps": 200, "frame_skip": 2})
+    ant = cast(AntVel, make_family("ant-vel", {"max_episode_steps": 200, "frame_skip": 2}))
     assert ant.dt == pytest.approx(0.02)
 
 

@@ -12,7 +12,7 @@ import textwrap
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict
 
 import gymnasium as gym
 import numpy as np
@@ -30,7 +30,18 @@ from maml_rl.train import LATEST, RunStopped, train
 from maml_rl.types import Batch
 from maml_rl_envs.navigation import Navigation2D, Navigation2DBatch, NavigationTask
 
-TINY = {
+
+class Tiny(TypedDict):
+    """Config fields of a tiny run (typed, so that Config(**TINY) checks against them)."""
+
+    meta_batch_size: int
+    fast_batch_size: int
+    hidden_sizes: tuple[int, ...]
+    cg_iters: int
+    env_kwargs: dict[str, Any]
+
+
+TINY: Tiny = {
     "meta_batch_size": 2,
     "fast_batch_size": 2,
     "hidden_sizes": (8,),
@@ -79,8 +90,8 @@ class NaNAlways(Navigation2D):
         return _NaNBatch(self, num_envs, bad=set(range(1000)))
 
 
-def config(env: str, **kw: object) -> Config:
-    return Config(env=f"test_faults:{env}", **TINY, **kw)  # type: ignore[arg-type]
+def config(env: str, **kw: Any) -> Config:
+    return Config(env=f"test_faults:{env}", **TINY, **kw)
 
 
 def test_check_finite_names_task_trajectory_and_step() -> None:
@@ -246,7 +257,7 @@ def test_a_kill_between_the_two_checkpoint_writes_never_leaves_the_best_behind(
     cfg = Config(num_batches=6, **TINY)
     original = checkpoint.save_atomic
     writes: dict[int, int] = {}
-    killed = []
+    killed: list[int] = []
 
     def save_then_die(state: dict, path: Path) -> None:
         writes[state["iteration"]] = writes.get(state["iteration"], 0) + 1

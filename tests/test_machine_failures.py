@@ -15,8 +15,9 @@ import sys
 import textwrap
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any, cast
 
 import pytest
 from test_artifacts import LATEST, TINY, train, trained  # noqa: F401 (a fixture)
@@ -24,6 +25,10 @@ from test_artifacts import LATEST, TINY, train, trained  # noqa: F401 (a fixture
 from maml_rl import artifacts, checkpoint
 from maml_rl.cli import main
 from maml_rl.logger import RunLogger
+
+if TYPE_CHECKING:
+    from _typeshed import FileDescriptorOrPath, StrOrBytesPath
+    from torch.utils.tensorboard import SummaryWriter
 
 CLI = "import sys; from maml_rl.cli import main; sys.exit(main(sys.argv[1:]))"
 
@@ -48,7 +53,7 @@ def test_a_tensorboard_writer_blocked_in_close_does_not_hang_the_logger(
         def close(self) -> None:
             release.wait()
 
-    logger._writer = Wedged()
+    logger._writer = cast("SummaryWriter", Wedged())  # the logger only closes it here
     closing = threading.Thread(target=logger.close, daemon=True)
     closing.start()
     closing.join(5.0)
@@ -114,7 +119,7 @@ def test_a_full_disk_while_logging_metrics_is_one_line_naming_the_file(
         def write(self, text: str) -> int:
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))  # as a handle's write does
 
-    def open_(self: Path, mode: str = "r", *args: object, **kwargs: object) -> IO[Any]:
+    def open_(self: Path, mode: str = "r", *args: Any, **kwargs: Any) -> IO[Any]:
         if self.name == "metrics.jsonl" and "a" in mode:
             return FullDisk()
         return real_open(self, mode, *args, **kwargs)
@@ -234,7 +239,11 @@ def test_a_run_directory_name_that_is_not_utf8_is_one_line(
 
 
 @pytest.fixture
-def read_only(trained: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:  # noqa: F811
+def read_only(
+    trained: Path,  # noqa: F811
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> Iterator[Path]:
     """A copy of the trained run that cannot be written: chmod where that works, else (as root,
     where it does not) every write under it fails with EROFS, as on a read-only mount."""
     run = tmp_path / "run"
@@ -256,25 +265,25 @@ def read_only(trained: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) ->
     real_io_open, real_mkdir, real_os_open = io.open, os.mkdir, os.open
     real_replace, real_rename = os.replace, os.rename
 
-    def io_open(file: object, mode: str = "r", *args: object, **kwargs: object) -> IO[Any]:
+    def io_open(file: FileDescriptorOrPath, mode: str = "r", *args: Any, **kwargs: Any) -> IO[Any]:
         if any(c in mode for c in "wax+"):
             refuse(file)
         return real_io_open(file, mode, *args, **kwargs)
 
-    def mkdir(path: object, *args: object, **kwargs: object) -> None:
-        if os.path.exists(path):  # type: ignore[arg-type]
-            raise FileExistsError(errno.EEXIST, os.strerror(errno.EEXIST), os.fsdecode(path))  # type: ignore[arg-type]
+    def mkdir(path: StrOrBytesPath, *args: Any, **kwargs: Any) -> None:
+        if os.path.exists(path):
+            raise FileExistsError(errno.EEXIST, os.strerror(errno.EEXIST), os.fsdecode(path))
         refuse(path)
-        real_mkdir(path, *args, **kwargs)  # type: ignore[arg-type]
+        real_mkdir(path, *args, **kwargs)
 
-    def os_open(path: object, flags: int, *args: object, **kwargs: object) -> int:
+    def os_open(path: StrOrBytesPath, flags: int, *args: Any, **kwargs: Any) -> int:
         if flags & (os.O_WRONLY | os.O_RDWR | os.O_CREAT):
             refuse(path)
-        return real_os_open(path, flags, *args, **kwargs)  # type: ignore[arg-type]
+        return real_os_open(path, flags, *args, **kwargs)
 
-    def replace(src: object, dst: object, **kwargs: object) -> None:
+    def replace(src: StrOrBytesPath, dst: StrOrBytesPath, **kwargs: Any) -> None:
         refuse(dst)
-        real_replace(src, dst, **kwargs)  # type: ignore[arg-type]
+        real_replace(src, dst, **kwargs)
 
     for module, name, value in [
         (io, "open", io_open),

@@ -23,7 +23,7 @@ from maml_rl.maml import (
     meta_objective,
     meta_step,
 )
-from maml_rl.policy import Distribution, GaussianMLPPolicy, detach, forward, log_prob
+from maml_rl.policy import Distribution, GaussianMLPPolicy, Normal, detach, forward, log_prob
 from maml_rl.returns import masked_mean
 from maml_rl.trpo import conjugate_gradient, flat_grad, max_step_length
 from maml_rl.types import Batch, Params
@@ -273,6 +273,7 @@ def test_hvp_subsample_uses_the_curvature_of_the_first_tasks(hvp: str) -> None:
     """hvp_subsample=1/3 of 3 tasks: the product is that of the KL of task 0 alone."""
     cfg, policy, _, _, layout, x0, data, old = setup(1, hvp=hvp, cg_damping=0.0)
     sub_data, sub_old = first_tasks(data, old, 1)
+    assert isinstance(sub_old, Normal)
     assert sub_data.post.num_tasks == 1 and sub_old.mean.shape[0] == 1
     assert torch.equal(sub_data.inner[0][0].observations, data.inner[0][0].observations[:, :1])
     v = torch.randn(x0.shape, generator=torch.Generator().manual_seed(3), dtype=x0.dtype)
@@ -317,9 +318,9 @@ def test_finite_difference_hvp_in_float32_at_production_size() -> None:
     def as_float32(pair: tuple[Batch, torch.Tensor]) -> tuple[Batch, torch.Tensor]:
         batch, advantages = pair
         fields = {f.name: getattr(batch, f.name) for f in dataclasses.fields(batch)}
-        return type(batch)(**{k: None if v is None else v.float() for k, v in fields.items()}), (
-            advantages.float()
-        )
+        # Batch's fields by name: tensors, and None for the optional ones
+        single: dict[str, Any] = {k: None if v is None else v.float() for k, v in fields.items()}
+        return type(batch)(**single), advantages.float()
 
     inner = as_float32(make_batch(10, num_tasks=4, horizon=25, k=10))
     post, post_adv = as_float32(make_batch(11, num_tasks=4, horizon=25, k=10))

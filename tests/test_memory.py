@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -125,15 +126,15 @@ class HeavyFamily:
 
 
 def test_the_environments_add_n_k_times_their_size_to_the_estimate() -> None:
-    sizes = dict(obs_dim=2, act_dim=2, hidden_sizes=(8, 8), horizon=10, num_tasks=4,
-                 trajectories=3, num_steps=1, itemsize=4)  # fmt: skip
-    without = estimate_bytes(RunSizes(**sizes))
-    assert estimate_bytes(RunSizes(**sizes, env_bytes=1000)) == without + 4 * 3 * 1000
+    sizes = partial(RunSizes, obs_dim=2, act_dim=2, hidden_sizes=(8, 8), horizon=10, num_tasks=4,
+                    trajectories=3, num_steps=1, itemsize=4)  # fmt: skip
+    without = estimate_bytes(sizes())
+    assert estimate_bytes(sizes(env_bytes=1000)) == without + 4 * 3 * 1000
     with pytest.raises(ResourceError) as error:
-        check_run(RunSizes(**sizes, env_bytes=GIB), available=8 * GIB)
+        check_run(sizes(env_bytes=GIB), available=8 * GIB)
     message = str(error.value)
     assert "12 environments of 1,024.0 MiB (12.0 GiB)" in message and "\n" not in message
-    check_run(RunSizes(**sizes, env_bytes=GIB // 2), available=8 * GIB)  # 6 GiB fits
+    check_run(sizes(env_bytes=GIB // 2), available=8 * GIB)  # 6 GiB fits
 
 
 @pytest.mark.skipif(not LINUX, reason="resident memory is read from /proc/self/statm")
@@ -199,14 +200,14 @@ def test_an_evaluation_is_estimated_without_the_meta_steps_caches() -> None:
     """Meta-World ML1 at its protocol (512x512 policy, H = 500, environments of about 27 MiB):
     the final evaluation on 25 held-out tasks after 0..3 steps fits in 20 GiB, its training
     iteration (10 tasks, 1 step) too; 3 steps of training on 25 tasks would not."""
-    ml1 = dict(obs_dim=39, act_dim=4, hidden_sizes=(512, 512), horizon=500, trajectories=10,
-               itemsize=4, env_bytes=27 * MIB)  # fmt: skip
-    evaluation = RunSizes(**ml1, num_tasks=25, num_steps=3, meta_step=False)
+    ml1 = partial(RunSizes, obs_dim=39, act_dim=4, hidden_sizes=(512, 512), horizon=500,
+                  trajectories=10, itemsize=4, env_bytes=27 * MIB)  # fmt: skip
+    evaluation = ml1(num_tasks=25, num_steps=3, meta_step=False)
     assert 8 * GIB < estimate_bytes(evaluation) < 10 * GIB
     check_run(evaluation, available=20 * GIB)
-    check_run(RunSizes(**ml1, num_tasks=10, num_steps=1), available=20 * GIB)
+    check_run(ml1(num_tasks=10, num_steps=1), available=20 * GIB)
     with pytest.raises(ResourceError):
-        check_run(RunSizes(**ml1, num_tasks=25, num_steps=3), available=20 * GIB)
+        check_run(ml1(num_tasks=25, num_steps=3), available=20 * GIB)
 
 
 @pytest.mark.skipif(not Path("/proc/self/statm").exists(), reason="needs Linux's /proc")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import pickle
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 import pytest
@@ -21,6 +22,8 @@ from maml_rl.tasks import make_family
 from maml_rl.vector import GymBatchEnv
 from maml_rl_envs.meta_world import (
     MetaWorldML1,
+    MetaWorldML10,
+    MetaWorldML45,
     MetaWorldTask,
     apply_mujoco_compat,
     expert_policy,
@@ -49,7 +52,7 @@ def test_ml1_splits_are_disjoint_and_complete(reach: MetaWorldML1) -> None:
 
 
 def test_ml10_trains_on_ten_environments_and_holds_five_others_out() -> None:
-    family = make_family("metaworld-ml10", {"max_episode_steps": 20})
+    family = cast(MetaWorldML10, make_family("metaworld-ml10", {"max_episode_steps": 20}))
     train_names, test_names = set(family.env_names("train")), set(family.env_names("test"))
     assert len(train_names) == 10 and len(test_names) == 5
     assert train_names.isdisjoint(test_names)
@@ -62,7 +65,7 @@ def test_ml10_trains_on_ten_environments_and_holds_five_others_out() -> None:
 
 
 def test_ml45_trains_on_45_environments_and_holds_5_others_out() -> None:
-    family = make_family("metaworld-ml45", {"max_episode_steps": 20})
+    family = cast(MetaWorldML45, make_family("metaworld-ml45", {"max_episode_steps": 20}))
     train_names, test_names = set(family.env_names("train")), set(family.env_names("test"))
     assert len(train_names) == 45 and len(test_names) == 5
     assert train_names.isdisjoint(test_names)
@@ -73,7 +76,8 @@ def test_ml45_trains_on_45_environments_and_holds_5_others_out() -> None:
     held = family.sample_test_tasks(300, np.random.default_rng(1))
     assert {t.env_name for t in held} == test_names
     assert len(family.all_tasks("train")) == 45 * 50 and len(family.all_tasks("test")) == 250
-    assert make_family("metaworld-ml45").benchmark is family.benchmark  # built once
+    again = cast(MetaWorldML45, make_family("metaworld-ml45"))
+    assert again.benchmark is family.benchmark  # built once
 
 
 def test_evaluation_draws_the_held_out_split() -> None:
@@ -139,7 +143,10 @@ def test_worker_processes_sample_what_this_process_samples(reach: MetaWorldML1) 
     from maml_rl.policy import build_policy, parameters_of
     from maml_rl.sampler import Sampler
 
-    family = make_family("metaworld-ml1", {"env_name": "reach-v3", "max_episode_steps": 5})
+    family = cast(
+        MetaWorldML1,
+        make_family("metaworld-ml1", {"env_name": "reach-v3", "max_episode_steps": 5}),
+    )
     policy = build_policy(
         family.observation_space, family.action_space, (8,), "tanh", 1.0,
         torch.Generator().manual_seed(0),

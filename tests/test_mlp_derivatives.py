@@ -8,9 +8,10 @@ import functools
 import pytest
 import torch
 from conftest import make_batch
+from torch import nn
 
 from maml_rl.config import Config
-from maml_rl.curvature import GaussNewtonHVP, _per_task, _SecondOrder
+from maml_rl.curvature import ChunkedGaussNewtonHVP, GaussNewtonHVP, _per_task, _SecondOrder
 from maml_rl.inner import init_step_size, reinforce_loss, step_sizes_of
 from maml_rl.maml import (
     MetaParams,
@@ -95,7 +96,7 @@ def test_the_network_curvature_term_is_exercised() -> None:
     closed = ReinforceCurvature(policy, phi, *_per_task(batch, advantages))
     t = random_tangent(phi)
     exact = closed.product(t)
-    closed.curvature = [torch.zeros_like(c) for c in closed.curvature]
+    closed.curvature = [None if c is None else torch.zeros_like(c) for c in closed.curvature]
     closed.deltas = [torch.zeros_like(d) for d in closed.deltas[:-1]] + closed.deltas[-1:]
     partial = closed.product(t)
     weight = "mean.2.weight"
@@ -141,7 +142,9 @@ def test_supports_only_what_it_can_differentiate() -> None:
     assert not supports(policy_and_phi("gelu")[0])
     assert not supports(CategoricalMLPPolicy(2, 3, (4,)))
     elu = GaussianMLPPolicy(2, 2, (4,), "elu")
-    elu.mean[1].alpha = 0.5
+    activation = elu.mean[1]
+    assert isinstance(activation, nn.ELU)
+    activation.alpha = 0.5
     assert not supports(elu)
 
 
@@ -171,6 +174,7 @@ def test_meta_gradient_by_the_adjoint_recursion_equals_autograd(
     cfg, policy, layout, x0, data, old = setup(num_steps, mode, nonlinearity=nonlinearity)
     x = x0.clone().requires_grad_(True)
     expected = flat_grad(meta_objective(policy, layout, x, data, old, cfg)[0], [x])
+    curvature: ChunkedGaussNewtonHVP | GaussNewtonHVP
     for closed_form in (True, False):
         curvature = _gauss_newton(policy, layout, x0, data, old, cfg, None)
         if not closed_form:  # the autograd products and surrogate gradient of curvature.py

@@ -6,6 +6,7 @@ import dataclasses
 import math
 import pickle
 import warnings
+from typing import Any
 
 import gymnasium as gym
 import numpy as np
@@ -145,7 +146,7 @@ def test_default_task_distribution_is_reference_square() -> None:
 def test_tasks_are_frozen_hashable_and_pickle() -> None:
     (task,) = Navigation2D().sample_tasks(1, np.random.default_rng(0))
     with pytest.raises(dataclasses.FrozenInstanceError):
-        task.goal = (0.0, 0.0)  # type: ignore[misc]
+        task.goal = (0.0, 0.0)
     assert all(type(v) is float for v in task.goal)
     copy = pickle.loads(pickle.dumps(task))
     assert copy == task
@@ -178,8 +179,9 @@ def test_bad_family_args_raise(kwargs: dict) -> None:
 
 def test_family_satisfies_protocol() -> None:
     family = Navigation2D()
+    batch_env = family.make_batch_env(3)
     assert isinstance(family, TaskFamily)
-    assert isinstance(family.make_batch_env(3), BatchEnv)
+    assert isinstance(batch_env, BatchEnv)
 
 
 # ----------------------------------------------------------------------------- single env
@@ -380,6 +382,7 @@ def test_make_family_by_name_with_kwargs() -> None:
 
 
 def test_make_family_defaults() -> None:
+    kwargs: dict[str, Any] | None
     for kwargs in (None, {}):
         family = make_family("navigation", kwargs)
         assert isinstance(family, Navigation2D)

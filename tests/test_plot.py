@@ -8,6 +8,7 @@ from pathlib import Path
 import matplotlib.image
 import numpy as np
 import pytest
+from matplotlib.figure import Figure
 from scipy import stats
 
 from maml_rl.checkpoint import CheckpointError
@@ -85,17 +86,24 @@ def test_training_curves_are_labelled_by_algorithm_and_smoothed(
     assert plot.training_labels(runs) == ["maml", "oracle"]
     assert plot.training_labels([runs[0], runs[0]]) == [f"maml ({runs[0]})"] * 2
 
-    figures = []
-    monkeypatch.setattr(plot, "_save", lambda figure, path: figures.append(figure) or path)
+    figures: list[Figure] = []
+
+    def keep(figure: Figure, path: str | Path) -> Path:
+        figures.append(figure)
+        return Path(path)
+
+    monkeypatch.setattr(plot, "_save", keep)
     plot.plot_training(runs[:1], tmp_path / "t.png")
     by_iteration = figures[-1].axes[0]
     labelled = {line.get_label(): line for line in by_iteration.get_lines()}
     assert {"maml (post-update)", "maml (pre-update)"} <= set(labelled)
-    smoothed = labelled["maml (post-update)"].get_ydata()
+    smoothed = np.asarray(labelled["maml (post-update)"].get_ydata())
     np.testing.assert_allclose(smoothed, moving_average(np.array(post), 10))
-    assert by_iteration.get_legend().get_title().get_text() == "moving average over 10 iterations"
+    legend = by_iteration.get_legend()
+    assert legend is not None
+    assert legend.get_title().get_text() == "moving average over 10 iterations"
     plot.plot_training(runs[:1], tmp_path / "raw.png", smooth=1)
-    raw = [line.get_ydata() for line in figures[-1].axes[0].get_lines()]
+    raw = [np.asarray(line.get_ydata()) for line in figures[-1].axes[0].get_lines()]
     assert len(raw) == 2 and list(raw[0]) == post
 
 

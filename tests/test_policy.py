@@ -100,8 +100,9 @@ def test_initialisation_xavier_zero_bias_and_log_std() -> None:
             assert layer.weight.abs().max() > 0.5 * bound
     same = GaussianMLPPolicy(4, 2, (16, 16), init_std=0.5, generator=gen(0))
     other = GaussianMLPPolicy(4, 2, (16, 16), init_std=0.5, generator=gen(1))
-    assert torch.equal(policy.mean[0].weight, same.mean[0].weight)
-    assert not torch.equal(policy.mean[0].weight, other.mean[0].weight)
+    first = "mean.0.weight"
+    assert torch.equal(policy.get_parameter(first), same.get_parameter(first))
+    assert not torch.equal(policy.get_parameter(first), other.get_parameter(first))
 
 
 @pytest.mark.parametrize("nonlinearity", ["tanh", "relu", "elu"])
@@ -109,6 +110,7 @@ def test_functional_forward_matches_module(nonlinearity: str) -> None:
     policy = GaussianMLPPolicy(3, 2, (8, 8), nonlinearity, generator=gen(0))
     obs = torch.randn(5, 3, generator=gen(1))
     dist = forward(policy, parameters_of(policy), obs)
+    assert isinstance(dist, Normal)
     direct = policy(obs)
     torch.testing.assert_close(dist.mean, direct.mean)
     torch.testing.assert_close(dist.log_std, direct.log_std)
@@ -124,8 +126,11 @@ def test_per_task_forward_uses_each_tasks_parameters() -> None:
     stacked = {k: torch.stack([t[k] for t in thetas]) for k in thetas[0]}
     obs = torch.randn(4, 5, 3, generator=gen(9))
     dist = forward(policy, stacked, obs, per_task=True)
+    assert isinstance(dist, Normal)
     for n, theta in enumerate(thetas):
-        torch.testing.assert_close(dist.mean[n], forward(policy, theta, obs[n]).mean)
+        single = forward(policy, theta, obs[n])
+        assert isinstance(single, Normal)
+        torch.testing.assert_close(dist.mean[n], single.mean)
 
 
 @pytest.mark.parametrize("discrete", [False, True])
@@ -149,7 +154,7 @@ def test_batched_per_task_forward_equals_vmap_with_gradients(discrete: bool) -> 
         torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
     weights = torch.randn(4, 5, 7, 2, generator=gen(3))
     grads = [
-        torch.autograd.grad(sum((w * t).sum() for t in d), list(stacked.values()))
+        torch.autograd.grad(torch.stack([(w * t).sum() for t in d]).sum(), list(stacked.values()))
         for w, d in ((weights, fast), (weights, slow))
     ]
     for a, b in zip(*grads, strict=True):
@@ -169,6 +174,7 @@ def test_per_task_forward_of_a_custom_module_uses_vmap() -> None:
     stacked = {k: v.expand(2, *v.shape) for k, v in theta.items()}
     obs = torch.randn(2, 5, 3, generator=gen(1))
     dist = forward(policy, stacked, obs, per_task=True)
+    assert isinstance(dist, Normal)
     torch.testing.assert_close(dist.mean[1], policy(obs[1]).mean)
 
 
@@ -223,12 +229,14 @@ def test_min_std_config_floors_the_built_policy_std() -> None:
     cfg = Config(env="navigation", min_std=0.2, meta_batch_size=2, fast_batch_size=2)
     _, policy, sampler = build(cfg, torch.Generator().manual_seed(0), num_tasks=2)
     sampler.close()
+    assert isinstance(policy, GaussianMLPPolicy)
     assert policy.min_log_std == pytest.approx(math.log(0.2))
     obs = torch.zeros(1, 2, dtype=policy.log_std.dtype)
     for log_std, floored in ((-5.0, True), (-1.0, False)):
         params = {n: p.detach().clone() for n, p in policy.named_parameters()}
         params["log_std"] = torch.full_like(params["log_std"], log_std).requires_grad_(True)
         dist = forward(policy, params, obs)
+        assert isinstance(dist, Normal)
         expected = math.log(0.2) if floored else log_std
         assert torch.allclose(dist.log_std, torch.full_like(dist.log_std, expected))
         (grad,) = torch.autograd.grad(log_prob(dist, obs + 1).sum(), params["log_std"])

@@ -136,7 +136,9 @@ def test_a_killed_worker_is_a_clear_error_within_seconds_and_leaves_no_process()
     env = ProcessBatchEnv(family.make_env, 6, 12, num_workers=3)
     env.reset(tasks, seed=SEED)
     env.step(np.zeros((6, 2)))
-    os.kill(env.processes[1].pid, signal.SIGKILL)
+    pid = env.processes[1].pid
+    assert pid is not None  # a started worker
+    os.kill(pid, signal.SIGKILL)
     start = time.monotonic()
     with pytest.raises(WorkerDiedError) as error:
         for _ in range(5):
@@ -183,8 +185,8 @@ def test_the_sampler_reads_success_from_procs_as_from_sync(two_workers: None) ->
             batches[backend] = sampler.sample(parameters_of(policy), tasks, 2, per_task=False)
         finally:
             sampler.close()
-    success = batches["procs"].success
-    assert success is not None and torch.equal(success, batches["sync"].success)
+    success, reference = batches["procs"].success, batches["sync"].success
+    assert success is not None and reference is not None and torch.equal(success, reference)
     # envs reset with seeds 2..10: those divisible by 3 (envs 1, 4, 7) succeed from step 2 on
     expected = torch.zeros_like(success)
     expected[1:, [0, 1, 2], [1, 1, 1]] = 1.0

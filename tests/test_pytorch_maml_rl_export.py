@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from experiments.pytorch_maml_rl_test import their_state_dict
-from maml_rl.policy import GaussianMLPPolicy, forward, parameters_of
+from maml_rl.policy import GaussianMLPPolicy, Normal, forward, parameters_of
 
 
 def _their_forward(state: dict[str, torch.Tensor], obs: torch.Tensor) -> tuple[torch.Tensor, ...]:
@@ -30,6 +30,7 @@ def test_a_checkpoint_converts_to_the_same_gaussian(tmp_path: Path) -> None:
     state = their_state_dict(tmp_path)  # a run directory: its checkpoint_latest.pt
     obs = torch.randn(16, 2, generator=generator)
     ours = forward(policy, theta, obs)
+    assert isinstance(ours, Normal)
     mu, scale = _their_forward(state, obs)
     torch.testing.assert_close(mu, ours.mean)
     torch.testing.assert_close(scale.expand_as(mu), ours.log_std.exp())

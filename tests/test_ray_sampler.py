@@ -8,7 +8,7 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 import pytest
@@ -29,6 +29,10 @@ from maml_rl.sampler import Sampler  # noqa: E402
 from maml_rl.tasks import make_family  # noqa: E402
 from maml_rl.types import Batch  # noqa: E402
 
+if TYPE_CHECKING:
+    from maml_rl_envs.mujoco_base import MujocoFamily
+    from maml_rl_envs.navigation import Navigation2D
+
 FIELDS = ("observations", "actions", "rewards", "mask")
 
 
@@ -47,7 +51,7 @@ def local_ray() -> Iterator[None]:
 
 
 def setup(name: str, horizon: int = 20) -> tuple[Any, GaussianMLPPolicy, dict, list]:
-    family = make_family(name, {"max_episode_steps": horizon})
+    family = cast("Navigation2D | MujocoFamily", make_family(name, {"max_episode_steps": horizon}))
     obs_dim, act_dim = family.observation_space.shape[0], family.action_space.shape[0]
     policy = GaussianMLPPolicy(
         obs_dim, act_dim, (16, 16), "tanh", generator=torch.Generator().manual_seed(0)

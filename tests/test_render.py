@@ -11,6 +11,7 @@ import matplotlib.image
 import numpy as np
 import pytest
 import torch
+from gymnasium.envs.mujoco.mujoco_env import MujocoEnv
 
 from maml_rl.cli import main
 from maml_rl.errors import TaskFamilyError
@@ -169,6 +170,7 @@ def test_one_renderer_per_model_with_the_family_camera_when_the_model_has_it() -
         render_camera = "no-such-camera"
 
     cheetah, ant = (make_family(n).make_env() for n in ("halfcheetah-vel", "ant-vel"))
+    assert isinstance(cheetah.unwrapped, MujocoEnv) and isinstance(ant.unwrapped, MujocoEnv)
     renderers = _Renderers(Cheetah())  # type: ignore[arg-type]
     try:
         first, camera = renderers(cheetah.unwrapped.model)
@@ -211,7 +213,8 @@ def test_triton_is_loaded_before_the_first_opengl_context(
 
     cheetah = make_family("halfcheetah-vel").make_env()
     try:
-        _Renderers(Navigation2D())(cheetah.unwrapped.model)  # type: ignore[arg-type]
+        assert isinstance(cheetah.unwrapped, MujocoEnv)
+        _Renderers(Navigation2D())(cheetah.unwrapped.model)
         assert made == [cheetah.unwrapped.model]
     finally:
         cheetah.close()

@@ -99,7 +99,12 @@ def test_configure_process_keeps_user_values_and_has_opt_outs(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     applied: list[bool] = []
-    monkeypatch.setattr(runtime, "configure_from_environment", lambda: applied.append(True) or True)
+
+    def configure_from_environment() -> bool:
+        applied.append(True)
+        return True
+
+    monkeypatch.setattr(runtime, "configure_from_environment", configure_from_environment)
     monkeypatch.setattr(os, "environ", {"OMP_WAIT_POLICY": "ACTIVE"})
     settings = runtime.configure_process()
     assert settings == runtime.ProcessSettings(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -18,7 +19,7 @@ from maml_rl.tasks import TaskFamilyError
 from maml_rl.types import Batch
 
 
-def _batch(success: list[list[float]] | None, mask: list[list[float]]) -> Batch:
+def _batch(success: Sequence[Sequence[float]] | None, mask: Sequence[Sequence[float]]) -> Batch:
     """A batch of one task, K = len(mask[0]) trajectories, T = len(mask) steps."""
     m = torch.tensor(mask, dtype=torch.float64)[:, None, :]  # [T, 1, K]
     t, _, k = m.shape
@@ -35,8 +36,8 @@ def test_an_episode_succeeds_if_any_valid_step_does() -> None:
     # trajectory 0: success at step 1; 1: never; 2: only after its episode ended (masked out)
     success = [[0, 0, 0], [1, 0, 0], [0, 0, 0], [0, 0, 1]]
     mask = [[1, 1, 1], [1, 1, 1], [1, 1, 0], [1, 1, 0]]
-    batch = _batch(success, mask)
-    assert batch.episode_success.tolist() == [[1.0, 0.0, 0.0]]
+    episodes = _batch(success, mask).episode_success
+    assert episodes is not None and episodes.tolist() == [[1.0, 0.0, 0.0]]
     assert _batch(None, mask).episode_success is None
 
 
@@ -133,7 +134,8 @@ def test_the_sampler_records_the_steps_each_env_reported_success_at(backend: str
     expected = torch.zeros(4, 4, 2)
     expected[1, 0], expected[3, 3] = 1.0, 1.0
     torch.testing.assert_close(batch.success, expected)
-    assert batch.episode_success.tolist() == [[1, 1], [0, 0], [0, 0], [1, 1]]
+    episodes = batch.episode_success
+    assert episodes is not None and episodes.tolist() == [[1, 1], [0, 0], [0, 0], [1, 1]]
 
 
 def test_a_success_family_whose_batch_env_has_no_success_array_is_refused() -> None:

@@ -56,16 +56,18 @@ def test_auto_threads_drops_to_one_beside_a_busy_core_and_comes_back(
         governor = AutoThreads(stat=stat)
         assert governor.cores == 2
 
+        ticks = 0
+
         def phase(busy_ticks: int, own: float) -> int:
-            write_stat(stat, {0: (phase.ticks, 0, 0, 0, 0, 0, 0, 0), 1: (0,) * 8})
+            nonlocal ticks
+            write_stat(stat, {0: (ticks, 0, 0, 0, 0, 0, 0, 0), 1: (0,) * 8})
             governor.start()
-            phase.ticks += busy_ticks
+            ticks += busy_ticks
             clock["wall"] += 1.0
             clock["own"] += own
-            write_stat(stat, {0: (phase.ticks, 0, 0, 0, 0, 0, 0, 0), 1: (0,) * 8})
+            write_stat(stat, {0: (ticks, 0, 0, 0, 0, 0, 0, 0), 1: (0,) * 8})
             return governor.stop()
 
-        phase.ticks = 0  # type: ignore[attr-defined]
         assert phase(2 * hz, 0.5) == 1 == torch.get_num_threads()
         assert phase(hz, 1.0) == 2 == torch.get_num_threads()
     finally:
@@ -81,7 +83,8 @@ def test_unmeasurable_counters_leave_torch_alone(tmp_path: Path) -> None:
 
 @pytest.mark.skipif(not Path("/proc/stat").exists(), reason="Linux's per-CPU counters")
 def test_this_machines_counters_are_read() -> None:
-    assert busy_seconds(threads.allowed_cpus()) > 0
+    busy = busy_seconds(threads.allowed_cpus())
+    assert busy is not None and busy > 0
 
 
 def test_a_meta_iteration_is_bit_identical_on_one_and_two_threads() -> None:

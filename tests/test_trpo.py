@@ -440,7 +440,8 @@ def test_gradient_flows_through_unflatten() -> None:
     params = _params()
     weights = [_randn(*p.shape, seed=60 + i) for i, p in enumerate(params)]
     flat = flatten(params).requires_grad_(True)
-    loss = sum((w * u).sum() for w, u in zip(weights, unflatten(flat, params), strict=True))
+    parts = zip(weights, unflatten(flat, params), strict=True)
+    loss = torch.stack([(w * u).sum() for w, u in parts]).sum()
     (g,) = torch.autograd.grad(loss, flat)
     assert torch.equal(g, flatten(weights))
 

@@ -21,7 +21,7 @@ import dataclasses
 import importlib.util
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import mujoco
 import numpy as np
@@ -51,7 +51,7 @@ def warp() -> float:
     pytest.importorskip("mujoco_warp")
     start = time.perf_counter()
     for name in ("halfcheetah-vel", "ant-vel"):
-        family = make_family(name, {})
+        family = cast("MujocoFamily", make_family(name, {}))
         env = family.make_batch_env(2, stepper="warp")
         env.reset(family.sample_tasks(2, np.random.default_rng(0)), seed=0)
         env.step(torch.zeros(2, family.action_space.shape[0]))
@@ -77,7 +77,7 @@ def elliptic(env: MujocoBatchEnv, family: MujocoFamily) -> None:
 @pytest.mark.parametrize("name", FAMILIES)
 def test_one_step_from_the_same_state_equals_the_c_backend(warp: float, name: str) -> None:
     """States along a C episode (contacts included), one step each from the same state."""
-    family = make_family(name, {})
+    family = cast("MujocoFamily", make_family(name, {}))
     num_envs = 6
     tasks = family.sample_tasks(num_envs, np.random.default_rng(1))
     c_env = family.make_batch_env(num_envs, stepper="threads", num_threads=1)
@@ -120,7 +120,7 @@ def sample(
     name: str, backend: str, seed: int, num_tasks: int = 2, k: int = 4, **kwargs: Any
 ) -> Batch:
     """One batch of a fixed policy (initialised from seed 0) on `backend`."""
-    family = make_family(name, kwargs)
+    family = cast("MujocoFamily", make_family(name, kwargs))
     obs_dim, act_dim = family.observation_space.shape[0], family.action_space.shape[0]
     torch.manual_seed(0)
     policy = GaussianMLPPolicy(obs_dim, act_dim, (32, 32), "tanh")
