@@ -137,3 +137,36 @@ sys.exit(main(sys.argv[1:]))
     line = one_line(done.stderr)
     assert line.startswith("maml-rl: terminated (SIGTERM): interrupted; ") and "saved" in line
     assert checkpoint.load(out / LATEST)["iteration"] < 39
+
+
+def test_the_python_api_inside_interrupt_handling_stops_on_sigterm_with_what_was_saved(
+    tmp_path: Path,
+) -> None:
+    """docs/python-api.md: `maml_rl.train` inside `interrupt_handling()` turns SIGTERM into
+    RunInterrupted naming what was saved, and the run resumes."""
+    out = tmp_path / "run"
+    script = f"""
+import os, signal, sys
+import maml_rl
+from maml_rl.errors import RunInterrupted
+from maml_rl.interrupts import interrupt_handling
+
+def stop_at_second(info):
+    if info.iteration == 1:
+        os.kill(os.getpid(), signal.SIGTERM)
+        for _ in range(10**7):  # the handler runs in ordinary code here
+            pass
+
+cfg = maml_rl.load_config("navigation", num_batches=50, meta_batch_size=2, fast_batch_size=2,
+                          env_kwargs={{"max_episode_steps": 10}}, hidden_sizes=[8], cg_iters=2)
+with interrupt_handling() as interrupts:
+    try:
+        maml_rl.train(cfg, {str(out)!r}, callbacks=[stop_at_second], progress=False,
+                      tensorboard=False, process_settings=False)
+    except RunInterrupted as error:
+        print(interrupts.terminated, "|", error)
+"""
+    done = run(script)
+    terminated, message = done.stdout.strip().splitlines()[-1].split(" | ")
+    assert terminated == "True" and "saved" in message, done
+    assert checkpoint.load(out / LATEST)["iteration"] == 1
