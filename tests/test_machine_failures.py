@@ -90,14 +90,20 @@ def test_sigterm_mid_run_is_one_line_exit_143_and_the_run_resumes(
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        start_new_session=True,  # its own process group, with its workers
     )
     metrics = run / "metrics.jsonl"
     deadline = time.monotonic() + 240
-    while not (metrics.exists() and metrics.read_text().count("\n") >= 2):
-        assert process.poll() is None and time.monotonic() < deadline, process.communicate()
-        time.sleep(0.2)
-    process.send_signal(signal.SIGTERM)
-    _, err = process.communicate(timeout=120)
+    try:
+        while not (metrics.exists() and metrics.read_text().count("\n") >= 2):
+            assert process.poll() is None and time.monotonic() < deadline, process.communicate()
+            time.sleep(0.2)
+        process.send_signal(signal.SIGTERM)
+        _, err = process.communicate(timeout=120)
+    finally:  # a failed test leaves no 10000-iteration run behind (nor its workers)
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
     assert process.returncode == 143, err
     line = one_line(err)
     assert line.startswith("maml-rl: terminated (SIGTERM): interrupted; ") and "saved" in line
