@@ -192,10 +192,12 @@ def test_sigkill_during_checkpoint_writes_leaves_a_loadable_checkpoint(tmp_path:
             [sys.executable, "-c", KILLER, str(path)], stdout=subprocess.PIPE, text=True,
             env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)},
         )  # fmt: skip
-        assert process.stdout is not None and process.stdout.readline().strip() == "ready"
-        time.sleep(delay)
-        process.send_signal(signal.SIGKILL)
-        process.wait(timeout=10)
+        try:
+            assert process.stdout is not None and process.stdout.readline().strip() == "ready"
+            time.sleep(delay)
+        finally:  # also when the child failed to start: it writes until killed
+            process.send_signal(signal.SIGKILL)
+            process.wait(timeout=10)
         state = checkpoint.load(path)  # either the previous or the new file, never half of one
         i = state["iteration"]
         assert torch.equal(state["theta"]["w"], torch.full((400_000,), float(i)))
