@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import math
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -329,7 +330,7 @@ def _validate(cfg: Config) -> None:
         cfg.policy,
     )
     _check(
-        cfg.device == "cpu" or cfg.device.startswith("cuda"),
+        re.fullmatch(r"cpu|cuda(:[0-9]+)?", cfg.device) is not None,
         "device",
         "must be cpu or cuda[:index]",
         cfg.device,
@@ -370,8 +371,14 @@ def _coerce(key: str, value: Any, annotation: Any) -> Any:
                 _check(False, key, "must be a number", value)
         ok = isinstance(value, int | float) and not isinstance(value, bool)
         _check(ok, key, "must be a number", value)
-        _check(math.isfinite(value), key, "must be finite", value)
-        return float(value)
+        try:
+            number = float(value)
+        except OverflowError:  # an integer beyond float64's range
+            raise ConfigError(
+                f"config key '{key}' must be finite, got an integer beyond float64's range"
+            ) from None
+        _check(math.isfinite(number), key, "must be finite", value)
+        return number
     if annotation is str:
         _check(isinstance(value, str), key, "must be a string", value)
         return value
@@ -397,12 +404,19 @@ def from_dict(
     """
     values = _translate_pytorch_maml_rl(values, notes)
     updates: dict[str, Any] = {}
+    spelled: dict[str, str] = {}
     for raw_key, value in values.items():
         key = normalize_key(raw_key)
         if key not in FIELD_TYPES:
             close = difflib.get_close_matches(key, FIELD_NAMES, n=1)
             hint = f"; did you mean '{close[0]}'?" if close else ""
             raise ConfigError(f"unknown config key '{raw_key}'{hint}")
+        if key in spelled:
+            raise ConfigError(
+                f"config key '{key}' is given twice, as '{spelled[key]}' and '{raw_key}'; "
+                "give it once"
+            )
+        spelled[key] = str(raw_key)
         if key in PLUGIN_KEYS and callable(value):
             value = plugin_target(key, value)
         updates[key] = _coerce(key, value, FIELD_TYPES[key])
@@ -430,13 +444,26 @@ def from_saved(values: dict[str, Any]) -> Config:
 
 class _StrictLoader(yaml.SafeLoader):
     """YAML's safe loader that refuses a key given twice in one mapping (YAML keeps the last
-    one silently)."""
+    one silently) and aliases (`*name`): a few bytes of nested aliases expand to gigabytes,
+    and a config has no use for them."""
+
+    def compose_node(self, parent: yaml.Node | None, index: object) -> yaml.Node | None:
+        if self.check_event(yaml.AliasEvent):
+            event = self.peek_event()
+            line = event.start_mark.line + 1
+            raise ConfigError(
+                f"YAML aliases are not read in a config (*{event.anchor} on line {line}); "
+                "write the value out"
+            )
+        return super().compose_node(parent, index)
 
     def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
         seen: set[Any] = set()
         for key_node, _ in node.value:
             key = self.construct_object(key_node, deep=True)
-            if isinstance(key, typing.Hashable) and key in seen:
+            if not isinstance(key, typing.Hashable):  # SafeLoader says so in one line
+                continue
+            if key in seen:
                 line = key_node.start_mark.line + 1
                 raise ConfigError(f"key {key!r} is given twice (the second on line {line})")
             seen.add(key)
@@ -456,6 +483,8 @@ def _read_yaml(text: str, where: str) -> Any:
         raise ConfigError(f"malformed YAML in {where}{at}") from error
     except RecursionError:
         raise ConfigError(f"{where} is nested too deeply to be a config") from None
+    except ValueError as error:  # an integer of more digits than Python converts (4300)
+        raise ConfigError(f"{where}: {str(error).split(';')[0]}") from None
 
 
 def load(
@@ -485,7 +514,8 @@ def _combine(
     file_env = {normalize_key(k): v for k, v in data.items()}.get("env")
     given = {normalize_key(k): k for k in overrides}
     file_kwargs_key = next((k for k in data if normalize_key(k) == "env_kwargs"), None)
-    out = {**data, **overrides}
+    replaced = [k for k in data if normalize_key(k) in given and k != file_kwargs_key]
+    out = {**{k: v for k, v in data.items() if k not in replaced}, **overrides}
     if file_kwargs_key is None:
         return out
     other_family = "env" in given and overrides[given["env"]] != file_env

@@ -86,7 +86,7 @@ def stop_reason(callbacks: Sequence[Callback], info: IterationInfo) -> str | Non
 
 
 @contextmanager
-def hold_run_dir(run_dir: Path, resume: bool, overwrite: bool) -> Iterator[None]:
+def hold_run_dir(run_dir: Path, resume: bool, overwrite: bool) -> Iterator[Callable[[], None]]:
     """Own `run_dir` while training, under its lock (`artifacts.locked` on `DIR/.lock`): a
     second process training into the same directory stops at once with a one-line error
     instead of interleaving checkpoints; the lock dies with its holder.
@@ -96,7 +96,11 @@ def hold_run_dir(run_dir: Path, resume: bool, overwrite: bool) -> Iterator[None]
     crashed or was killed before its first checkpoint) is a failed start, which a new start
     reuses. A non-empty directory that holds no run (a user's folder) is refused, even with
     --overwrite. Clearing a run deletes only what `maml_rl` writes there
-    (`artifacts.RUN_ENTRIES`), never a user's other files."""
+    (`artifacts.RUN_ENTRIES`), never a user's other files.
+
+    Yields `clear`, which empties the directory for a new start (nothing on resume): call it
+    once the new run has been built and checked, so that a start refused for its config,
+    policy, device or memory leaves an overwritten run as it was."""
     if resume and not (run_dir / LATEST).exists():
         raise CheckpointError(_nothing_to_resume(run_dir))
     if not resume and run_dir.is_dir():
@@ -105,9 +109,9 @@ def hold_run_dir(run_dir: Path, resume: bool, overwrite: bool) -> Iterator[None]
     busy = f"another process is training in {run_dir}; wait for it to finish or stop it"
     with artifacts.locked(run_dir / LOCK, busy):
         if not resume:
-            _clear_for_start(run_dir, overwrite)
+            _refuse_to_replace(run_dir, overwrite)  # at once, before the run is built
         artifacts.remove_stale_temporaries(run_dir)  # left by a killed write
-        yield
+        yield (lambda: None) if resume else (lambda: _clear_for_start(run_dir, overwrite))
 
 
 def _nothing_to_resume(run_dir: Path) -> str:
@@ -134,15 +138,21 @@ def _refuse_a_user_folder(run_dir: Path) -> None:
         )
 
 
-def _clear_for_start(run_dir: Path, overwrite: bool) -> None:
-    """Make `run_dir` ready for a new run (see `hold_run_dir`), or a one-line error."""
-    has_run = (run_dir / LATEST).exists()
-    if has_run and not overwrite:
+def _refuse_to_replace(run_dir: Path, overwrite: bool) -> None:
+    """A one-line error if `run_dir` holds a run and `overwrite` is False, or is a user's
+    folder."""
+    if (run_dir / LATEST).exists() and not overwrite:
         raise CheckpointError(
             f"run directory {run_dir} already holds a run; pass --resume to continue it "
             "or --overwrite to replace it"
         )
     _refuse_a_user_folder(run_dir)
+
+
+def _clear_for_start(run_dir: Path, overwrite: bool) -> None:
+    """Make `run_dir` ready for a new run (see `hold_run_dir`), or a one-line error."""
+    _refuse_to_replace(run_dir, overwrite)
+    has_run = (run_dir / LATEST).exists()
     entries = sorted(p for p in run_dir.iterdir() if p.name != LOCK)
     with ExitStack() as held:  # every lock below it (evaluate, a baseline it trains)
         for lock_path in sorted(run_dir.glob(f"*/**/{LOCK}")):
@@ -222,8 +232,8 @@ def train(
     try:
         # torch's thread count (the config's, or AutoThreads' per phase) is the caller's again
         # afterwards: a notebook that trains keeps its own setting
-        with hold_run_dir(run_dir, resume, overwrite), torch_threads(None):
-            return _train(cfg, run_dir, resume, progress, tensorboard, check, callbacks)
+        with hold_run_dir(run_dir, resume, overwrite) as clear, torch_threads(None):
+            return _train(cfg, run_dir, resume, progress, tensorboard, check, callbacks, clear)
     except BaseException:
         # a start that failed (bad device, broken family, Ctrl-C) leaves no empty directory,
         # nor the empty parents it made (--out a/b/c)
@@ -260,6 +270,7 @@ def _train(
     tensorboard: bool,
     check: bool,
     callbacks: Sequence[Callback],
+    clear: Callable[[], None],
 ) -> list[dict[str, float]]:
 
     if cfg.torch_threads is not None:  # before any torch work of this run
@@ -278,6 +289,7 @@ def _train(
     check = check and cfg.check  # train(check=False), --no-check or config key check: false
     if check:
         check_built(family, cfg)  # a broken family fails here, in one line
+    clear()  # a new start replaces what the directory held only now (hold_run_dir)
     origin = import_root(cfg.env)  # where a module:Class family was found, for later loads
     policy_origin = policy_import_root(cfg.policy)  # and a module:callable policy
     # the run's record (provenance.py): first what it trains, then, once the first iteration

@@ -238,6 +238,30 @@ def test_overwrite_deletes_only_the_run_files(
     assert checkpoint.load(run / LATEST)["iteration"] == 0
 
 
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("env_kwargs={bogus: 1}", "unexpected keyword argument 'bogus'"),
+        ("policy=os:getcwd", "policy"),
+        ("fast_batch_size=1000000000000", "memory"),
+    ],
+)
+def test_an_overwrite_refused_for_its_config_leaves_the_old_run_as_it_was(
+    trained: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], override: str, message: str
+) -> None:
+    """--overwrite replaces a run only once the new one has been built and checked: a mistake
+    in the new config (family, policy, memory) loses nothing."""
+    run = copy_run(trained, tmp_path / "run")
+    before = {p.relative_to(run): p.read_bytes() for p in run.rglob("*") if p.is_file()}
+    capsys.readouterr()
+    assert train(run, "--overwrite", "--set", override) == 2
+    assert message in one_line_error(capsys)
+    after = {p.relative_to(run): p.read_bytes() for p in run.rglob("*") if p.is_file()}
+    after.pop(Path(".lock"), None)
+    before.pop(Path(".lock"), None)
+    assert after == before
+
+
 # --- item 8: evaluation and render files are written atomically; a broken earlier evaluation
 # is set aside (kept in eval/replaced/<n>/) with a one-line note, never a traceback or a wedge ---
 

@@ -212,6 +212,11 @@ def test_optional_float_accepts_null() -> None:
         ("nonlinearity", "sigmoid"),
         ("dtype", "float16"),
         ("device", "tpu"),
+        ("device", "cuda:abc"),  # torch.device raised a traceback at build
+        ("device", "cudafoo"),
+        ("device", "cpu:0"),
+        ("fast_lr", 10**400),  # beyond float64: float() raised OverflowError
+        ("init_std", -(10**400)),
         ("gamma", "nan"),
         ("max_kl", "nan"),
     ],
@@ -231,6 +236,7 @@ def test_out_of_range_value_raises_naming_key(key: str, value: Any) -> None:
         ("ls_backtrack_ratio", 0.5),
         ("device", "cuda"),
         ("device", "cuda:1"),
+        ("device", "cuda:10"),
         ("dtype", "float64"),
         ("hvp", "exact"),
         ("advantage_scale", "variance"),
@@ -287,6 +293,46 @@ def test_load_malformed_yaml_one_line(tmp_path: Path, text: str) -> None:
     message = str(info.value)
     assert "\n" not in message
     assert "bad.yaml" in message
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("? [a, b]\n: 1\n", "malformed YAML"),  # an unhashable key raised TypeError
+        ("policy_kwargs: {[1]: 2}\n", "malformed YAML"),
+        ("policy_kwargs: {a: &a [1, 2], b: *a}\n", "YAML aliases are not read"),
+        ("fast_lr: 0.1\nfast-lr: 0.2\n", "'fast_lr' is given twice, as 'fast_lr' and 'fast-lr'"),
+        ("num_batches: 1" + "0" * 5000 + "\n", "Exceeds the limit (4300 digits)"),
+    ],
+)
+def test_load_refuses_what_yaml_would_read_wrongly_in_one_line(
+    tmp_path: Path, text: str, expected: str
+) -> None:
+    """Unhashable keys, aliases (a few bytes of nested aliases expand to gigabytes), one key
+    under two spellings, and integers Python will not convert: one line (naming the file where
+    YAML reads it)."""
+    path = tmp_path / "bad.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError) as info:
+        load(path)
+    message = str(info.value)
+    assert "\n" not in message and expected in message, message
+    if "given twice, as" not in message:  # a key's value is checked as unknown keys are
+        assert "bad.yaml" in message, message
+
+
+def test_alias_bomb_is_refused_before_it_expands() -> None:
+    levels = ["a: &a [x, x, x, x, x, x, x, x, x, x]"]
+    pairs = zip("abcdefgh", "bcdefghi", strict=True)  # each level 10 of the one before: 10**9
+    levels += [f"{b}: &{b} [{', '.join([f'*{a}'] * 10)}]" for a, b in pairs]
+    with pytest.raises(ConfigError, match="YAML aliases"):
+        parse_override("policy_kwargs={" + ", ".join(levels) + "}")
+
+
+def test_an_override_replaces_the_files_key_under_either_spelling(tmp_path: Path) -> None:
+    path = tmp_path / "cfg.yaml"
+    path.write_text("fast_lr: 0.5\n")
+    assert load(path, overrides={"fast-lr": 0.25}).fast_lr == 0.25
 
 
 @pytest.mark.parametrize("text", ["- fast_lr: 0.1\n- num_steps: 2\n", "3\n", "just a string\n"])
