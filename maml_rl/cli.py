@@ -1,9 +1,10 @@
 """Command line: `maml-rl train | evaluate | compare | plot | render | check | configs | envs`.
 
 Wiring only. Every failure that is not a bug ends in one line on stderr, from `main`: a user's
-mistake (USER_ERRORS) exits 2; a failure of the machine (a full disk, a read-only directory, too
-few file descriptors, memory that cannot be allocated, a path that is not UTF-8:
-`machine_failure`) exits 1; Ctrl-C exits 130 and SIGTERM 143, both after the run's `finally`
+mistake (USER_ERRORS, and a path that cannot name what the command needs: `path_mistake`)
+exits 2; a failure of the machine (a full disk, a read-only directory, too few file
+descriptors, memory that cannot be allocated, a path that is not UTF-8: `machine_failure`)
+exits 1; Ctrl-C exits 130 and SIGTERM 143, both after the run's `finally`
 blocks closed its loggers and samplers, saying what was saved."""
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from maml_rl import config as config_module
 from maml_rl.config import Config, ConfigError
@@ -120,6 +121,13 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     overrides = _overrides(args)
     if args.resume is not None:
+        ignored = [name for name, given in (("CONFIG", args.config), ("--out", args.out),
+                   ("--overwrite", args.overwrite)) if given]  # fmt: skip
+        if ignored:
+            raise ConfigError(
+                f"--resume DIR continues the run in DIR with its own config; leave out "
+                f"{' and '.join(ignored)} (--set changes what may change on resume)"
+            )
         run_dir = Path(args.resume)
         cfg = load_resume_config(run_dir, overrides)
         done = _completed_iterations(run_dir)
@@ -368,8 +376,47 @@ class _VersionAction(argparse.Action):
         parser.exit()
 
 
+def _path(text: str) -> str:
+    """A path argument: an empty one (``--out ""``) is refused, not read as the current
+    directory."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("an empty path; give a file or directory name")
+    return text
+
+
+def _count(text: str) -> int:
+    """A count argument: an integer >= 1."""
+    value = _integer(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def _index(text: str) -> int:
+    """An index argument: an integer >= 0."""
+    value = _integer(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be at least 0, got {value}")
+    return value
+
+
+def _integer(text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be an integer, got {text!r}") from None
+
+
+class _OneLineParser(argparse.ArgumentParser):
+    """argparse's parser with its errors in one line (argparse prints the usage first): the
+    command, the error, and where the usage is; exit status 2, as argparse's."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def parser() -> argparse.ArgumentParser:
-    root = argparse.ArgumentParser(prog="maml-rl", description="MAML for reinforcement learning")
+    root = _OneLineParser(prog="maml-rl", description="MAML for reinforcement learning")
     root.add_argument("--debug", action="store_true", help="show tracebacks for errors")
     root.add_argument(
         "--version",
@@ -385,10 +432,15 @@ def parser() -> argparse.ArgumentParser:
         epilog=f"shipped configs (maml-rl configs says what each trains): {shipped}",
     )
     train.add_argument(
-        "config", nargs="?", help="YAML file or the name of a shipped config (maml-rl configs)"
+        "config",
+        nargs="?",
+        type=_path,
+        help="YAML file or the name of a shipped config (maml-rl configs)",
     )
-    train.add_argument("--out", help="run directory (checkpoints, metrics.jsonl, TensorBoard)")
-    train.add_argument("--resume", metavar="DIR", help="continue the run in DIR")
+    train.add_argument(
+        "--out", type=_path, help="run directory (checkpoints, metrics.jsonl, TensorBoard)"
+    )
+    train.add_argument("--resume", type=_path, metavar="DIR", help="continue the run in DIR")
     train.add_argument("--overwrite", action="store_true", help="replace an existing run in --out")
     train.add_argument("--seed", type=int)
     train.add_argument("--device", help="cpu or cuda")
@@ -419,7 +471,7 @@ def parser() -> argparse.ArgumentParser:
         description="Average return after 0..S gradient steps on held-out tasks (Finn et al. "
         "2017, Fig. 5); writes DIR/eval/adaptation.csv and DIR/eval/adaptation.png.",
     )
-    evaluate.add_argument("run_dir", metavar="DIR", help="a MAML run directory")
+    evaluate.add_argument("run_dir", type=_path, metavar="DIR", help="a MAML run directory")
     evaluate.add_argument(
         "--num-steps", type=int, default=3, metavar="S", help="gradient steps (default 3)"
     )
@@ -439,12 +491,14 @@ def parser() -> argparse.ArgumentParser:
         help="comma-separated baselines among pretrained,random,oracle (default none)",
     )
     evaluate.add_argument(
-        "--pretrained", metavar="DIR", help="a pretrained run (implies the baseline)"
+        "--pretrained", type=_path, metavar="DIR", help="a pretrained run (implies the baseline)"
     )
-    evaluate.add_argument("--oracle", metavar="DIR", help="an oracle run (implies the baseline)")
+    evaluate.add_argument(
+        "--oracle", type=_path, metavar="DIR", help="an oracle run (implies the baseline)"
+    )
     evaluate.add_argument(
         "--train-baselines",
-        type=int,
+        type=_count,
         metavar="N",
         help="train (or resume) baselines without a DIR for N iterations in DIR/baselines/NAME",
     )
@@ -471,6 +525,7 @@ def parser() -> argparse.ArgumentParser:
     )
     evaluate.add_argument(
         "--out",
+        type=_path,
         metavar="DIR",
         help="write the evaluation files here instead of DIR/eval (e.g. a read-only run)",
     )
@@ -483,10 +538,13 @@ def parser() -> argparse.ArgumentParser:
     )
     compare.add_argument(
         "run_a",
+        type=_path,
         metavar="DIR_A",
         help="an evaluated run directory, or the folder an evaluation was written to (--out)",
     )
-    compare.add_argument("run_b", metavar="DIR_B", help="another, evaluated the same way")
+    compare.add_argument(
+        "run_b", type=_path, metavar="DIR_B", help="another, evaluated the same way"
+    )
     compare.add_argument("--method", default="maml", help="which method's returns (default maml)")
     compare.add_argument(
         "--success", action="store_true", help="compare success rates instead of returns"
@@ -500,15 +558,16 @@ def parser() -> argparse.ArgumentParser:
     compare.set_defaults(func=cmd_compare)
 
     plot = commands.add_parser("plot", help="training curves of one or several runs")
-    plot.add_argument("run_dirs", nargs="+", metavar="DIR", help="run directories")
+    plot.add_argument("run_dirs", nargs="+", type=_path, metavar="DIR", help="run directories")
     plot.add_argument(
         "--out",
+        type=_path,
         metavar="FILE",
         help="PNG file (default DIR/training.png; required for several runs)",
     )
     plot.add_argument(
         "--smooth",
-        type=int,
+        type=_count,
         default=10,
         metavar="N",
         help="moving average over N iterations, over the raw returns (default 10; 1: raw only)",
@@ -523,17 +582,19 @@ def parser() -> argparse.ArgumentParser:
         "navigation (one row per task, one panel per step), a GIF or MP4 (extra render) of "
         "trajectory K for MuJoCo and Meta-World families, the clips of a task side by side.",
     )
-    show.add_argument("run_dir", metavar="DIR", help="a MAML run directory")
+    show.add_argument("run_dir", type=_path, metavar="DIR", help="a MAML run directory")
     show.add_argument("--checkpoint", choices=("latest", "best"), default="latest")
-    show.add_argument("--task", type=int, metavar="I", help="held-out task I (default 0)")
-    show.add_argument("--num-tasks", type=int, metavar="N", help="held-out tasks 0..N-1")
+    show.add_argument("--task", type=_index, metavar="I", help="held-out task I (default 0)")
+    show.add_argument("--num-tasks", type=_count, metavar="N", help="held-out tasks 0..N-1")
     show.add_argument("--steps", default="0,1,3", help="gradient steps to show (default 0,1,3)")
-    show.add_argument("--trajectory", type=int, default=0, help="which of the K trajectories")
-    show.add_argument("--out", metavar="FILE", help=".mp4 / .gif (MuJoCo) or .png (drawn)")
-    show.add_argument("--stride", type=int, default=1, help="video: keep every N-th frame")
+    show.add_argument("--trajectory", type=_index, default=0, help="which of the K trajectories")
+    show.add_argument(
+        "--out", type=_path, metavar="FILE", help=".mp4 / .gif (MuJoCo) or .png (drawn)"
+    )
+    show.add_argument("--stride", type=_count, default=1, help="video: keep every N-th frame")
     show.add_argument("--eval-seed", type=int, metavar="N", help="as in evaluate")
     show.add_argument(
-        "--eval-tasks", type=int, default=40, metavar="N", help="held-out set size (evaluate's)"
+        "--eval-tasks", type=_count, default=40, metavar="N", help="held-out set size (evaluate's)"
     )
     show.add_argument("--device", help="cpu or cuda (default: where the run trained)")
     show.add_argument(
@@ -548,7 +609,10 @@ def parser() -> argparse.ArgumentParser:
         "check", help="check a task family (or a config's) before training with it"
     )
     check.add_argument(
-        "target", metavar="FAMILY_OR_CONFIG", help="family name, module:Class, or config"
+        "target",
+        type=_path,
+        metavar="FAMILY_OR_CONFIG",
+        help="family name, module:Class, or config",
     )
     check.add_argument("--seed", type=int, default=None, help="seed of the checks (default 0)")
     check.add_argument(
@@ -595,6 +659,16 @@ def machine_failure(error: BaseException) -> str | None:
     return None
 
 
+PATH_MISTAKES = frozenset({errno.ENAMETOOLONG, errno.ENOTDIR, errno.EISDIR, errno.ELOOP})
+"""Errors of a path that cannot name what the command needs (a name too long, a file where
+a directory belongs or the reverse, a loop of links): the user's mistake, exit 2."""
+
+
+def path_mistake(error: BaseException) -> bool:
+    cause = os_error_in(error)
+    return cause is not None and cause.errno in PATH_MISTAKES
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     configure_process()  # before any command imports torch (MAML_RL_PROCESS_SETTINGS=off: not)
     args = parser().parse_args(argv)
@@ -620,7 +694,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             if line is None or args.debug:
                 raise
             print(f"maml-rl: error: {line}", file=sys.stderr)
-            return 1
+            return 2 if path_mistake(error) else 1
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -19,6 +19,7 @@ from scipy import stats
 
 from maml_rl import artifacts
 from maml_rl.checkpoint import CheckpointError
+from maml_rl.config import ConfigError
 from maml_rl.logger import POST_UPDATE, PRE_UPDATE, read_metrics
 
 if TYPE_CHECKING:
@@ -30,8 +31,14 @@ PRE, POST = PRE_UPDATE, POST_UPDATE
 def _save(figure: Figure, path: str | Path) -> Path:
     """Write `figure` to `path` atomically (`artifacts`), in the format its suffix names."""
     path = Path(path)
-    FigureCanvasAgg(figure)
-    fmt = path.suffix.lstrip(".") or "png"
+    canvas = FigureCanvasAgg(figure)
+    fmt = path.suffix.lstrip(".").lower() or "png"
+    formats = canvas.get_supported_filetypes()
+    if fmt not in formats:
+        raise ConfigError(
+            f"cannot draw a figure as .{fmt} ({path}); give a file ending in "
+            f"{', '.join('.' + name for name in sorted(formats))}"
+        )
     artifacts.write_with(path, lambda handle: figure.savefig(handle, dpi=120, format=fmt))
     return path
 

@@ -271,3 +271,69 @@ def test_a_module_class_run_is_evaluated_and_resumed_from_another_directory(
     done = cli("train", "--resume", str(run), "--set", "num_batches=3", "--no-progress",
                cwd=elsewhere)  # fmt: skip
     assert done.returncode == 0, done.stderr
+
+
+# --- argument mistakes: one line, exit 2 (argparse prints its usage first otherwise) ---
+
+ARGUMENT_MISTAKES = {
+    "missing run": (["evaluate"], "the following arguments are required: DIR"),
+    "bad choice": (["train", "--algo", "x"], "argument --algo: invalid choice: 'x'"),
+    "no command": (["nope"], "argument command: invalid choice: 'nope'"),
+    "one run to compare": (["compare", "a"], "required: DIR_B"),
+    "empty --out": (["train", "navigation", "--out", ""], "argument --out: an empty path"),
+    "empty evaluate --out": (["evaluate", "run", "--out", " "], "argument --out: an empty path"),
+    "empty plot --out": (["plot", "run", "--out", ""], "argument --out: an empty path"),
+    "empty check": (["check", ""], "argument FAMILY_OR_CONFIG: an empty path"),
+    "smooth 0": (["plot", "run", "--smooth", "0"], "argument --smooth: must be at least 1, got 0"),
+    "stride -1": (["render", "run", "--stride", "-1"], "--stride: must be at least 1, got -1"),
+    "no tasks": (["render", "run", "--num-tasks", "0"], "--num-tasks: must be at least 1"),
+    "task -1": (["render", "run", "--task", "-1"], "--task: must be at least 0, got -1"),
+    "task x": (["render", "run", "--task", "x"], "--task: must be an integer, got 'x'"),
+    "no baseline iterations": (
+        ["evaluate", "run", "--train-baselines", "0"],
+        "--train-baselines: must be at least 1",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", ARGUMENT_MISTAKES)
+def test_an_argument_mistake_is_one_line_naming_it_and_where_the_usage_is(
+    case: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    argv, expected = ARGUMENT_MISTAKES[case]
+    with pytest.raises(SystemExit) as exit_:
+        main(argv)
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and expected in err and "--help)" in err, err
+
+
+@pytest.mark.parametrize(
+    ("extra", "named"),
+    [
+        (["--out", "elsewhere"], "--out"),
+        (["navigation"], "CONFIG"),
+        (["--overwrite"], "--overwrite"),
+    ],
+)
+def test_resume_refuses_the_arguments_it_would_ignore(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], extra: list[str], named: str
+) -> None:
+    assert main(["train", "--resume", str(tmp_path / "run"), *extra]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and f"leave out {named}" in err, err
+    assert not (tmp_path / "elsewhere").exists()
+
+
+def test_a_path_that_cannot_name_a_directory_is_a_users_mistake(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """ENAMETOOLONG, ENOTDIR: exit 2 (a mistake in the path given), not 1 (a machine failure)."""
+    (tmp_path / "afile").write_text("")
+    for out, code in (
+        (tmp_path / ("q" * 300), "ENAMETOOLONG"),
+        (tmp_path / "afile" / "sub", "ENOTDIR"),
+    ):
+        assert main(["train", "navigation", "--out", str(out), "--set", "num_batches=1"]) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and f"({code})" in err, err

@@ -116,3 +116,18 @@ def test_plot_command_smooths_by_default_and_draws_raw_returns_with_smooth_1(
     assert main(["plot", str(run)]) == 0 and (run / "training.png").is_file()
     assert main(["plot", str(run), "--smooth", "1", "--out", str(tmp_path / "raw.png")]) == 0
     assert (tmp_path / "raw.png").is_file()
+
+
+def test_a_figure_file_of_a_format_matplotlib_cannot_write_is_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """It was a traceback from savefig; the suffix's case does not matter (.PNG is a PNG)."""
+    from maml_rl.cli import main
+
+    run = write_run(tmp_path / "run", [0.0] * 3, [1.0] * 3)
+    assert main(["plot", str(run), "--out", str(tmp_path / "curves.txt")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "cannot draw a figure as .txt" in err and ".png" in err
+    assert not (tmp_path / "curves.txt").exists()
+    assert main(["plot", str(run), "--out", str(tmp_path / "curves.PNG")]) == 0
+    assert (tmp_path / "curves.PNG").read_bytes()[:4] == b"\x89PNG"
