@@ -16,14 +16,13 @@ from pathlib import Path
 import numpy as np
 
 from maml_rl import artifacts
-from maml_rl.artifacts import ArtifactError
 from maml_rl.checkpoint import CheckpointError
 from maml_rl.evaluate import RAN_ON, TRAINED, SummaryRow, summarize
 from maml_rl.evaluation_files import (
     PROTOCOL,
     protocol_difference,
+    read_protocol,
     read_task_returns,
-    with_known_defaults,
 )
 
 # Keys of evaluation.json that may differ between the two runs: which checkpoint was
@@ -66,13 +65,8 @@ def load_evaluation(run_dir: str | Path) -> RunEvaluation:
         remedy = f"evaluate the run again: maml-rl evaluate RUN_DIR --out {run_dir}"
     else:
         remedy = f"evaluate the run again: maml-rl evaluate {run_dir}"
-    protocol = artifacts.read_json(protocol_path, remedy)
-    if not isinstance(protocol, dict):
-        raise ArtifactError(f"{protocol_path} is not an evaluation record; {remedy}")
-    protocol = with_known_defaults(protocol)
-    shape = None  # the per-task rows must fill the protocol's (S + 1) x N where it gives them
-    if isinstance(protocol.get("num_steps"), int) and isinstance(protocol.get("num_tasks"), int):
-        shape = (protocol["num_steps"] + 1, protocol["num_tasks"])
+    protocol = read_protocol(protocol_path, remedy)
+    shape = (protocol["num_steps"] + 1, protocol["num_tasks"])  # the per-task rows fill it
     if "env_kwargs" not in protocol:  # saved before it was recorded: the run's, if it says
         saved = None if folder == run_dir else _run_env_kwargs(run_dir, protocol.get("env"))
         protocol["env_kwargs"] = saved

@@ -14,6 +14,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import math
 import shutil
 import warnings
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -81,6 +82,8 @@ def read_task_returns(
                 value = float(line["mean_return"])
             except (TypeError, ValueError):
                 raise ArtifactError(f"{path}, line {number}: malformed row {line}") from None
+            if not math.isfinite(value):  # evaluations refuse non-finite returns: an edit
+                raise ArtifactError(f"{path}, line {number}: non-finite mean_return {value}")
             cell = cells.setdefault(line["method"], {})
             if (step, task) in cell or step < 0 or task < 0:
                 raise ArtifactError(f"{path}, line {number}: repeated or negative step/task")
@@ -145,6 +148,39 @@ def hold_eval_dir(out_dir: str | Path, wait_s: float = 0.0) -> Iterator[None]:
             shutil.rmtree(out_dir, ignore_errors=True)
 
 
+RECORDED_SINCE_THE_FIRST: dict[str, type | tuple[type, ...]] = {
+    "env": str,
+    "checkpoint": str,
+    "eval_seed": int,
+    "num_trajectories": int,
+    "step_sizes": list,
+    "num_steps": int,
+    "num_tasks": int,
+}
+"""Protocol keys every evaluation record has held, with their types: a record without one (or
+with another type) is damaged, not an older format."""
+
+
+def read_protocol(path: Path, remedy: str) -> dict:
+    """An evaluation record (`evaluation.json`) with KNOWN_DEFAULTS filled in; a one-line
+    ArtifactError naming `path` and `remedy` for one that is unreadable, not a mapping, or
+    lacks a key of RECORDED_SINCE_THE_FIRST (an emptied or edited file)."""
+    record = artifacts.read_json(path, remedy)
+    if not isinstance(record, dict):
+        raise ArtifactError(f"{path} is not an evaluation record; {remedy}")
+    wrong = [
+        key
+        for key, kind in RECORDED_SINCE_THE_FIRST.items()
+        if not isinstance(record.get(key), kind) or isinstance(record.get(key), bool)
+    ]
+    if wrong:
+        raise ArtifactError(
+            f"{path} is not a whole evaluation record ({', '.join(wrong)} missing or of the "
+            f"wrong type); {remedy}"
+        )
+    return with_known_defaults(record)
+
+
 KNOWN_DEFAULTS: dict[str, object] = {"actions": "sampled"}
 """Protocol keys recorded later whose value before then is known: every evaluation measured
 sampled actions until mean ones could be asked for."""
@@ -175,13 +211,9 @@ def _earlier(evaluation: Evaluation, out_dir: Path) -> Evaluation | None:
     """The earlier evaluation in `out_dir` if it has this one's protocol, else None;
     ArtifactError if its files are unreadable or do not fit the protocol."""
     previous = out_dir / PROTOCOL
-    remedy = "it cannot be merged"
-    record = artifacts.read_json(previous, remedy) if previous.is_file() else None
-    if record is not None and not isinstance(record, dict):
-        raise ArtifactError(f"{previous} is not an evaluation record; {remedy}")
+    record = read_protocol(previous, "it cannot be merged") if previous.is_file() else None
     earlier_ran_on = record.pop(RAN_ON, {}) if record is not None else {}
     earlier_trained = record.pop(TRAINED, {}) if record is not None else {}
-    record = with_known_defaults(record) if record is not None else None
     if not same_protocol(record, evaluation.protocol):
         return None
     shape = evaluation.shape

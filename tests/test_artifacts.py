@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import errno
 import importlib
+import json
 import os
 import signal
 import subprocess
@@ -268,6 +269,20 @@ def test_an_overwrite_refused_for_its_config_leaves_the_old_run_as_it_was(
 EVALUATE = ["--num-tasks", "2", "--num-steps", "1", "--no-progress"]
 
 
+def _edit_json(eval_dir: Path, drop: str) -> None:
+    record = artifacts.read_json(eval_dir / "evaluation.json", "")
+    del record[drop]
+    (eval_dir / "evaluation.json").write_text(json.dumps(record))
+
+
+def _edit_csv(eval_dir: Path, value: str) -> None:
+    """The first per-task return replaced by `value`."""
+    path = eval_dir / "adaptation_tasks.csv"
+    header, first, *rest = path.read_text().splitlines()
+    first = ",".join([*first.split(",")[:-1], value])
+    path.write_text("\n".join([header, first, *rest]) + "\n")
+
+
 @pytest.fixture
 def evaluated(trained: Path, tmp_path: Path) -> Path:
     """A copy of the tiny run, evaluated with maml and random on 2 tasks x 2 steps."""
@@ -288,6 +303,14 @@ def evaluated(trained: Path, tmp_path: Path) -> Path:
             ),
             id="cut-csv",
         ),
+        # a record without the protocol's keys merged with anything (a missing key was read as
+        # "saved before it was recorded"), and NaN or inf cells were read as returns
+        pytest.param(
+            lambda eval_dir: (eval_dir / "evaluation.json").write_text("{}"), id="emptied-json"
+        ),
+        pytest.param(lambda eval_dir: _edit_json(eval_dir, drop="env"), id="json-without-env"),
+        pytest.param(lambda eval_dir: _edit_csv(eval_dir, "nan"), id="nan-in-csv"),
+        pytest.param(lambda eval_dir: _edit_csv(eval_dir, "inf"), id="inf-in-csv"),
     ],
 )
 def test_a_broken_earlier_evaluation_is_set_aside_with_one_note(
@@ -307,6 +330,12 @@ def test_a_broken_earlier_evaluation_is_set_aside_with_one_note(
         assert (eval_dir / "replaced" / "1" / name).read_bytes() == broken[name]
     assert artifacts.read_json(eval_dir / "evaluation.json", "")["num_tasks"] == 2
     assert main(["compare", str(evaluated), str(evaluated)]) == 0
+    capsys.readouterr()
+    damaged = copy_run(evaluated, evaluated.parent / "damaged")
+    damage(damaged / "eval")  # type: ignore[operator]
+    assert main(["compare", str(damaged), str(evaluated)]) == 2  # compare refuses it
+    line = one_line_error(capsys)
+    assert "damaged" in line and ("evaluation.json" in line or "adaptation_tasks.csv" in line)
 
 
 def test_evaluation_and_figure_writes_killed_midway_leave_the_old_files(

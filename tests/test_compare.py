@@ -15,12 +15,23 @@ from maml_rl.cli import main
 from maml_rl.compare import load_evaluation, paired_difference
 from maml_rl.evaluation_files import PROTOCOL, write_task_returns
 
-PROTOCOL_A = {"env": "navigation", "checkpoint": "latest@9", "eval_seed": 0, "num_tasks": 5}
+PROTOCOL_A = {
+    "env": "navigation",
+    "checkpoint": "latest@9",
+    "eval_seed": 0,
+    "num_tasks": 5,
+    "num_trajectories": 20,
+    "step_sizes": [0.1],
+}
 
 
 def _evaluated(path: Path, returns: dict[str, np.ndarray], **protocol: object) -> Path:
+    """An evaluation folder of `returns` (method -> [S + 1, 5]) under PROTOCOL_A's keys, with
+    `protocol` on top."""
     (path / "eval").mkdir(parents=True)
-    (path / "eval" / PROTOCOL).write_text(json.dumps({**PROTOCOL_A, **protocol}))
+    num_steps = next(iter(returns.values())).shape[0] - 1
+    record = {**PROTOCOL_A, "num_steps": num_steps, **protocol}
+    (path / "eval" / PROTOCOL).write_text(json.dumps(record))
     write_task_returns(returns, path / "eval" / "adaptation_tasks.csv")
     return path
 
