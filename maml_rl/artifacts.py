@@ -140,6 +140,19 @@ def write_text(path: str | Path, text: str) -> None:
     write_bytes(path, text.encode("utf-8"))
 
 
+def require_run_dir(run_dir: Path) -> None:
+    """A one-line CheckpointError unless `run_dir` is a directory: not found, or a file (a
+    checkpoint or another file of a run, given instead of its directory)."""
+    if run_dir.is_dir():
+        return
+    if run_dir.exists():
+        raise CheckpointError(
+            f"{run_dir} is a file, not a run directory; give the directory that holds the run "
+            f"({run_dir.parent})"
+        )
+    raise CheckpointError(f"run directory not found: {run_dir}")
+
+
 def read_json(path: str | Path, remedy: str) -> Any:
     """The JSON value in `path`; an unreadable, empty or malformed file is a one-line
     ArtifactError naming it and what to do (`remedy`)."""

@@ -493,6 +493,8 @@ def load(
     """Load a YAML config file and apply `overrides` (already parsed values); `notes` receives
     what `from_dict` mapped from pytorch-maml-rl's conventions."""
     path = Path(path)
+    if path.is_dir():
+        raise ConfigError(f"{path} is a directory, not a config file")
     if not path.is_file():
         raise ConfigError(f"config file not found: {path}")
     try:

@@ -26,9 +26,8 @@ import numpy as np
 import torch
 from scipy import stats
 
-from maml_rl import checkpoint
+from maml_rl import artifacts, checkpoint
 from maml_rl.build import Streams, build, run_sizes
-from maml_rl.checkpoint import CheckpointError
 from maml_rl.config import Config, ConfigError, from_saved
 from maml_rl.inner import StepSize, step_sizes_of
 from maml_rl.maml import collect, draw_seeds
@@ -221,8 +220,7 @@ def load_run(run_dir: str | Path, which: str = "latest", device: str | None = No
     >>> run.cfg.fast_lr, run.theta["log_std"]  # doctest: +SKIP
     """
     run_dir = Path(run_dir)
-    if not run_dir.is_dir():
-        raise CheckpointError(f"run directory not found: {run_dir}")
+    artifacts.require_run_dir(run_dir)
     if which not in CHECKPOINTS:
         raise ConfigError(f"--checkpoint must be one of {list(CHECKPOINTS)}, got {which!r}")
     state = checkpoint.load(run_dir / CHECKPOINTS[which])

@@ -66,8 +66,7 @@ def _read_runs(run_dirs: Sequence[str | Path]) -> list[list[dict]]:
     """Each run's metrics.jsonl rows (CheckpointError for a missing or empty run)."""
     runs = []
     for run_dir in map(Path, run_dirs):
-        if not run_dir.is_dir():
-            raise CheckpointError(f"run directory not found: {run_dir}")
+        artifacts.require_run_dir(run_dir)
         rows = read_metrics(run_dir)
         if not rows:
             raise CheckpointError(f"{run_dir} has no metrics.jsonl rows to plot")

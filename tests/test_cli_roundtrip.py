@@ -134,6 +134,11 @@ def test_bad_requests_get_one_line_and_exit_2(
         (["evaluate", str(other)], "evaluate a MAML run"),
         (["plot", run, run], "needs --out FILE"),
         (["plot", str(tmp_path / "nowhere")], "run directory not found"),
+        # a run's file given for its directory; a directory given for a config file
+        (["evaluate", f"{run}/checkpoint_latest.pt"], "is a file, not a run directory"),
+        (["plot", f"{run}/metrics.jsonl"], "is a file, not a run directory"),
+        (["render", f"{run}/config.yaml"], "is a file, not a run directory"),
+        (["check", run], "is a directory, not a config file"),
     ]
     capsys.readouterr()
     for argv, expected in cases:
