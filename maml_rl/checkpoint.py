@@ -75,6 +75,9 @@ def load(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str
         raise CheckpointError(
             f"checkpoint {path} has format {state['format']}, expected {FORMAT_VERSION}"
         )
+    iteration = state["iteration"]
+    if not isinstance(iteration, int) or isinstance(iteration, bool) or iteration < 0:
+        raise CheckpointError(f"{path} is not a maml_rl checkpoint (iteration {iteration!r})")
     _check_finite(state, path)
     return state
 

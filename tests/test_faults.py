@@ -159,6 +159,19 @@ def test_corrupt_and_truncated_checkpoints_get_one_line(tmp_path: Path) -> None:
         checkpoint.load(path)
 
 
+@pytest.mark.parametrize("iteration", [-5, 1.5, True, "3"])
+def test_a_checkpoint_with_a_checksum_but_no_valid_iteration_is_refused(
+    tmp_path: Path, iteration: object
+) -> None:
+    """Written with a valid checksum (as by hand): evaluate said "maml -4 iterations" and a
+    resume "iterations -3-3" for -5."""
+    path = tmp_path / "c.pt"
+    state = {"iteration": iteration, "theta": {}, "step_size": {}, "rng": {}, "config": {}}
+    checkpoint.save_atomic(state, path)
+    with pytest.raises(CheckpointError, match=r"not a maml_rl checkpoint \(iteration"):
+        checkpoint.load(path)
+
+
 def test_resume_of_a_corrupt_run_is_a_one_line_error(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
