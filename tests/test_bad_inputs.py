@@ -57,7 +57,6 @@ CASES = {
     "resume a missing parameter": (["train", "--resume", "{missing}", "--set", "num_batches=3"],
                                    "lacks parameter"),
     "render --steps 0,1000000": (["render", "{run}", "--steps", "0,1000000"], "<= 1000"),
-    "render --num-tasks 0": (["render", "{run}", "--num-tasks", "0"], "not among the"),
     "--step-sizes 0.1,,0.2": (["evaluate", "{run}", "--step-sizes", "0.1,,0.2"], "'0.1,,0.2'"),
     "plot a damaged config.yaml": (["plot", "{bad_config}"], "config.yaml cannot be read"),
     "--resume shorter": (["train", "--resume", "{run}", "--set", "num_batches=1"],
