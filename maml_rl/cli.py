@@ -243,7 +243,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    from maml_rl.compare import load_evaluation, paired_difference
+    from maml_rl.compare import evaluation_folder, load_evaluation, paired_difference
     from maml_rl.evaluate import format_table
 
     a, b = load_evaluation(args.run_a), load_evaluation(args.run_b)
@@ -260,6 +260,11 @@ def cmd_compare(args: argparse.Namespace) -> int:
     print(
         format_table([*rows_a, *rows_b, *diff], "success rate" if args.success else "mean return")
     )
+    if (
+        evaluation_folder(Path(args.run_a)).resolve()
+        == evaluation_folder(Path(args.run_b)).resolve()
+    ):
+        print("note: A and B are the same evaluation, so every difference is 0")
     return 0
 
 

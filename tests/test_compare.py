@@ -110,7 +110,9 @@ def test_cli_prints_the_rows_and_refuses_an_unevaluated_run_in_one_line(
     b = _evaluated(tmp_path / "b", {"maml": rb})
     assert main(["compare", str(a), str(b)]) == 0
     out = capsys.readouterr().out
-    assert "A − B" in out and "2.00" in out
+    assert "A − B" in out and "2.00" in out and "same evaluation" not in out
+    assert main(["compare", str(a), str(a / "eval")]) == 0  # one evaluation, named twice
+    assert "note: A and B are the same evaluation" in capsys.readouterr().out
     assert main(["compare", str(a), str(tmp_path)]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "has no evaluation" in err
