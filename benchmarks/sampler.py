@@ -65,8 +65,10 @@ from maml_rl.types import Batch, Params
 from maml_rl_envs.mujoco_base import MujocoFamily
 from maml_rl_envs.mujoco_batch import (
     CHUNKS_PER_THREAD,
+    box_space,
     default_num_threads,
     mujoco_batch,
+    mujoco_env,
     resolve_stepper,
 )
 
@@ -96,7 +98,7 @@ class Physics:
     def __init__(
         self, family: MujocoFamily, qpos: np.ndarray, qvel: np.ndarray, controls: np.ndarray
     ) -> None:
-        env = family.make_gym_env().unwrapped
+        env = mujoco_env(family.make_gym_env())
         self.model, self.frame_skip = env.model, int(env.frame_skip)
         env.close()
         self.qpos, self.qvel, self.controls = qpos, qvel, controls
@@ -184,7 +186,8 @@ def record(
     qpos, qvel = env.sim.qpos.copy(), env.sim.qvel.copy()
     env.close()
     robot = family.make_gym_env()
-    low, high = robot.action_space.low, robot.action_space.high
+    box = box_space(robot.action_space, "actions")
+    low, high = box.low, box.high
     robot.close()
     actions = batch.actions.reshape(batch.actions.shape[0], num_envs, -1).double().numpy()
     controls = np.clip(actions.astype(np.float32) / family.action_scale, low, high)

@@ -37,7 +37,7 @@ import numpy as np
 
 from maml_rl.tasks import Task, check_count
 
-from .mujoco_batch import MujocoBatchEnv, Simulations, action_box, mujoco_env
+from .mujoco_batch import MujocoBatchEnv, Simulations, box_space, mujoco_env
 
 
 @dataclass(frozen=True)
@@ -90,7 +90,7 @@ class MujocoTaskEnv(gym.Wrapper, gym.utils.RecordConstructorArgs):
         super().__init__(env)
         self.family, self.task = family, task
         self.action_space = family.action_space
-        box = action_box(env.action_space)
+        box = box_space(env.action_space, "actions")
         self._low = np.asarray(box.low, dtype=np.float32)
         self._high = np.asarray(box.high, dtype=np.float32)
 
@@ -142,8 +142,8 @@ class MujocoFamily:
         self.action_scale = float(action_scale)
         self.make_kwargs = dict(make_kwargs)
         probe = self.make_gym_env()
-        self.observation_space = probe.observation_space
-        box = action_box(probe.action_space)
+        self.observation_space = box_space(probe.observation_space, "observations")
+        box = box_space(probe.action_space, "actions")
         self.action_space = gym.spaces.Box(
             box.low * self.action_scale, box.high * self.action_scale, dtype=np.float32
         )
@@ -175,6 +175,9 @@ class MujocoFamily:
         CPUs of this process.
         """
         return MujocoBatchEnv(self, num_envs, stepper, num_threads, device)
+
+    def sample_tasks(self, n: int, rng: np.random.Generator) -> list[Task]:
+        raise NotImplementedError
 
     def reward(self, task: Any, info: Mapping[str, Any]) -> Any:
         raise NotImplementedError

@@ -61,16 +61,16 @@ except ImportError:  # mujoco < 4.0: only the "threads" stepper
     mujoco_batch = None
 
 if TYPE_CHECKING:
-    from envs.mujoco_base import MujocoFamily
+    from .mujoco_base import MujocoFamily
 
 STEPPERS = ("auto", "batch", "threads", "warp")
 CHUNKS_PER_THREAD = 4
 
 
-def action_box(space: gym.spaces.Space) -> gym.spaces.Box:
-    """`space`, a Box; TypeError otherwise."""
+def box_space(space: gym.spaces.Space, what: str) -> gym.spaces.Box:
+    """`space`, a Box; TypeError otherwise, naming `what` ("actions", "observations")."""
     if not isinstance(space, gym.spaces.Box):
-        raise TypeError(f"a MuJoCo environment's actions are a Box, got {space}")
+        raise TypeError(f"a MuJoCo environment's {what} are a Box, got {space}")
     return space
 
 
@@ -369,7 +369,7 @@ class MujocoBatchEnv:
         env = mujoco_env(family.make_gym_env())
         self._init_qpos, self._init_qvel = env.init_qpos.copy(), env.init_qvel.copy()
         self._noise_scale = float(family.make_kwargs["reset_noise_scale"])
-        box = action_box(env.action_space)
+        box = box_space(env.action_space, "actions")
         self._low = box.low.astype(np.float32)
         self._high = box.high.astype(np.float32)
         model, frame_skip = env.model, int(env.frame_skip)

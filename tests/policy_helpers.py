@@ -9,10 +9,10 @@ from typing import Any, SupportsFloat
 import gymnasium as gym
 import numpy as np
 import torch
+from process_env_helpers import GymOnly
 from torch import Tensor, nn
 
 from maml_rl import Categorical, Normal
-from maml_rl_envs.navigation import Navigation2D
 
 
 class LayerNormNet(nn.Module):
@@ -170,13 +170,11 @@ def not_a_module(observation_space: Any, action_space: Any) -> str:
 # ------------------------------------------------------------- families of other observations
 
 
-class DictNavigation(Navigation2D):
+class DictNavigation(GymOnly):
     """2D navigation observing a Dict {"position": [2], "clock": [1] (t / H)} (gym envs only)."""
 
     def make_env(self) -> gym.Env:
         return _DictObservation(super().make_env(), self.max_episode_steps)
-
-    make_batch_env = None
 
 
 class _DictObservation(gym.ObservationWrapper):

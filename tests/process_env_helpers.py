@@ -2,6 +2,7 @@
 of `ProcessBatchEnv` (forkserver) unpickle a family's bound ``make_env`` by reference, so they
 import this module; it imports only Gymnasium, numpy and the navigation family (the test module
 itself would cost every worker an import of torch and pytest, seconds on a loaded machine).
+`GymOnly` is also the base of other tests' plug-in families.
 """
 
 from __future__ import annotations
@@ -49,10 +50,12 @@ class _ReportsSuccess(_Counting):
 
 
 class GymOnly:
-    """2D navigation without a native batch env (the Gymnasium backends only)."""
+    """2D navigation with only what every task family has (``sample_tasks``, ``make_env``,
+    ``max_episode_steps``): no native batch env (the Gymnasium backends only), no oracle
+    features, no drawing hook. Takes Navigation2D's keyword arguments."""
 
-    def __init__(self, max_episode_steps: int = 12) -> None:
-        self.navigation = Navigation2D(max_episode_steps=max_episode_steps)
+    def __init__(self, max_episode_steps: int = 12, **navigation: float) -> None:
+        self.navigation = Navigation2D(max_episode_steps=max_episode_steps, **navigation)
         self.max_episode_steps = max_episode_steps
 
     def __repr__(self) -> str:

@@ -28,10 +28,23 @@ from maml_rl_envs.ant import AntGoal
 from maml_rl_envs.halfcheetah import HalfCheetahDir, HalfCheetahVel
 from maml_rl_envs.mujoco_base import MujocoFamily
 from maml_rl_envs.mujoco_batch import MujocoBatchEnv, stack_tasks
-from maml_rl_envs.navigation import Navigation2D, Navigation2DEnv, NavigationTask
+from maml_rl_envs.navigation import (
+    Navigation2D,
+    Navigation2DBatch,
+    Navigation2DEnv,
+    NavigationTask,
+)
 
 # the families of envs/ that the tests below step natively
 NativeFamily: TypeAlias = MujocoFamily | Navigation2D
+
+
+def native_family(name: str, env_kwargs: dict[str, Any] | None = None) -> NativeFamily:
+    """`make_family(name, env_kwargs)`, one of the families stepped natively here."""
+    family = make_family(name, env_kwargs)
+    assert isinstance(family, NativeFamily), family
+    return family
+
 
 NATIVE = sorted(
     name
@@ -48,8 +61,7 @@ NATIVE_CASES = [
     for name in NATIVE
     for stepper in (
         STEPPERS
-        if "stepper"
-        in inspect.signature(cast(NativeFamily, make_family(name)).make_batch_env).parameters
+        if "stepper" in inspect.signature(native_family(name).make_batch_env).parameters
         else (None,)
     )
 ]
@@ -96,8 +108,11 @@ def assert_batch_env_equals_gymnasium(
     tasks = family.sample_tasks(NUM_ENVS, np.random.default_rng(0))
     actions = random_actions(family, num_steps, NUM_ENVS)
     reference_first, reference = gymnasium_rollouts(family, tasks, SEED, actions)
-    kwargs = {} if stepper is None else {"stepper": stepper}
-    env = family.make_batch_env(NUM_ENVS, **kwargs)
+    if stepper is None:
+        env = family.make_batch_env(NUM_ENVS)
+    else:
+        assert isinstance(family, MujocoFamily)  # the families with steppers
+        env = family.make_batch_env(NUM_ENVS, stepper)
     try:
         first = env.reset(tasks, seed=SEED)
         np.testing.assert_array_equal(first, reference_first)
@@ -119,20 +134,20 @@ def assert_batch_env_equals_gymnasium(
 
 @pytest.mark.parametrize(("name", "stepper"), NATIVE_CASES)
 def test_native_batch_env_equals_gymnasium(name: str, stepper: str | None) -> None:
-    lengths = assert_batch_env_equals_gymnasium(make_family(name), stepper)
+    lengths = assert_batch_env_equals_gymnasium(native_family(name), stepper)
     assert lengths == [NUM_STEPS] * NUM_ENVS
 
 
 @pytest.mark.parametrize("stepper", STEPPERS)
 def test_ant_terminations_are_gymnasiums(stepper: str) -> None:
-    family = make_family("ant-vel", ANT_FALLS)
+    family = native_family("ant-vel", ANT_FALLS)
     lengths = assert_batch_env_equals_gymnasium(family, stepper)
     ended = [n for n in lengths if n < NUM_STEPS]
     assert 0 < len(ended) < NUM_ENVS and len(set(ended)) == len(ended), lengths
 
 
 def test_ant_truncation_at_the_horizon() -> None:
-    family = make_family("ant-dir", {"max_episode_steps": 5})
+    family = native_family("ant-dir", {"max_episode_steps": 5})
     lengths = assert_batch_env_equals_gymnasium(family, "threads", num_steps=7)
     assert lengths == [5] * NUM_ENVS
 
@@ -260,7 +275,7 @@ def test_async_equals_sync_and_survives_autoreset() -> None:
 
 
 def test_async_mujoco_equals_sync() -> None:
-    family = make_family("ant-vel", {**ANT_FALLS, "max_episode_steps": 12})
+    family = native_family("ant-vel", {**ANT_FALLS, "max_episode_steps": 12})
     tasks = family.sample_tasks(3, np.random.default_rng(0))
     actions = random_actions(family, 12, 3)
     outputs = []
@@ -316,7 +331,7 @@ def sample_on(family: NativeFamily, backend: str, horizon_tasks: int = 2) -> Any
 def test_sampler_gives_one_batch_on_every_backend(
     name: str, kwargs: dict, backends: tuple[str, ...]
 ) -> None:
-    family = make_family(name, kwargs)
+    family = native_family(name, kwargs)
     batches = {backend: sample_on(family, backend) for backend in backends}
     reference = batches[backends[0]]
     if name == "ant-vel":
@@ -337,17 +352,16 @@ def test_sampler_rejects_an_unknown_backend() -> None:
 def test_sampler_sets_torch_threads_while_sampling_and_restores_them() -> None:
     seen: list[int] = []
 
+    class RecordingBatch(Navigation2DBatch):
+        def step(
+            self, actions: np.ndarray
+        ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+            seen.append(torch.get_num_threads())
+            return super().step(actions)
+
     class Recording(Navigation2D):
-        def make_batch_env(self, num_envs: int) -> Any:
-            env = super().make_batch_env(num_envs)
-            step = env.step
-
-            def recorded(actions: np.ndarray) -> Any:
-                seen.append(torch.get_num_threads())
-                return step(actions)
-
-            env.step = recorded
-            return env
+        def make_batch_env(self, num_envs: int) -> RecordingBatch:
+            return RecordingBatch(self, num_envs)
 
     policy = GaussianMLPPolicy(2, 2, (4,), "tanh")
     previous = torch.get_num_threads()

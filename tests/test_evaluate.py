@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from process_env_helpers import GymOnly
 
 from maml_rl import checkpoint
 from maml_rl.build import build
@@ -25,7 +26,6 @@ from maml_rl.evaluate import (
 from maml_rl.evaluation_files import save
 from maml_rl.inner import init_step_size
 from maml_rl.policy import parameters_of
-from maml_rl_envs.navigation import Navigation2D
 
 
 def tiny_config(**overrides: object) -> Config:
@@ -245,10 +245,8 @@ def test_mismatched_or_wrong_baselines_are_one_line_errors(tmp_path: Path) -> No
         evaluate_run(tmp_path / "empty", {}, 1, 2)
 
 
-class NoOracle(Navigation2D):
+class NoOracle(GymOnly):
     """A plug-in family without oracle_features."""
-
-    oracle_features = None
 
 
 def test_an_oracle_for_a_family_without_oracle_features_is_refused_before_training(

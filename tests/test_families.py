@@ -123,7 +123,7 @@ def test_closed_forms_are_not_vacuous() -> None:
     env = family.make_env()
     task_a, task_b = family.sample_tasks(2, np.random.default_rng(0))
     env.reset(seed=0, options={"task": task_a})
-    action = np.full(env.action_space.shape, 5.0, np.float32)  # robot gets 0.5 per joint
+    action = np.full(family.action_space.shape, 5.0, np.float32)  # robot gets 0.5 per joint
     obs, reward, _, _, info = env.step(action)
     step = {"task": task_a, "action": action, "obs": obs, "info": info, "unwrapped": env.unwrapped}
     assert reward == pytest.approx(CLOSED_FORMS["halfcheetah-vel"](step))

@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 import torch
 from conftest import make_batch, make_policy
+from process_env_helpers import GymOnly
 
 from maml_rl import checkpoint
 from maml_rl.checkpoint import CheckpointError
@@ -221,7 +222,7 @@ class _ImageEnv(gym.Env):
     action_space = gym.spaces.Box(-1, 1, (2,), np.float32)
 
 
-class ImageObservations(Navigation2D):
+class ImageObservations(GymOnly):
     """A family whose observations are images: the MLP policy cannot take them."""
 
     def make_env(self) -> gym.Env:
@@ -344,9 +345,8 @@ class _BreaksMidEpisode(gym.Env):
         return obs, -1.0, False, self.t >= 8, {}
 
 
-class BreaksMidEpisode(Navigation2D):
+class BreaksMidEpisode(GymOnly):  # the generic Gymnasium backends
     kind = "raise"
-    make_batch_env = None  # the generic Gymnasium backends
 
     def make_env(self) -> gym.Env:
         return _BreaksMidEpisode(self.kind)

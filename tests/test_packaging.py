@@ -32,7 +32,7 @@ def test_a_built_wheel_ships_the_families_and_configs_under_project_names(tmp_pa
     names = zipfile.ZipFile(wheel).namelist()
     assert "maml_rl_envs/navigation.py" in names and "maml_rl_envs/ant.py" in names
     assert {f"maml_rl_experiments/{c}.yaml" for c in ("navigation", "ant-vel")} <= set(names)
-    assert not any(name.startswith("envs/") for name in names)
+    assert not any(name.startswith(("envs/", "typings/")) for name in names)  # typings/: mypy_path
     entry_points = next(n for n in names if n.endswith("entry_points.txt"))
     text = zipfile.ZipFile(wheel).read(entry_points).decode()
     assert "navigation = maml_rl_envs.navigation:Navigation2D" in text

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 from gymnasium.envs.mujoco.mujoco_env import MujocoEnv
+from process_env_helpers import GymOnly
 
 from maml_rl.cli import main
 from maml_rl.errors import TaskFamilyError
@@ -100,10 +101,8 @@ def test_mujoco_clips_replay_the_sampled_trajectory_and_are_filmed(tmp_path: Pat
         env.close()
 
 
-class Undrawable(Navigation2D):
+class Undrawable(GymOnly):
     """A plug-in family with neither a MuJoCo model nor a drawing hook."""
-
-    draw_trajectories = None
 
 
 def test_a_family_that_cannot_render_and_bad_requests_are_one_line(

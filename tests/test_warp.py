@@ -61,10 +61,10 @@ def warp() -> float:
 
 def elliptic(env: MujocoBatchEnv, family: MujocoFamily) -> None:
     """Swap the simulations of `env` for ones of the family's model with elliptic cones."""
-    from maml_rl_envs.mujoco_batch import ThreadStepper
+    from maml_rl_envs.mujoco_batch import ThreadStepper, mujoco_env
     from maml_rl_envs.warp_batch import WarpStepper
 
-    robot = family.make_gym_env().unwrapped
+    robot = mujoco_env(family.make_gym_env())
     model, frame_skip = robot.model, int(robot.frame_skip)
     model.opt.cone = mujoco.mjtCone.mjCONE_ELLIPTIC
     if env.stepper == "warp":
