@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import pickle
 from pathlib import Path
-from typing import cast
+from typing import Any, cast
 
 import numpy as np
 import pytest
@@ -65,6 +65,51 @@ def test_ml10_trains_on_ten_environments_and_holds_five_others_out() -> None:
         test_names
     )
     assert len(family.all_tasks("train")) == 500 and len(family.all_tasks("test")) == 250
+
+
+def test_an_environment_holds_one_sawyer_environment_at_a_time(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A task of another environment name closes the Sawyer environment of the one before:
+    otherwise each of a sampler's N·K environments keeps one of about 20 MiB for every name it
+    visits (ML45: up to 50). Rebuilt, an environment gives what a fresh one gives."""
+    family = cast(MetaWorldML10, make_family("metaworld-ml10", {"max_episode_steps": 20}))
+    by_name: dict[str, MetaWorldTask] = {}
+    for task in family.all_tasks("train"):
+        by_name.setdefault(task.env_name, task)
+    a, b, c = (by_name[name] for name in sorted(by_name)[:3])
+    a2 = next(t for t in family.all_tasks("train") if t.env_name == a.env_name and t != a)
+    built: list[object] = []
+    closed: list[object] = []
+    real = family.env_class
+
+    def tracked(name: str) -> type:
+        cls: Any = real(name)  # a Sawyer class, chosen at run time
+
+        class Tracked(cls):
+            def __init__(self) -> None:
+                super().__init__()
+                built.append(self)
+
+            def close(self) -> None:
+                closed.append(self)
+                super().close()
+
+        return Tracked
+
+    monkeypatch.setattr(family, "env_class", tracked)
+    env = family.make_env()
+    first, _ = env.reset(seed=3, options={"task": a})
+    for task in (b, a, c, c):
+        env.reset(seed=4, options={"task": task})
+        env.step(np.zeros(4))
+    assert len(built) == 4 and closed == built[:3]  # a, b, a, c; c again reuses its own
+    env.reset(seed=4, options={"task": a2})
+    assert len(built) == 5 and closed == built[:4]
+    again, _ = env.reset(seed=3, options={"task": a})  # a's goal back, in a new Sawyer env
+    np.testing.assert_array_equal(again, first)
+    env.close()
+    assert closed == built
 
 
 def test_ml45_trains_on_45_environments_and_holds_5_others_out() -> None:
