@@ -1,7 +1,7 @@
 """Environment steps per second of the sampler's Gymnasium backends, for any task family.
 
     python benchmarks/backends.py --env NAME [--env-kwargs JSON] [--tasks 4] [--trajectories 5]
-        [--backends sync,async,procs,ray] [--rounds 3] [--ray-actors 2]
+        [--backends sync,async,procs,ray,procs:100] [--rounds 3] [--ray-actors 2]
 
 For each backend a `maml_rl.sampler.Sampler` (``ray``: a `maml_rl.ray_sampler.RaySampler` of
 --ray-actors actors of 1 CPU each, whose actors sample on the ``auto`` backend) samples one
@@ -12,6 +12,8 @@ environment steps (mask sum) per second of `Sampler.sample`. A first untimed sam
 starts its workers (its time is the "start-up" column); then --rounds timed rounds go over the
 backends in a rotating order, so that a change of machine load affects them alike. The table
 gives the median steps/s per backend, its spread (min..max) and its ratio to sync.
+``BACKEND:M`` is that backend with ``max_envs`` M: at most M environments at once, the tasks
+sampled in chunks (what holding fewer environments costs in speed).
 
 torch runs on one intra-op thread (``torch.set_num_threads(1)``, printed): the policy is small
 and the environment workers need the cores. ``procs`` uses one worker process per CPU of this
@@ -57,22 +59,29 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--ray-actors", type=int, default=2, help="actors of the ray sampler")
     args = parser.parse_args()
     args.backends = [b.strip() for b in args.backends.split(",") if b.strip()]
-    unknown = [b for b in args.backends if b not in CHOICES]
+    unknown = [b for b in args.backends if b.partition(":")[0] not in CHOICES]
     if unknown:
         parser.error(f"unknown backends {unknown}; choose among {list(CHOICES)}")
+    for spec in args.backends:
+        cap = spec.partition(":")[2]
+        if cap and not (cap.isdigit() and int(cap) >= args.trajectories):
+            parser.error(f"{spec}: max_envs must be an integer >= --trajectories")
     if min(args.tasks, args.trajectories, args.rounds, args.ray_actors) < 1:
         parser.error("--tasks, --trajectories, --rounds and --ray-actors must be >= 1")
     return args
 
 
 def make_sampler(
-    family: TaskFamily, policy: torch.nn.Module, backend: str, k: int, ray_actors: int
+    family: TaskFamily, policy: torch.nn.Module, spec: str, k: int, ray_actors: int
 ) -> TrajectorySampler:
+    """The sampler of `spec`: a backend, or BACKEND:M for one with max_envs M."""
+    backend, _, cap = spec.partition(":")
+    max_envs = int(cap) if cap else None
     if backend == "ray":
         from maml_rl.ray_sampler import RaySampler
 
-        return RaySampler(family, policy, k, num_actors=ray_actors, actor_cpus=1)
-    return Sampler(family, policy, k, backend=backend, policy_threads=1)
+        return RaySampler(family, policy, k, num_actors=ray_actors, actor_cpus=1, max_envs=max_envs)
+    return Sampler(family, policy, k, backend=backend, policy_threads=1, max_envs=max_envs)
 
 
 def timed_sample(
@@ -90,9 +99,9 @@ def main() -> None:
     torch.set_num_threads(1)
     family = make_family(args.env, json.loads(args.env_kwargs))
     backends = list(args.backends)
-    if "ray" in backends and importlib.util.find_spec("ray") is None:
+    if importlib.util.find_spec("ray") is None and any(b.startswith("ray") for b in backends):
         print("note: ray is not installed (pip install 'ray>=2.9'); skipping the ray backend")
-        backends.remove("ray")
+        backends = [b for b in backends if not b.startswith("ray")]
     if not backends:
         return
     probe = family.make_env()
@@ -115,7 +124,7 @@ def main() -> None:
         f"(torch threads: {torch.get_num_threads()}); {available_cpus()} CPUs "
         f"(procs: {min(available_cpus(), num_envs)} worker processes)"
     )
-    if "ray" in backends:
+    if any(b.startswith("ray") for b in backends):
         inner = resolved_backend(family, "auto")
         print(f"ray: {args.ray_actors} actors x 1 CPU, each sampling on auto = {inner}")
 
@@ -142,14 +151,14 @@ def main() -> None:
             sampler.close()
 
     medians = {b: statistics.median(rates[b]) for b in backends}
-    header = f"{'backend':<8} {'steps/s':>10} {'min..max':>21} {'vs sync':>8} {'start-up s':>11}"
+    header = f"{'backend':<10} {'steps/s':>10} {'min..max':>21} {'vs sync':>8} {'start-up s':>11}"
     print(header)
     print("-" * len(header))
     for backend in backends:
         spread = f"{min(rates[backend]):.0f}..{max(rates[backend]):.0f}"
         ratio = f"{medians[backend] / medians['sync']:.2f}x" if "sync" in medians else "-"
         print(
-            f"{backend:<8} {medians[backend]:>10.0f} {spread:>21} {ratio:>8} "
+            f"{backend:<10} {medians[backend]:>10.0f} {spread:>21} {ratio:>8} "
             f"{startup[backend]:>11.2f}"
         )
     print(f"(median of {args.rounds} rounds; steps per batch: {steps[backends[0]]})")

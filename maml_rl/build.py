@@ -22,7 +22,7 @@ from maml_rl.observations import FlatObservationFamily, describe, is_flat
 from maml_rl.oracle import OracleFamily
 from maml_rl.policy import build_policy
 from maml_rl.policy_adapter import build_custom_policy
-from maml_rl.sampler import Sampler, TrajectorySampler
+from maml_rl.sampler import Sampler, TrajectorySampler, task_chunk_size
 from maml_rl.tasks import TaskFamily, TaskFamilyError, make_family
 from maml_rl.vector import GYM_BACKENDS, horizon_of, resolved_backend
 
@@ -107,17 +107,20 @@ def run_sizes(
         probe = family.make_env()
         spaces = probe.observation_space, probe.action_space
         probe.close()
+    num_tasks = cfg.meta_batch_size if num_tasks is None else num_tasks
     return RunSizes(
         int(gym.spaces.flatdim(spaces[0])),
         _flat_size(spaces[1]),
         tuple(cfg.hidden_sizes),
         horizon_of(family),
-        cfg.meta_batch_size if num_tasks is None else num_tasks,
+        num_tasks,
         cfg.fast_batch_size,
         cfg.num_steps if num_steps is None else num_steps,
         DTYPES[cfg.dtype].itemsize,
         sampled_environment_bytes(family, cfg),
         meta_step=kind == "training",
+        envs_held=task_chunk_size(num_tasks, cfg.fast_batch_size, cfg.max_envs)
+        * cfg.fast_batch_size,
     )
 
 
@@ -213,9 +216,18 @@ def build(
             address=cfg.ray_address,
             timeout_s=cfg.ray_timeout_s,
             on_event=on_event,
+            max_envs=cfg.max_envs,
         )
     else:
-        sampler = Sampler(family, policy, cfg.fast_batch_size, device, dtype, backend=cfg.sampler)
+        sampler = Sampler(
+            family,
+            policy,
+            cfg.fast_batch_size,
+            device,
+            dtype,
+            backend=cfg.sampler,
+            max_envs=cfg.max_envs,
+        )
     return family, policy, sampler
 
 

@@ -185,6 +185,12 @@ class Config:
     env), procs (the Gymnasium envs sharded over a worker process per CPU: for slow Python
     envs such as Meta-World), or ray (tasks split over Ray actors, each sampling its share on
     the auto backend)."""
+    max_envs: int | None = None
+    """The most environments the sampler steps at once: null for all N x K of a phase; else
+    the tasks run in consecutive chunks of at most max_envs / fast_batch_size tasks, with the
+    seeds and action noise of one pass (on ray: per actor). Bounds the memory of environments
+    that hold much (Meta-World's Sawyer environments take 20-28 MiB each: ML45's 450 about
+    12 GiB); at least fast_batch_size."""
     ray_address: str | None = None
     """sampler ray: the cluster to join (HOST:PORT from `ray start --head`); null starts a
     local Ray instance."""
@@ -282,6 +288,13 @@ def _validate(cfg: Config) -> None:
     _check(cfg.promp_lr > 0, "promp_lr", "must be > 0", cfg.promp_lr)
     _check(cfg.promp_inner_kl >= 0, "promp_inner_kl", "must be >= 0", cfg.promp_inner_kl)
     _check(0 <= cfg.seed < 2**63, "seed", "must be in [0, 2**63)", cfg.seed)
+    _check(
+        cfg.max_envs is None or cfg.max_envs >= cfg.fast_batch_size,
+        "max_envs",
+        f"must be null or >= fast_batch_size ({cfg.fast_batch_size}), the trajectories of one "
+        "task, which step together",
+        cfg.max_envs,
+    )
     threads = cfg.torch_threads
     _check(threads is None or threads >= 1, "torch_threads", "must be >= 1 or null", threads)
     _check(all(h >= 1 for h in cfg.hidden_sizes), "hidden_sizes", "must be >= 1", cfg.hidden_sizes)

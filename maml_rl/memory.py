@@ -14,7 +14,9 @@ floats of b bytes:
                                                           vectors
     environments N·K · E                                  one Gymnasium environment per
                                                           trajectory (backends sync, async,
-                                                          procs), E bytes each
+                                                          procs), E bytes each; with
+                                                          max_envs, the c·K of one chunk of
+                                                          c tasks (`sampler.task_chunk_size`)
     baseline fit 3 · N·K·H · (2D + 4) · 8                 a batch's linear-baseline features
                                                           in float64 and the two copies its
                                                           Gram product makes (`baseline.fit`)
@@ -123,6 +125,8 @@ class RunSizes:
     """E: the memory of one environment where the sampler holds one per trajectory, else 0."""
     meta_step: bool = True
     """A training iteration (the meta-step's caches); False: an evaluation's adaptation."""
+    envs_held: int | None = None
+    """The environments the sampler holds at once where `max_envs` caps them; None: N·K."""
 
     def __str__(self) -> str:
         width = "x".join(str(h) for h in self.hidden_sizes) or "linear"
@@ -132,9 +136,15 @@ class RunSizes:
         )
 
 
+def environments_held(sizes: RunSizes) -> int:
+    """The environments the sampler holds: N·K, or fewer where `max_envs` caps them."""
+    every = sizes.num_tasks * sizes.trajectories
+    return every if sizes.envs_held is None else min(every, sizes.envs_held)
+
+
 def environments_bytes(sizes: RunSizes) -> int:
-    """N·K · E: the environments' share of the estimate, in bytes."""
-    return sizes.num_tasks * sizes.trajectories * sizes.env_bytes
+    """N·K · E (or the capped count · E): the environments' share of the estimate, in bytes."""
+    return environments_held(sizes) * sizes.env_bytes
 
 
 def estimate_bytes(sizes: RunSizes) -> int:
@@ -236,13 +246,15 @@ def environment_bytes(make_one: Callable[[int], object], count: int = 4) -> int:
     return max(0, (after - before) // count)
 
 
-def check_fits(what: str, needed: int, available: int | None = None) -> None:
-    """Raise ResourceError (one line) if `needed` bytes exceed the memory available."""
+def check_fits(what: str, needed: int, available: int | None = None, hint: str = "") -> None:
+    """Raise ResourceError (one line) if `needed` bytes exceed the memory available; `hint`
+    names a way to make it smaller."""
     available = available_bytes() if available is None else available
     if available is not None and needed > available:
         raise ResourceError(
             f"{what} needs about {needed / GIB:,.1f} GiB (estimate), more than the "
             f"{available / GIB:,.1f} GiB of memory available here; make it smaller"
+            + (f" ({hint})" if hint else "")
         )
 
 
@@ -250,9 +262,10 @@ def check_run(sizes: RunSizes, available: int | None = None) -> None:
     """`check_fits` for a run of these sizes (naming the environments' share where they count)."""
     what = str(sizes)
     if sizes.env_bytes:
-        count = sizes.num_tasks * sizes.trajectories
+        count = environments_held(sizes)
         what += (
             f" and {count:,} environments of {sizes.env_bytes / 2**20:,.1f} MiB"
             f" ({environments_bytes(sizes) / GIB:,.1f} GiB)"
         )
-    check_fits(what, estimate_bytes(sizes), available)
+    hint = "max_envs caps the environments held at once" if sizes.env_bytes else ""
+    check_fits(what, estimate_bytes(sizes), available, hint)

@@ -74,6 +74,7 @@ class SamplerActor:
         dtype: torch.dtype,
         backend: str,
         num_threads: int,
+        max_envs: int | None = None,
     ) -> None:
         configure_process()  # the allocator; the variables came with the actor's environment
         torch.set_num_threads(num_threads)
@@ -85,6 +86,7 @@ class SamplerActor:
             dtype,
             backend=backend,
             env_threads=num_threads,
+            max_envs=max_envs,
         )
 
     def ready(self) -> bool:
@@ -134,6 +136,7 @@ class RaySampler:
         address: a running cluster (``ray start --head`` prints it, e.g. ``HOST:6379``), or
             None to join the instance already initialised in this process, or start a local one.
         timeout_s: the longest a phase may take before `RaySamplerError`.
+        max_envs: the most environments each actor steps at once (`Sampler`'s max_envs).
         on_event: called with one-line messages (actor deaths and retries).
     """
 
@@ -149,6 +152,7 @@ class RaySampler:
         address: str | None = None,
         timeout_s: float = 600.0,
         on_event: Callable[[str], None] | None = None,
+        max_envs: int | None = None,
     ) -> None:
         if num_actors < 1:
             raise RaySamplerError(f"ray_num_actors must be >= 1, got {num_actors}")
@@ -187,7 +191,7 @@ class RaySampler:
             self._remote = ray.remote(num_cpus=actor_cpus)(SamplerActor)
             cpu_policy = _cpu_copy(policy)
             self._actor_args = (family, cpu_policy, trajectories_per_task, dtype, "auto",
-                                actor_cpus)  # fmt: skip
+                                actor_cpus, max_envs)  # fmt: skip
             self.actors = [self._new_actor() for _ in range(num_actors)]
             self._wait_ready(self.actors, f"{num_actors} actors of {actor_cpus} CPU(s) each")
         except BaseException:

@@ -66,6 +66,18 @@ class TrajectorySampler(Protocol):
     def close(self) -> None: ...
 
 
+def task_chunk_size(num_tasks: int, trajectories: int, max_envs: int | None) -> int:
+    """Tasks per chunk when N tasks of K trajectories are sampled with at most `max_envs`
+    environments at once: with m = ⌊max_envs / K⌋ tasks at most per chunk, the N tasks take
+    ⌈N / m⌉ chunks of c = ⌈N / ⌈N / m⌉⌉ ≤ m tasks (the last padded to c), as even as the cap
+    allows; N itself when all N·K fit."""
+    if max_envs is None or num_tasks * trajectories <= max_envs:
+        return num_tasks
+    most = max(1, max_envs // trajectories)
+    chunks = -(-num_tasks // most)
+    return -(-num_tasks // chunks)
+
+
 class Sampler:
     """Collects `Batch`es of trajectories from a task family, one episode per environment.
 
@@ -81,6 +93,11 @@ class Sampler:
             workers spin after each op and, oversubscribed, slowed sampling 2x in tests on 2
             cores. None leaves torch's setting alone.
         env_threads: threads of a native MuJoCo batch (None: all CPUs of this process).
+        max_envs: the most environments stepped at once (None: all N·K). A call with more
+            tasks runs them in consecutive chunks of equal size (`task_chunk_size`), so that
+            the sampler holds one set of at most max_envs environments; the seeds and action
+            noise are those of one pass (`sample`'s first_task). For environments that hold
+            much memory (Meta-World's, 20–28 MiB each).
     """
 
     def __init__(
@@ -93,6 +110,7 @@ class Sampler:
         backend: str = "auto",
         policy_threads: int | None = 1,
         env_threads: int | None = None,
+        max_envs: int | None = None,
     ) -> None:
         if backend not in BACKENDS:
             raise ValueError(f"unknown sampler backend {backend!r}; choose one of {BACKENDS}")
@@ -100,6 +118,12 @@ class Sampler:
             raise TaskFamilyError(WARP_MISSING)
         self.family, self.policy, self.backend = family, policy, backend
         self.trajectories_per_task = trajectories_per_task
+        if max_envs is not None and max_envs < trajectories_per_task:
+            raise ValueError(
+                f"max_envs ({max_envs}) must be at least the {trajectories_per_task} "
+                "trajectories of one task, which step together"
+            )
+        self.max_envs = max_envs
         self.device, self.dtype = torch.device(device), dtype
         self.policy_threads, self.env_threads = policy_threads, env_threads
         self.success = bool(getattr(family, "reports_success", False))
@@ -135,13 +159,34 @@ class Sampler:
         in the whole meta-batch (when a distributed sampler gives this one a slice): trajectory
         k of task n runs in an environment reset with seed + (first_task + n)·K + k and draws
         its action noise from task first_task + n's stream (`policy.action_noise`), so a task
-        yields the same trajectories whichever sampler runs it. Steps after an episode ended
-        hold zeros (mask 0); T is the longest episode. deterministic: every action is the
+        yields the same trajectories whichever sampler runs it (up to the rounding of the
+        policy's matrix products, which can change in the last bit with their row count).
+        Steps after an episode ended hold zeros (mask 0); T is the longest episode.
+        deterministic: every action is the
         distribution's mode (`policy.sample` with zero noise: the Gaussian's mean, the
         categorical's most likely action), as test-time protocols such as Meta-World's measure.
         """
         with torch_threads(self.policy_threads):
-            return self._sample(params, tasks, seed, per_task, first_task, deterministic)
+            size = task_chunk_size(len(tasks), self.trajectories_per_task, self.max_envs)
+            if size >= len(tasks):
+                return self._sample(params, tasks, seed, per_task, first_task, deterministic)
+            parts = []
+            for start in range(0, len(tasks), size):
+                # the last chunk is padded to the others' size with copies of its last task
+                # (their trajectories, from streams after the meta-batch's, are dropped)
+                rows = [min(start + i, len(tasks) - 1) for i in range(size)]
+                count = min(size, len(tasks) - start)
+                chunk_params = {n: p[rows] for n, p in params.items()} if per_task else params
+                part = self._sample(
+                    chunk_params,
+                    [tasks[row] for row in rows],
+                    seed,
+                    per_task,
+                    first_task + start,
+                    deterministic,
+                )
+                parts.append(part.first_tasks(count))
+            return Batch.concat_tasks(parts).trimmed()
 
     def _sample(
         self,

@@ -111,6 +111,11 @@ class Batch:
         """The trajectories of tasks start..stop-1: [T, stop - start, K, ...]."""
         return self._map(lambda x: x[:, start:stop])
 
+    def trimmed(self) -> Batch:
+        """Without the trailing steps at which every episode has ended (mask 0 for all N·K)."""
+        length = int(self.mask.flatten(1).any(dim=1).sum())  # the live steps lead
+        return self if length == self.mask.shape[0] else self._map(lambda x: x[:length])
+
     @classmethod
     def concat_tasks(cls, batches: Sequence[Batch]) -> Batch:
         """Batches of consecutive task slices as one [T, ΣN, K, ...], T the longest, shorter

@@ -219,6 +219,8 @@ def test_optional_float_accepts_null() -> None:
         ("init_std", -(10**400)),
         ("gamma", "nan"),
         ("max_kl", "nan"),
+        ("max_envs", 19),  # fewer than one task's fast_batch_size (20) trajectories
+        ("max_envs", 0),
     ],
 )
 def test_out_of_range_value_raises_naming_key(key: str, value: Any) -> None:
@@ -474,6 +476,7 @@ def test_save_load_round_trip_non_defaults(tmp_path: Path) -> None:
             "ray_num_actors": 8,
             "ray_actor_cpus": 4,
             "ray_timeout_s": 60.0,
+            "max_envs": 10,
             "hvp_fd_eps": 1e-7,
             "ls_max_steps": 9,
             "ls_backtrack_ratio": 0.3,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -169,8 +170,16 @@ def test_a_run_whose_environments_do_not_fit_is_refused_before_it_starts(
         run_sizes(cfg, family=family)
     )  # 1,000 environments of 16 MiB: 15.6 GiB, fit in 18 ...
     monkeypatch.setattr("maml_rl.memory.available_bytes", lambda: 15 * GIB)
-    with pytest.raises(ResourceError, match=r"1,000 environments of 1[5-8]\.[0-9] MiB"):
+    with pytest.raises(ResourceError, match=r"1,000 environments of 1[5-8]\.[0-9] MiB") as error:
         check_run(run_sizes(cfg, family=family))  # ... not in 15 GiB
+    assert "(max_envs caps the environments held at once)" in str(error.value)
+    # ... unless max_envs caps them: 250 environments (chunks of 10 tasks) of 16 MiB, 3.9 GiB
+    capped = run_sizes(replace(cfg, max_envs=260), family=family)
+    assert capped.envs_held == 250
+    check_run(capped)
+    monkeypatch.setattr("maml_rl.memory.available_bytes", lambda: 3 * GIB)
+    with pytest.raises(ResourceError, match=r"250 environments of 1[5-8]\.[0-9] MiB"):
+        check_run(capped)
     # native batch environments (navigation on "auto") and Ray's actors are not counted
     assert (
         sampled_environment_bytes(family, load(find_config("navigation"), {"sampler": "ray"})) == 0

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from maml_rl.policy import GaussianMLPPolicy, parameters_of
-from maml_rl.sampler import Sampler, make_batch_env
+from maml_rl.sampler import Sampler, make_batch_env, task_chunk_size
 from maml_rl.tasks import TaskFamily, TaskFamilyError
 from maml_rl.types import Batch, Params
 from maml_rl.vector import GymBatchEnv
@@ -245,6 +245,82 @@ def test_task_slices_with_first_task_give_the_whole_batch(per_task: bool) -> Non
     # zeros after the end of every episode
     ended = (whole.mask == 0)[..., None]
     assert (whole.observations * ended == 0).all() and (whole.actions * ended == 0).all()
+
+
+def test_task_chunk_size_is_the_most_even_split_under_the_cap() -> None:
+    """c tasks per chunk: c·K ≤ max_envs, the fewest chunks ⌈N / ⌊max_envs / K⌋⌉ that the cap
+    allows, padding (chunks·c − N) under one task per chunk; N where everything fits."""
+    for n in range(1, 50):
+        for k in range(1, 11):
+            assert task_chunk_size(n, k, None) == n
+            for cap in range(k, 120, 7):
+                c = task_chunk_size(n, k, cap)
+                if n * k <= cap:
+                    assert c == n
+                    continue
+                chunks = math.ceil(n / c)
+                assert c * k <= cap
+                assert chunks == math.ceil(n / (cap // k)), (n, k, cap)
+                assert 0 <= chunks * c - n < chunks, (n, k, cap)
+    assert task_chunk_size(45, 10, 90) == 9  # ML45: 5 chunks of 9 tasks
+    assert task_chunk_size(40, 10, 150) == 14  # 3 chunks, the last padded by 2
+
+
+@pytest.mark.parametrize("generic", [False, True])
+@pytest.mark.parametrize("per_task", [False, True])
+def test_max_envs_samples_in_chunks_with_the_same_trajectories(
+    per_task: bool, generic: bool
+) -> None:
+    """5 tasks × K = 3 with max_envs 7: chunks of 2 tasks (the last padded with a copy), one
+    set of 6 environments held, and the batch of one pass, episodes of different lengths
+    included; the same with the Gymnasium (sync) backend. Same seeds and noise streams, so
+    equal up to the rounding of the policy's matrix products, which can change in the last
+    bit with their number of rows (MKL's kernels for small or odd row counts)."""
+    family = Navigation2D(max_episode_steps=30)
+    policy, _ = make_policy(3)
+    theta = constant_params(policy, (0.05, 0.0), log_std=-6.0)  # std 0.0025: noise still shows
+    near = [NavigationTask(goal=(0.05, 0.0))] * 2  # reached at once
+    tasks = family.sample_tasks(3, np.random.default_rng(2)) + near
+    params = stack([theta] * 5) if per_task else theta
+    source: TaskFamily = GenericOnly(family) if generic else family
+    whole = make_sampler(source, policy, k=3).sample(params, tasks, seed=5, per_task=per_task)
+    capped = Sampler(source, policy, trajectories_per_task=3, dtype=DTYPE, max_envs=7)
+    chunked = capped.sample(params, tasks, seed=5, per_task=per_task, first_task=0)
+    assert list(capped._envs) == [6]
+    assert_same_batch(chunked, whole)
+    # a slice of a larger meta-batch (first_task) chunks the same way
+    part = capped.sample(params if not per_task else {n: p[1:] for n, p in params.items()},
+                         tasks[1:], seed=5, per_task=per_task, first_task=1)  # fmt: skip
+    assert_same_batch(part, whole.task_slice(1, 5).trimmed())
+    capped.close()
+
+
+def assert_same_batch(got: Batch, expected: Batch) -> None:
+    """The same trajectories to float64 round-off (the mask exactly)."""
+    assert torch.equal(got.mask, expected.mask)
+    for name in ("observations", "actions", "rewards"):
+        torch.testing.assert_close(
+            getattr(got, name), getattr(expected, name), rtol=0, atol=1e-12, msg=name
+        )
+
+
+def test_max_envs_below_one_tasks_trajectories_is_refused() -> None:
+    policy, _ = make_policy(0)
+    with pytest.raises(ValueError, match=r"max_envs \(2\) must be at least the 3 trajectories"):
+        Sampler(Navigation2D(), policy, trajectories_per_task=3, max_envs=2)
+
+
+def test_batch_trimmed_drops_the_steps_after_every_episode_ended() -> None:
+    mask = torch.tensor([[1.0, 1.0], [1.0, 0.0], [0.0, 0.0], [0.0, 0.0]]).view(4, 2, 1)
+    batch = Batch(
+        observations=torch.zeros(4, 2, 1, 2),
+        actions=torch.zeros(4, 2, 1, 2),
+        rewards=mask.clone(),
+        mask=mask,
+    )
+    trimmed = batch.trimmed()
+    assert trimmed.rewards.shape == (2, 2, 1) and torch.equal(trimmed.mask, mask[:2])
+    assert trimmed.trimmed() is trimmed
 
 
 # ----------------------------------------------------------------------------- per-task
