@@ -35,7 +35,7 @@ gradient).
 E is measured (`environment_bytes`: the resident memory that building and resetting a few more
 environments adds); native batch environments (2D navigation, the MuJoCo families) hold a few
 arrays per environment and count as 0. Meta-World's environments hold about 20–28 MiB each, so
-that ML45's 450 take about 12 GiB beside the meta-step's 14.
+that ML45's 450 take about 12 GiB beside the meta-step's 15, and `max_envs: 45` about 1.2.
 
 It is an estimate of the order of magnitude: the measured peaks of the shipped configs above
 their interpreters are 1.0–1.9 times it (`benchmarks/memory.py`, docs/performance.md); only
