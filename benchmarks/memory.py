@@ -6,9 +6,9 @@ whose resident memory and that of its descendants (sampler workers) is read from
 `--interval` seconds (`memory.process_tree_bytes`). Printed per run: the estimate that the
 up-front check makes (`build.run_sizes`, `memory.estimate_bytes`), the peak of the main
 process and of the process tree (GiB), how many interpreters the tree had at its peak (the
-main process and its sampler workers), and the ratio to the estimate of what the tree held
+main process and its sampler workers), the ratio to the estimate of what the tree held
 above that many bare interpreters (each measured first: torch, Gymnasium, MuJoCo and maml_rl
-imported). Linux only (/proc).
+imported), and the command's wall time in seconds. Linux only (/proc).
 
     python benchmarks/memory.py navigation halfcheetah-vel ant-vel
     python benchmarks/memory.py metaworld-ml1-push --set meta_batch_size=5 --num-tasks 5
@@ -80,7 +80,8 @@ def main() -> None:
     maml_rl = [sys.executable, "-m", "maml_rl.cli"]
     bare = peak([sys.executable, "-c", INTERPRETER], args.interval)[1]
     print(f"one interpreter with torch, Gymnasium, MuJoCo and maml_rl: {gib(bare)} GiB")
-    header = ("config", "kind", "sizes", "estimate", "main", "tree", "interpreters", "ratio")
+    header = ("config", "kind", "sizes", "estimate", "main", "tree", "interpreters", "ratio",
+              "seconds")  # fmt: skip
     print(" | ".join(header))
     for name in args.configs:
         overrides = dict(parse_override(item) for item in args.set)
@@ -97,14 +98,16 @@ def main() -> None:
                  run_sizes(cfg, args.num_tasks, args.num_steps, kind="evaluation")),
             ):  # fmt: skip
                 estimate = estimate_bytes(sizes)
+                start = time.perf_counter()
                 top, own = peak(command, args.interval)
+                seconds = time.perf_counter() - start
                 # interpreters: the main process and each worker that imported torch (a helper
                 # process of a few MiB is not one)
                 workers = sum(r > bare / 2 for r in top.descendants)
                 above = top.tree - (1 + workers) * bare
                 row = (
                     name, kind, str(sizes), gib(estimate), gib(own), gib(top.tree),
-                    str(1 + workers), f"{above / estimate:.2f}",
+                    str(1 + workers), f"{above / estimate:.2f}", f"{seconds:.0f}",
                 )  # fmt: skip
                 print(" | ".join(row), flush=True)
 
