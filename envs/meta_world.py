@@ -104,6 +104,16 @@ def built_benchmark(kind: str, seed: int, env_name: str | None = None) -> Any:
     return getattr(metaworld, kind)(seed=seed)
 
 
+def balanced_counts(n: int, classes: int, rng: np.random.Generator) -> list[int]:
+    """How many of n tasks each of `classes` environments gets in a balanced meta-batch:
+    ⌊n / C⌋ each, and one more for n mod C of them drawn without replacement (the benchmark
+    gives each environment meta_batch / C sub-environments)."""
+    counts = [n // classes] * classes
+    for i in rng.choice(classes, size=n % classes, replace=False):
+        counts[int(i)] += 1
+    return counts
+
+
 class _MetaWorldFamily:
     """What ML1, ML10 and ML45 share: the benchmark (built once, lazily), its splits, the
     tasks."""
@@ -114,12 +124,15 @@ class _MetaWorldFamily:
     """The camera `maml-rl render` films with: the Sawyer scene's view from above the table
     (its "corner" cameras render upside down)."""
 
-    def __init__(self, max_episode_steps: int, benchmark_seed: int) -> None:
+    def __init__(self, max_episode_steps: int, benchmark_seed: int, balanced: bool = False) -> None:
         check_count("max_episode_steps", max_episode_steps, limit=MAX_PATH_LENGTH)
         if not isinstance(benchmark_seed, int) or isinstance(benchmark_seed, bool):
             raise ValueError(f"benchmark_seed must be an integer, got {benchmark_seed!r}")
+        if not isinstance(balanced, bool):
+            raise ValueError(f"balanced must be true or false, got {balanced!r}")
         self.max_episode_steps = int(max_episode_steps)
         self.benchmark_seed = benchmark_seed
+        self.balanced = balanced
         _import_metaworld()  # a one-line error now if the extra is missing
         self._benchmark: Any = None
         self.observation_space = gym.spaces.Box(-np.inf, np.inf, (39,), np.float64)
@@ -152,11 +165,24 @@ class _MetaWorldFamily:
         ]
 
     def _sample(self, split: str, n: int, rng: np.random.Generator) -> list[MetaWorldTask]:
-        """n tasks of `split`: an environment uniformly, then one of its goals uniformly."""
+        """n tasks of `split`: an environment uniformly, then one of its goals uniformly; with
+        `balanced`, as the benchmark's own sampling spreads a meta-batch (`balanced_counts`)."""
         by_env: dict[str, list[MetaWorldTask]] = {}
         for task in self.all_tasks(split):
             by_env.setdefault(task.env_name, []).append(task)
         names = sorted(by_env)
+        if self.balanced:
+            tasks = []
+            for name, count in zip(names, balanced_counts(n, len(names), rng), strict=True):
+                if count == 0:  # fewer tasks than environments
+                    continue
+                goals = by_env[name]
+                # without replacement, as many times over as the count needs
+                order = np.concatenate(
+                    [rng.permutation(len(goals)) for _ in range(-(-count // len(goals)))]
+                )
+                tasks += [goals[int(i)] for i in order[:count]]
+            return tasks
         picks = rng.integers(len(names), size=n)
         return [by_env[names[i]][int(rng.integers(len(by_env[names[i]])))] for i in picks]
 
@@ -215,31 +241,43 @@ class MetaWorldML1(_MetaWorldFamily):
 
 class MetaWorldML10(_MetaWorldFamily):
     """Meta-World ML10: 10 training environments for meta-training, 5 others held out for
-    evaluation, 50 goals each (``metaworld.ML10(benchmark_seed)``)."""
+    evaluation, 50 goals each (``metaworld.ML10(benchmark_seed)``).
 
-    def __init__(self, max_episode_steps: int = 500, benchmark_seed: int = 0) -> None:
-        super().__init__(max_episode_steps, benchmark_seed)
+    Tasks are drawn i.i.d. (an environment uniformly, then one of its goals), or with
+    ``balanced=True`` spread evenly over the environments as the benchmark's own sampler does
+    (n / C of each, the remainder to environments drawn without replacement; each
+    environment's goals without replacement), grouped by environment in name order, so that
+    a sampler's environments keep their Sawyer environment from one iteration to the next."""
+
+    def __init__(
+        self, max_episode_steps: int = 500, benchmark_seed: int = 0, balanced: bool = False
+    ) -> None:
+        super().__init__(max_episode_steps, benchmark_seed, balanced)
 
     def _build(self) -> Any:
         return built_benchmark("ML10", self.benchmark_seed)
 
     def __repr__(self) -> str:
-        return f"MetaWorldML10(H={self.max_episode_steps})"
+        spread = ", balanced" if self.balanced else ""
+        return f"MetaWorldML10(H={self.max_episode_steps}{spread})"
 
 
 class MetaWorldML45(_MetaWorldFamily):
     """Meta-World ML45: 45 training environments for meta-training, 5 others held out for
     evaluation, 50 goals each (``metaworld.ML45(benchmark_seed)``; building it instantiates
-    every environment once, about 10-20 s)."""
+    every environment once, about 10-20 s). ``balanced`` as for ML10."""
 
-    def __init__(self, max_episode_steps: int = 500, benchmark_seed: int = 0) -> None:
-        super().__init__(max_episode_steps, benchmark_seed)
+    def __init__(
+        self, max_episode_steps: int = 500, benchmark_seed: int = 0, balanced: bool = False
+    ) -> None:
+        super().__init__(max_episode_steps, benchmark_seed, balanced)
 
     def _build(self) -> Any:
         return built_benchmark("ML45", self.benchmark_seed)
 
     def __repr__(self) -> str:
-        return f"MetaWorldML45(H={self.max_episode_steps})"
+        spread = ", balanced" if self.balanced else ""
+        return f"MetaWorldML45(H={self.max_episode_steps}{spread})"
 
 
 class MetaWorldEnv(gym.Env):

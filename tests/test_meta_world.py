@@ -27,6 +27,7 @@ from maml_rl_envs.meta_world import (
     MetaWorldML45,
     MetaWorldTask,
     apply_mujoco_compat,
+    balanced_counts,
     expert_policy,
     goal_of,
     needs_weld_fix,
@@ -65,6 +66,49 @@ def test_ml10_trains_on_ten_environments_and_holds_five_others_out() -> None:
         test_names
     )
     assert len(family.all_tasks("train")) == 500 and len(family.all_tasks("test")) == 250
+
+
+def test_balanced_counts_spread_n_tasks_evenly() -> None:
+    rng = np.random.default_rng(0)
+    for n in range(0, 60):
+        for classes in (1, 5, 10, 45):
+            counts = balanced_counts(n, classes, rng)
+            assert sum(counts) == n and max(counts) - min(counts) <= (1 if n % classes else 0)
+    # the environments that get one more vary from call to call
+    extra = {tuple(balanced_counts(23, 10, rng)) for _ in range(20)}
+    assert len(extra) > 1
+
+
+def test_balanced_sampling_spreads_tasks_over_the_environments() -> None:
+    """balanced: ML10's 20 training tasks are 2 per environment, grouped in name order, each
+    environment's goals distinct; 25 held-out tasks 5 per environment; the i.i.d. default is
+    not balanced; a non-boolean is refused."""
+    family = cast(
+        MetaWorldML10, make_family("metaworld-ml10", {"max_episode_steps": 20, "balanced": True})
+    )
+    assert repr(family) == "MetaWorldML10(H=20, balanced)"
+    tasks = family.sample_tasks(20, np.random.default_rng(3))
+    names = [t.env_name for t in tasks]
+    assert names == [name for name in sorted(family.env_names("train")) for _ in range(2)]
+    assert len(set(tasks)) == 20  # goals without replacement within an environment
+    few = family.sample_tasks(3, np.random.default_rng(3))  # fewer tasks than environments
+    assert len({t.env_name for t in few}) == 3
+    again = family.sample_tasks(20, np.random.default_rng(3))
+    assert again == tasks  # a function of the generator
+    assert family.sample_tasks(20, np.random.default_rng(4)) != tasks  # other goals
+    held_out = family.sample_test_tasks(25, np.random.default_rng(3))
+    counts = {name: sum(t.env_name == name for t in held_out) for name in family.env_names("test")}
+    assert set(counts.values()) == {5}
+    many = family.sample_tasks(600, np.random.default_rng(0))  # 60 a class: goals reused after 50
+    for name in family.env_names("train"):
+        own = [t for t in many if t.env_name == name]
+        assert len(own) == 60 and len(set(own[:50])) == 50 and len(set(own)) == 50
+    iid = make_family("metaworld-ml10", {"max_episode_steps": 20}).sample_tasks(
+        20, np.random.default_rng(3)
+    )
+    assert [t.env_name for t in iid] != names
+    with pytest.raises(ValueError, match="balanced must be true or false"):
+        make_family("metaworld-ml10", {"balanced": "yes"})
 
 
 def test_an_environment_holds_one_sawyer_environment_at_a_time(
