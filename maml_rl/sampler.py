@@ -162,9 +162,9 @@ class Sampler:
         yields the same trajectories whichever sampler runs it (up to the rounding of the
         policy's matrix products, which can change in the last bit with their row count).
         Steps after an episode ended hold zeros (mask 0); T is the longest episode.
-        deterministic: every action is the
-        distribution's mode (`policy.sample` with zero noise: the Gaussian's mean, the
-        categorical's most likely action), as test-time protocols such as Meta-World's measure.
+        deterministic: every action is the distribution's mode (`policy.sample` with zero
+        noise: the Gaussian's mean, the categorical's most likely action), as test-time
+        protocols such as Meta-World's measure.
         """
         with torch_threads(self.policy_threads):
             size = task_chunk_size(len(tasks), self.trajectories_per_task, self.max_envs)
